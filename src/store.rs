@@ -1,0 +1,920 @@
+//! The on-disk store: one redb file, `<state>/interopd.redb`, holding everything that must
+//! survive a power cut (DESIGN.md section 6). This file owns the table definitions, the schema
+//! version check, the byte layout of every key and value, and the state directory's permissions.
+//! It knows nothing of Signal, XML or HTTP: callers open a [`Txn`], read and write typed rows,
+//! and commit. One write transaction can carry a Signal session update together with an outbox
+//! or inbox row, which is what makes "decrypt, commit, then ack" and "encrypt, commit, then
+//! write" possible. Dropping a [`Txn`] without [`Txn::commit`] discards all of it.
+//!
+//! Format rules (docs/store.md has every table byte for byte):
+//! - every multi-byte integer is fixed-width big-endian (`[u8; N]` keys sort numerically);
+//! - no `usize` in the format, so a store moves between 64-bit and 32-bit ARM unchanged;
+//! - every value that is a struct starts with a one-byte row version.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+/// The schema this build writes. A store with a larger version is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The file name of the database inside the state directory.
+pub const DB_FILE_NAME: &str = "interopd.redb";
+/// Bytes redb may use for its page cache. redb's own default is sized for servers; a home
+/// gateway has a few MiB to spare.
+pub const STORE_CACHE_BYTES: usize = 4 * 1024 * 1024;
+/// Longest address key (`user.device`) we store, in bytes.
+pub const MAX_ADDRESS_KEY_BYTES: usize = 256;
+/// Most devices we keep for one user.
+pub const MAX_DEVICES_PER_USER: usize = 64;
+
+// Tables. Keys and values are raw bytes with the layouts documented in docs/store.md.
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const LOCAL_IDENTITY: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("local_identity");
+pub(crate) const PREKEYS: TableDefinition<&[u8; 4], &[u8]> = TableDefinition::new("prekeys");
+pub(crate) const SIGNED_PREKEYS: TableDefinition<&[u8; 4], &[u8]> =
+    TableDefinition::new("signed_prekeys");
+pub(crate) const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+pub(crate) const REMOTE_IDENTITIES: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("remote_identities");
+const DEVICE_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("device_lists");
+const OUTBOX: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("outbox");
+const OUTBOX_BY_ID: TableDefinition<&str, &[u8; 8]> = TableDefinition::new("outbox_by_id");
+const INBOX: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("inbox");
+const DEDUPE: TableDefinition<&str, &[u8; 8]> = TableDefinition::new("dedupe");
+const MEDIA: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("media");
+const WEBHOOK_JOBS: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("webhook_jobs");
+
+const META_SCHEMA_VERSION: &str = "schema_version";
+
+/// What went wrong in the store. Every variant ends the operation; the shell reports it
+/// (API 503, daemon log at `error`) and, after an I/O error, reopens rather than retrying blind.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Environment: the state directory or file could not be created or opened.
+    Io { path: PathBuf, source: io::Error },
+    /// Environment: the file was written by a newer interopd. Upgrade, or restore a backup.
+    SchemaTooNew { found: u32, supported: u32 },
+    /// Environment (corruption) or bug: a stored row does not parse.
+    Corrupt {
+        table: &'static str,
+        detail: &'static str,
+    },
+    /// Environment: redb reported an error (disk full, I/O failure, corruption).
+    Database { detail: String },
+    /// Caller bug or outside data too large for the format (a field over its bound).
+    TooLarge {
+        what: &'static str,
+        len: u64,
+        max: u64,
+    },
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io { path, source } => write!(f, "store: {}: {source}", path.display()),
+            Self::SchemaTooNew { found, supported } => write!(
+                f,
+                "store: schema version {found} was written by a newer interopd; this build reads up to {supported}"
+            ),
+            Self::Corrupt { table, detail } => write!(f, "store: corrupt row in {table}: {detail}"),
+            Self::Database { detail } => write!(f, "store: {detail}"),
+            Self::TooLarge { what, len, max } => {
+                write!(f, "store: {what} is {len} bytes, over the bound of {max}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Database { detail: e.to_string() }
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// The open store. Cheap to share by reference; all access goes through transactions.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+/// Creates `dir` (and parents) with mode 0700, and tightens an existing one to 0700.
+pub fn ensure_state_dir(dir: &Path) -> Result<(), StoreError> {
+    let io_err = |source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err)
+}
+
+/// Opens (creating with mode 0600 if absent) a file inside the state directory.
+pub fn open_private_file(path: &Path) -> Result<File, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(file)
+}
+
+impl Store {
+    /// Opens the store in `state_dir`, creating the directory (0700) and file (0600) on first
+    /// use, creating every table, and checking the schema version.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        ensure_state_dir(state_dir)?;
+        let path = state_dir.join(DB_FILE_NAME);
+        let file = open_private_file(&path)?;
+        let mut builder = Database::builder();
+        builder.set_cache_size(STORE_CACHE_BYTES);
+        let backend = redb::backends::FileBackend::new(file)?;
+        let db = builder.create_with_backend(backend)?;
+        let store = Store { db, path };
+        store.init_schema()?;
+        Ok(store)
+    }
+
+    /// The database file's path (for logs and diagnostics).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn init_schema(&self) -> Result<(), StoreError> {
+        let txn = self.begin()?;
+        {
+            let mut meta = txn.inner.open_table(META)?;
+            let found = match meta.get(META_SCHEMA_VERSION)? {
+                Some(v) => Some(be_u32(v.value(), "meta")?),
+                None => None,
+            };
+            match found {
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(StoreError::SchemaTooNew {
+                        found: v,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert(META_SCHEMA_VERSION, &SCHEMA_VERSION.to_be_bytes()[..])?;
+                }
+            }
+        }
+        // Create every table so that read transactions never meet a missing one.
+        txn.inner.open_table(LOCAL_IDENTITY)?;
+        txn.inner.open_table(PREKEYS)?;
+        txn.inner.open_table(SIGNED_PREKEYS)?;
+        txn.inner.open_table(SESSIONS)?;
+        txn.inner.open_table(REMOTE_IDENTITIES)?;
+        txn.inner.open_table(DEVICE_LISTS)?;
+        txn.inner.open_table(OUTBOX)?;
+        txn.inner.open_table(OUTBOX_BY_ID)?;
+        txn.inner.open_table(INBOX)?;
+        txn.inner.open_table(DEDUPE)?;
+        txn.inner.open_table(MEDIA)?;
+        txn.inner.open_table(WEBHOOK_JOBS)?;
+        txn.commit()
+    }
+
+    /// The schema version recorded in the file.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let v = meta.get(META_SCHEMA_VERSION)?.ok_or(StoreError::Corrupt {
+            table: "meta",
+            detail: "schema_version missing",
+        })?;
+        be_u32(v.value(), "meta")
+    }
+
+    /// Starts a write transaction. Only one is open at a time (redb serialises writers), which
+    /// suits our single-threaded shell: batch a loop turn's work into one [`Txn`].
+    pub fn begin(&self) -> Result<Txn, StoreError> {
+        Ok(Txn {
+            inner: self.db.begin_write()?,
+        })
+    }
+
+    /// Test and migration hook: overwrite the recorded schema version.
+    #[doc(hidden)]
+    pub fn force_schema_version(&self, v: u32) -> Result<(), StoreError> {
+        let txn = self.begin()?;
+        txn.inner
+            .open_table(META)?
+            .insert(META_SCHEMA_VERSION, &v.to_be_bytes()[..])?;
+        txn.commit()
+    }
+}
+
+/// A write transaction. Reads see its own writes. Nothing reaches disk until [`Txn::commit`].
+pub struct Txn {
+    pub(crate) inner: redb::WriteTransaction,
+}
+
+/// Delivery state of an outbound message (DESIGN.md section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OutboxStatus {
+    Queued = 0,
+    Sent = 1,
+    Delivered = 2,
+    Read = 3,
+    Failed = 4,
+}
+
+impl OutboxStatus {
+    fn from_byte(b: u8) -> Option<Self> {
+        Some(match b {
+            0 => Self::Queued,
+            1 => Self::Sent,
+            2 => Self::Delivered,
+            3 => Self::Read,
+            4 => Self::Failed,
+            _ => return None,
+        })
+    }
+
+    /// The name used in the API and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// One outbound message. `content` is the padded plaintext protobuf, kept so a retry receipt
+/// can re-encrypt it; `stanza` is the exact encrypted stanza bytes last committed for the wire,
+/// resent byte-identical after a crash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: String,
+    pub to: String,
+    pub kind: u8,
+    pub status: OutboxStatus,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub error_code: String,
+    pub content: Vec<u8>,
+    pub stanza: Vec<u8>,
+}
+
+/// One inbound message, decrypted and committed before the server is acked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxRow {
+    pub id: String,
+    pub from: String,
+    pub t_secs: u64,
+    pub received_ms: u64,
+    pub content: Vec<u8>,
+}
+
+/// A device list cached for one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceList {
+    pub fetched_ms: u64,
+    pub devices: Vec<u32>,
+}
+
+impl Txn {
+    /// Makes every write durable (fsync) or none of them.
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.inner.commit()?;
+        Ok(())
+    }
+
+    /// Discards every write. Dropping the transaction does the same.
+    pub fn abort(self) -> Result<(), StoreError> {
+        self.inner.abort()?;
+        Ok(())
+    }
+
+    pub(crate) fn get_str_key(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.inner.open_table(def)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    pub(crate) fn put_str_key(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut t = self.inner.open_table(def)?;
+        t.insert(key, value)?;
+        Ok(())
+    }
+
+    pub(crate) fn get_u32_key(
+        &self,
+        def: TableDefinition<&[u8; 4], &[u8]>,
+        key: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.inner.open_table(def)?;
+        Ok(t.get(&key.to_be_bytes())?.map(|v| v.value().to_vec()))
+    }
+
+    pub(crate) fn put_u32_key(
+        &self,
+        def: TableDefinition<&[u8; 4], &[u8]>,
+        key: u32,
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut t = self.inner.open_table(def)?;
+        t.insert(&key.to_be_bytes(), value)?;
+        Ok(())
+    }
+
+    pub(crate) fn remove_u32_key(
+        &self,
+        def: TableDefinition<&[u8; 4], &[u8]>,
+        key: u32,
+    ) -> Result<bool, StoreError> {
+        let mut t = self.inner.open_table(def)?;
+        Ok(t.remove(&key.to_be_bytes())?.is_some())
+    }
+
+    pub(crate) fn count_u32_keys(
+        &self,
+        def: TableDefinition<&[u8; 4], &[u8]>,
+    ) -> Result<u64, StoreError> {
+        let t = self.inner.open_table(def)?;
+        Ok(t.len()?)
+    }
+
+    /// A counter in the meta table (for example the next prekey id).
+    pub(crate) fn meta_u32(&self, key: &str) -> Result<Option<u32>, StoreError> {
+        let t = self.inner.open_table(META)?;
+        let v = t.get(key)?;
+        v.map(|v| be_u32(v.value(), "meta")).transpose()
+    }
+
+    pub(crate) fn set_meta_u32(&self, key: &str, value: u32) -> Result<(), StoreError> {
+        let mut t = self.inner.open_table(META)?;
+        t.insert(key, &value.to_be_bytes()[..])?;
+        Ok(())
+    }
+
+    fn next_seq(&self, key: &str) -> Result<u64, StoreError> {
+        let mut t = self.inner.open_table(META)?;
+        let cur = match t.get(key)? {
+            Some(v) => be_u64(v.value(), "meta")?,
+            None => 0,
+        };
+        let next = cur + 1;
+        t.insert(key, &next.to_be_bytes()[..])?;
+        Ok(next)
+    }
+
+    // ---- device lists -------------------------------------------------------------------
+
+    pub fn put_device_list(&self, user: &str, list: &DeviceList) -> Result<(), StoreError> {
+        check_key(user)?;
+        if list.devices.len() > MAX_DEVICES_PER_USER {
+            return Err(StoreError::TooLarge {
+                what: "device list",
+                len: list.devices.len() as u64,
+                max: MAX_DEVICES_PER_USER as u64,
+            });
+        }
+        let mut v = Vec::with_capacity(11 + 4 * list.devices.len());
+        v.push(1);
+        v.extend_from_slice(&list.fetched_ms.to_be_bytes());
+        v.extend_from_slice(&(list.devices.len() as u16).to_be_bytes());
+        for d in &list.devices {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        let mut t = self.inner.open_table(DEVICE_LISTS)?;
+        t.insert(user, v.as_slice())?;
+        Ok(())
+    }
+
+    pub fn device_list(&self, user: &str) -> Result<Option<DeviceList>, StoreError> {
+        let t = self.inner.open_table(DEVICE_LISTS)?;
+        let Some(v) = t.get(user)? else {
+            return Ok(None);
+        };
+        let mut r = Reader::new(v.value(), "device_lists");
+        r.version(1)?;
+        let fetched_ms = r.u64()?;
+        let n = r.u16()?;
+        let mut devices = Vec::with_capacity(usize::from(n).min(MAX_DEVICES_PER_USER));
+        for _ in 0..n {
+            devices.push(r.u32()?);
+        }
+        r.end()?;
+        Ok(Some(DeviceList {
+            fetched_ms,
+            devices,
+        }))
+    }
+
+    // ---- outbox -------------------------------------------------------------------------
+
+    /// Queues a new outbound message and returns its sequence number.
+    pub fn outbox_insert(&self, row: &OutboxRow) -> Result<u64, StoreError> {
+        let seq = self.next_seq("outbox_seq")?;
+        self.outbox_write(seq, row)?;
+        let mut by_id = self.inner.open_table(OUTBOX_BY_ID)?;
+        by_id.insert(row.id.as_str(), &seq.to_be_bytes())?;
+        Ok(seq)
+    }
+
+    /// Rewrites an existing row (status change, new stanza bytes).
+    pub fn outbox_write(&self, seq: u64, row: &OutboxRow) -> Result<(), StoreError> {
+        let bytes = encode_outbox(row)?;
+        let mut t = self.inner.open_table(OUTBOX)?;
+        t.insert(&seq.to_be_bytes(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    pub fn outbox_by_id(&self, id: &str) -> Result<Option<(u64, OutboxRow)>, StoreError> {
+        let by_id = self.inner.open_table(OUTBOX_BY_ID)?;
+        let Some(seq) = by_id.get(id)?.map(|v| u64::from_be_bytes(*v.value())) else {
+            return Ok(None);
+        };
+        let t = self.inner.open_table(OUTBOX)?;
+        let Some(v) = t.get(&seq.to_be_bytes())? else {
+            return Err(StoreError::Corrupt {
+                table: "outbox_by_id",
+                detail: "dangling id",
+            });
+        };
+        Ok(Some((seq, decode_outbox(v.value())?)))
+    }
+
+    /// Rows in queue order, starting after `after_seq`, at most `limit`.
+    pub fn outbox_scan(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboxRow)>, StoreError> {
+        let t = self.inner.open_table(OUTBOX)?;
+        let start = after_seq.saturating_add(1).to_be_bytes();
+        let mut out = Vec::new();
+        for item in t.range::<&[u8; 8]>(&start..)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            out.push((u64::from_be_bytes(*k.value()), decode_outbox(v.value())?));
+        }
+        Ok(out)
+    }
+
+    // ---- inbox and dedupe -----------------------------------------------------------------
+
+    /// Stores an inbound message unless `dedupe_key` was seen before. Returns the new cursor,
+    /// or `None` for a redelivery (which the caller acks again without storing).
+    pub fn inbox_insert(
+        &self,
+        dedupe_key: &str,
+        row: &InboxRow,
+    ) -> Result<Option<u64>, StoreError> {
+        check_key(dedupe_key)?;
+        {
+            let dedupe = self.inner.open_table(DEDUPE)?;
+            if dedupe.get(dedupe_key)?.is_some() {
+                return Ok(None);
+            }
+        }
+        let cursor = self.next_seq("inbox_seq")?;
+        let bytes = encode_inbox(row)?;
+        self.inner
+            .open_table(INBOX)?
+            .insert(&cursor.to_be_bytes(), bytes.as_slice())?;
+        self.inner
+            .open_table(DEDUPE)?
+            .insert(dedupe_key, &cursor.to_be_bytes())?;
+        Ok(Some(cursor))
+    }
+
+    pub fn inbox_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, InboxRow)>, StoreError> {
+        let t = self.inner.open_table(INBOX)?;
+        let start = after.saturating_add(1).to_be_bytes();
+        let mut out = Vec::new();
+        for item in t.range::<&[u8; 8]>(&start..)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            out.push((u64::from_be_bytes(*k.value()), decode_inbox(v.value())?));
+        }
+        Ok(out)
+    }
+
+    // ---- media index and webhook jobs (rows are opaque to the core; see docs/store.md) ----
+
+    pub fn put_media(&self, id: &[u8; 16], row: &[u8]) -> Result<(), StoreError> {
+        self.inner.open_table(MEDIA)?.insert(id, row)?;
+        Ok(())
+    }
+
+    pub fn media(&self, id: &[u8; 16]) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.inner.open_table(MEDIA)?;
+        Ok(t.get(id)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn push_webhook_job(&self, job: &[u8]) -> Result<u64, StoreError> {
+        let seq = self.next_seq("webhook_seq")?;
+        self.inner
+            .open_table(WEBHOOK_JOBS)?
+            .insert(&seq.to_be_bytes(), job)?;
+        Ok(seq)
+    }
+
+    pub fn remove_webhook_job(&self, seq: u64) -> Result<bool, StoreError> {
+        Ok(self
+            .inner
+            .open_table(WEBHOOK_JOBS)?
+            .remove(&seq.to_be_bytes())?
+            .is_some())
+    }
+}
+
+fn check_key(key: &str) -> Result<(), StoreError> {
+    if key.len() > MAX_ADDRESS_KEY_BYTES {
+        return Err(StoreError::TooLarge {
+            what: "key",
+            len: key.len() as u64,
+            max: MAX_ADDRESS_KEY_BYTES as u64,
+        });
+    }
+    Ok(())
+}
+
+// ---- row codecs ---------------------------------------------------------------------------
+
+const OUTBOX_ROW_VERSION: u8 = 1;
+const INBOX_ROW_VERSION: u8 = 1;
+
+fn put_bytes(out: &mut Vec<u8>, what: &'static str, b: &[u8]) -> Result<(), StoreError> {
+    let len = u32::try_from(b.len()).map_err(|_| StoreError::TooLarge {
+        what,
+        len: b.len() as u64,
+        max: u64::from(u32::MAX),
+    })?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(b);
+    Ok(())
+}
+
+fn encode_outbox(r: &OutboxRow) -> Result<Vec<u8>, StoreError> {
+    let mut v = Vec::with_capacity(64 + r.content.len() + r.stanza.len());
+    v.push(OUTBOX_ROW_VERSION);
+    v.push(r.kind);
+    v.push(r.status as u8);
+    v.extend_from_slice(&r.created_ms.to_be_bytes());
+    v.extend_from_slice(&r.updated_ms.to_be_bytes());
+    put_bytes(&mut v, "outbox id", r.id.as_bytes())?;
+    put_bytes(&mut v, "outbox to", r.to.as_bytes())?;
+    put_bytes(&mut v, "outbox error", r.error_code.as_bytes())?;
+    put_bytes(&mut v, "outbox content", &r.content)?;
+    put_bytes(&mut v, "outbox stanza", &r.stanza)?;
+    Ok(v)
+}
+
+fn decode_outbox(b: &[u8]) -> Result<OutboxRow, StoreError> {
+    let mut r = Reader::new(b, "outbox");
+    r.version(OUTBOX_ROW_VERSION)?;
+    let kind = r.u8()?;
+    let status = OutboxStatus::from_byte(r.u8()?).ok_or(StoreError::Corrupt {
+        table: "outbox",
+        detail: "unknown status",
+    })?;
+    let created_ms = r.u64()?;
+    let updated_ms = r.u64()?;
+    let id = r.string()?;
+    let to = r.string()?;
+    let error_code = r.string()?;
+    let content = r.bytes()?.to_vec();
+    let stanza = r.bytes()?.to_vec();
+    r.end()?;
+    Ok(OutboxRow {
+        id,
+        to,
+        kind,
+        status,
+        created_ms,
+        updated_ms,
+        error_code,
+        content,
+        stanza,
+    })
+}
+
+fn encode_inbox(r: &InboxRow) -> Result<Vec<u8>, StoreError> {
+    let mut v = Vec::with_capacity(32 + r.content.len());
+    v.push(INBOX_ROW_VERSION);
+    v.extend_from_slice(&r.t_secs.to_be_bytes());
+    v.extend_from_slice(&r.received_ms.to_be_bytes());
+    put_bytes(&mut v, "inbox id", r.id.as_bytes())?;
+    put_bytes(&mut v, "inbox from", r.from.as_bytes())?;
+    put_bytes(&mut v, "inbox content", &r.content)?;
+    Ok(v)
+}
+
+fn decode_inbox(b: &[u8]) -> Result<InboxRow, StoreError> {
+    let mut r = Reader::new(b, "inbox");
+    r.version(INBOX_ROW_VERSION)?;
+    let t_secs = r.u64()?;
+    let received_ms = r.u64()?;
+    let id = r.string()?;
+    let from = r.string()?;
+    let content = r.bytes()?.to_vec();
+    r.end()?;
+    Ok(InboxRow {
+        id,
+        from,
+        t_secs,
+        received_ms,
+        content,
+    })
+}
+
+fn be_u32(b: &[u8], table: &'static str) -> Result<u32, StoreError> {
+    let a: [u8; 4] = b.try_into().map_err(|_| StoreError::Corrupt {
+        table,
+        detail: "bad u32",
+    })?;
+    Ok(u32::from_be_bytes(a))
+}
+
+fn be_u64(b: &[u8], table: &'static str) -> Result<u64, StoreError> {
+    let a: [u8; 8] = b.try_into().map_err(|_| StoreError::Corrupt {
+        table,
+        detail: "bad u64",
+    })?;
+    Ok(u64::from_be_bytes(a))
+}
+
+/// A cursor over a stored value that rejects short reads and trailing bytes.
+pub(crate) struct Reader<'a> {
+    rest: &'a [u8],
+    table: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(rest: &'a [u8], table: &'static str) -> Self {
+        Reader { rest, table }
+    }
+
+    fn corrupt(&self, detail: &'static str) -> StoreError {
+        StoreError::Corrupt {
+            table: self.table,
+            detail,
+        }
+    }
+
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.rest.len() < n {
+            return Err(self.corrupt("truncated row"));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], StoreError> {
+        let b = self.take(N)?;
+        b.try_into().map_err(|_| self.corrupt("truncated row"))
+    }
+
+    pub(crate) fn version(&mut self, want: u8) -> Result<(), StoreError> {
+        if self.u8()? != want {
+            return Err(self.corrupt("unknown row version"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    pub(crate) fn u16(&mut self) -> Result<u16, StoreError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32, StoreError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    pub(crate) fn u64(&mut self) -> Result<u64, StoreError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], StoreError> {
+        let n = self.u32()?;
+        let n = usize::try_from(n).map_err(|_| self.corrupt("length overflows usize"))?;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<String, StoreError> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| self.corrupt("invalid UTF-8"))
+    }
+
+    pub(crate) fn end(&self) -> Result<(), StoreError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(self.corrupt("trailing bytes"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox_row(id: &str) -> OutboxRow {
+        OutboxRow {
+            id: id.to_string(),
+            to: "15550100".into(),
+            kind: 1,
+            status: OutboxStatus::Queued,
+            created_ms: 1,
+            updated_ms: 2,
+            error_code: String::new(),
+            content: vec![1, 2, 3],
+            stanza: b"<message/>".to_vec(),
+        }
+    }
+
+    #[test]
+    fn state_dir_is_0700_and_db_file_is_0600() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let _s = Store::open(&dir).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(DB_FILE_NAME)), 0o600);
+    }
+
+    #[test]
+    fn fresh_store_records_current_schema_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn newer_schema_is_refused_with_a_clear_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        Store::open(tmp.path())
+            .unwrap()
+            .force_schema_version(SCHEMA_VERSION + 1)
+            .unwrap();
+        let err = Store::open(tmp.path()).err().unwrap();
+        assert!(matches!(err, StoreError::SchemaTooNew { found, supported }
+            if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION));
+        assert!(err.to_string().contains("newer interopd"));
+    }
+
+    #[test]
+    fn outbox_row_round_trips_and_is_found_by_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let txn = s.begin().unwrap();
+        let seq = txn.outbox_insert(&outbox_row("3EB0AA")).unwrap();
+        txn.commit().unwrap();
+        let txn = s.begin().unwrap();
+        let (got_seq, row) = txn.outbox_by_id("3EB0AA").unwrap().unwrap();
+        assert_eq!(got_seq, seq);
+        assert_eq!(row, outbox_row("3EB0AA"));
+    }
+
+    #[test]
+    fn outbox_scan_returns_rows_in_queue_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let txn = s.begin().unwrap();
+        for i in 0..5 {
+            txn.outbox_insert(&outbox_row(&format!("id{i}"))).unwrap();
+        }
+        let rows = txn.outbox_scan(2, 10).unwrap();
+        let ids: Vec<_> = rows.iter().map(|(_, r)| r.id.as_str()).collect();
+        assert_eq!(ids, ["id2", "id3", "id4"]);
+    }
+
+    #[test]
+    fn redelivered_inbound_is_not_stored_twice() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let row = InboxRow {
+            id: "X".into(),
+            from: "1555".into(),
+            t_secs: 9,
+            received_ms: 10,
+            content: vec![7],
+        };
+        let txn = s.begin().unwrap();
+        assert_eq!(txn.inbox_insert("1555/X", &row).unwrap(), Some(1));
+        assert_eq!(txn.inbox_insert("1555/X", &row).unwrap(), None);
+        assert_eq!(txn.inbox_insert("1555/Y", &row).unwrap(), Some(2));
+        assert_eq!(txn.inbox_after(0, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn device_list_round_trips_and_is_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let txn = s.begin().unwrap();
+        let list = DeviceList {
+            fetched_ms: 5,
+            devices: vec![0, 1, 7],
+        };
+        txn.put_device_list("1555", &list).unwrap();
+        assert_eq!(txn.device_list("1555").unwrap(), Some(list));
+        let big = DeviceList {
+            fetched_ms: 5,
+            devices: vec![1; MAX_DEVICES_PER_USER + 1],
+        };
+        assert!(matches!(
+            txn.put_device_list("1555", &big),
+            Err(StoreError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn corrupt_row_is_a_typed_error_not_a_panic() {
+        for bad in [
+            &b""[..],
+            &[1u8][..],
+            &[9u8, 0, 0][..],
+            &[1u8, 1, 0, 0, 0, 0, 0, 0, 0, 0][..],
+        ] {
+            assert!(matches!(
+                decode_outbox(bad),
+                Err(StoreError::Corrupt { .. })
+            ));
+            assert!(matches!(decode_inbox(bad), Err(StoreError::Corrupt { .. })));
+        }
+    }
+
+    #[test]
+    fn dropped_transaction_leaves_nothing_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        {
+            let txn = s.begin().unwrap();
+            txn.outbox_insert(&outbox_row("gone")).unwrap();
+        }
+        let txn = s.begin().unwrap();
+        assert!(txn.outbox_by_id("gone").unwrap().is_none());
+        assert!(txn.outbox_scan(0, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn integers_on_disk_are_big_endian() {
+        let row = outbox_row("a");
+        let bytes = encode_outbox(&row).unwrap();
+        assert_eq!(&bytes[3..11], &1u64.to_be_bytes());
+        assert_eq!(&bytes[11..19], &2u64.to_be_bytes());
+    }
+}
