@@ -1,0 +1,50 @@
+//! Writes the schema-v1 store fixture used by `tests/store_format.rs`: a state directory with
+//! an identity, prekeys, a session with a peer, one outbox row and one inbox row.
+//! Run: `cargo run --example store_fixture -- tests/data/store/v1` (into an empty directory).
+//! The fixture is committed; regenerate it only when adding a new schema version's fixture.
+
+use interopd::signal::{self, Address};
+use interopd::store::{InboxRow, OutboxRow, OutboxStatus, Store};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = std::env::args().nth(1).ok_or("usage: store_fixture DIR")?;
+    let now = 1_700_000_000_000;
+    let ours = Store::open(std::path::Path::new(&out))?;
+    let peer_dir = tempfile::tempdir()?;
+    let peer = Store::open(peer_dir.path())?;
+    let rng = &mut rand::rng();
+    let txn = peer.begin()?;
+    signal::provision(&txn, rng, now, 2)?;
+    let ids = signal::prekey_ids(&txn, 1)?;
+    let bundle = signal::own_bundle(&txn, ids.first().copied())?;
+    txn.commit()?;
+
+    let txn = ours.begin()?;
+    signal::provision(&txn, rng, now, 3)?;
+    let peer_addr = Address::new("15550100", 0);
+    signal::process_bundle(&txn, &peer_addr, &bundle, rng, now)?;
+    let ct = signal::encrypt(&txn, &peer_addr, b"fixture", now)?;
+    txn.outbox_insert(&OutboxRow {
+        id: "3EB0000000000000000001".into(),
+        to: "15550100".into(),
+        kind: 1,
+        status: OutboxStatus::Sent,
+        created_ms: now,
+        updated_ms: now,
+        error_code: String::new(),
+        content: b"fixture".to_vec(),
+        stanza: ct.body,
+    })?;
+    txn.inbox_insert(
+        "15550100/3EB0000000000000000002",
+        &InboxRow {
+            id: "3EB0000000000000000002".into(),
+            from: "15550100".into(),
+            t_secs: 1_700_000_000,
+            received_ms: now,
+            content: b"hello".to_vec(),
+        },
+    )?;
+    txn.commit()?;
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! The store is a file format: a store written by an earlier schema must open in every later
+//! build. `tests/data/store/v1/` was written by schema version 1 (see
+//! `examples/store_fixture.rs`); this test opens a copy and reads every kind of row back.
+
+use std::path::Path;
+
+use interopd::signal::{self, Address};
+use interopd::store::{OutboxStatus, SCHEMA_VERSION, Store};
+
+fn copy_fixture(version: &str) -> tempfile::TempDir {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/store").join(version);
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn schema_v1_store_opens_and_every_row_reads_back() {
+    let dir = copy_fixture("v1");
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.schema_version().unwrap() >= 1);
+    assert!(store.schema_version().unwrap() <= SCHEMA_VERSION);
+    let txn = store.begin().unwrap();
+    let me = signal::local_identity(&txn).unwrap().expect("identity kept");
+    assert!((1..=0x3FFF).contains(&me.registration_id()));
+    signal::check_signed_prekey(&txn).unwrap();
+    assert_eq!(signal::prekey_count(&txn).unwrap(), 3);
+    let peer = Address::new("15550100", 0);
+    assert!(signal::has_session(&txn, &peer).unwrap());
+    // The stored session still encrypts.
+    signal::encrypt(&txn, &peer, b"after upgrade", 1_700_000_000_001).unwrap();
+    let (_, row) = txn.outbox_by_id("3EB0000000000000000001").unwrap().unwrap();
+    assert_eq!(row.status, OutboxStatus::Sent);
+    assert_eq!(row.to, "15550100");
+    let inbox = txn.inbox_after(0, 10).unwrap();
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].1.content, b"hello");
+}
