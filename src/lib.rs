@@ -7,17 +7,27 @@
 //! |--------------------|--------------------------------------------------------------|------|
 //! | [`store`]          | the redb file: tables, schema version, row layouts           | disk |
 //! | [`signal`]         | X3DH + Double Ratchet via the Signal crate, over a store txn | no   |
+//! | [`config`]         | the config file: raw TOML, then validated, errors with lines | no   |
 //! | [`content`]        | the `Message` protobuf subset, padding, message ids          | no   |
 //! | [`media_crypto`]   | streaming media encryption and verification                  | no   |
+//! | [`logger`]         | one line per event on stderr with journald `<N>` priorities    | stderr |
+//! | [`notify`]         | sd_notify over `NOTIFY_SOCKET` (READY, WATCHDOG, STOPPING)   | socket |
 //! | [`frame`]          | 3-byte length framing and the reassembly buffer              | no   |
 //! | [`stanza`]         | the stanza model, its XML encoding and parser, bounds        | no   |
+//! | [`jid`]            | wire addresses (`user:device@server`), phone numbers         | no   |
+//! | [`login`]          | the login handshake, both sides, and its proof string        | no   |
 //!
 //! The rest of the code never names the Signal crate; [`signal`] is the boundary.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod content;
 pub mod frame;
+pub mod logger;
+pub mod jid;
+pub mod login;
 pub mod media_crypto;
+pub mod notify;
 pub mod signal;
 pub mod stanza;
 pub mod store;

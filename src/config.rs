@@ -1,0 +1,490 @@
+//! The daemon's configuration file (`/etc/interopd/interopd.conf`, TOML). Sans-I/O: it takes
+//! the file's text and path and returns a validated [`Config`] or a [`ConfigError`] that names
+//! the line. Parsing is two steps, as in ripgrep: the raw TOML into plain structs (unknown keys
+//! are errors, so a typo never silently falls back to a default), then validation into the
+//! types the daemon uses. Every key, its default and unit is in docs/config.md; a test parses
+//! every example config shipped in the repository.
+//!
+//! This file must not open sockets or read other files; relative paths are resolved against
+//! the config file's directory but not checked for existence (the shell does that).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The default config file path.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/interopd/interopd.conf";
+/// The default local API address.
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8787";
+/// The default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/interopd";
+/// Largest config file we read, in bytes.
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+/// Keepalive bounds (the gatekeeper expects a ping every 20 to 30 s).
+pub const MIN_KEEPALIVE_SECS: u64 = 20;
+pub const MAX_KEEPALIVE_SECS: u64 = 30;
+pub const DEFAULT_KEEPALIVE_SECS: u64 = 25;
+/// Longest integrator id or user name, in bytes (the joined account name has its own bound,
+/// `jid::MAX_ACCOUNT_BYTES`).
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// A bad configuration. The daemon prints it and exits with status 78 (EX_CONFIG).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line in the file, when the error can be tied to one.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How the daemon authenticates the gatekeeper's TLS server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerPin {
+    /// Trust only certificates issued by this CA (PEM file).
+    CaFile(PathBuf),
+    /// Accept only a server key whose SubjectPublicKeyInfo hashes (SHA-256) to this.
+    SpkiSha256([u8; 32]),
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Our integrator id at the gatekeeper.
+    pub integrator: String,
+    /// This household's account name.
+    pub user: String,
+    /// The provider token issued by the gatekeeper. Never logged.
+    pub token: String,
+    /// The gatekeeper's `host:port`.
+    pub server_addr: String,
+    /// The name in the gatekeeper's certificate.
+    pub server_name: String,
+    pub pin: ServerPin,
+    pub keepalive_secs: u64,
+    pub api_addr: SocketAddr,
+    /// Extra `Host` header names the API accepts (besides the listen address and localhost).
+    pub api_host_names: Vec<String>,
+    pub state_dir: PathBuf,
+}
+
+impl Config {
+    /// Our account as the gatekeeper knows it: `{integrator}-{user}`.
+    pub fn account(&self) -> String {
+        format!("{}-{}", self.integrator, self.user)
+    }
+}
+
+impl std::fmt::Display for Config {
+    /// Renders a complete config file that parses back to the same [`Config`].
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let q = |s: &str| toml_string(s);
+        writeln!(f, "# interopd configuration. Keys: docs/config.md. Keep this file mode 0600:")?;
+        writeln!(f, "# it holds the provider token.")?;
+        writeln!(f)?;
+        writeln!(f, "[account]")?;
+        writeln!(f, "integrator = {}", q(&self.integrator))?;
+        writeln!(f, "user = {}", q(&self.user))?;
+        writeln!(f, "token = {}", q(&self.token))?;
+        writeln!(f)?;
+        writeln!(f, "[gatekeeper]")?;
+        writeln!(f, "address = {}", q(&self.server_addr))?;
+        writeln!(f, "server_name = {}", q(&self.server_name))?;
+        match &self.pin {
+            ServerPin::CaFile(p) => writeln!(f, "ca_file = {}", q(&p.to_string_lossy()))?,
+            ServerPin::SpkiSha256(h) => writeln!(f, "spki_sha256 = {}", q(&hex(h)))?,
+        }
+        writeln!(f, "keepalive_secs = {}", self.keepalive_secs)?;
+        writeln!(f)?;
+        writeln!(f, "[api]")?;
+        writeln!(f, "listen = {}", q(&self.api_addr.to_string()))?;
+        if !self.api_addr.ip().is_loopback() {
+            writeln!(f, "allow_non_loopback = true")?;
+        }
+        if !self.api_host_names.is_empty() {
+            let names: Vec<String> = self.api_host_names.iter().map(|n| q(n)).collect();
+            writeln!(f, "host_names = [{}]", names.join(", "))?;
+        }
+        writeln!(f)?;
+        writeln!(f, "[state]")?;
+        writeln!(f, "dir = {}", q(&self.state_dir.to_string_lossy()))
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+// ---- step 1: raw ------------------------------------------------------------------------
+
+type S<T> = toml::Spanned<T>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    account: RawAccount,
+    gatekeeper: RawGatekeeper,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    state: RawState,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccount {
+    integrator: S<String>,
+    user: S<String>,
+    token: S<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGatekeeper {
+    address: S<String>,
+    server_name: Option<S<String>>,
+    ca_file: Option<S<String>>,
+    spki_sha256: Option<S<String>>,
+    keepalive_secs: Option<S<u64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<S<String>>,
+    #[serde(default)]
+    allow_non_loopback: bool,
+    #[serde(default)]
+    host_names: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    dir: Option<S<String>>,
+}
+
+// ---- step 2: validated ------------------------------------------------------------------
+
+/// Parses and validates a config file's text. `path` is used to resolve relative paths.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError {
+            line: None,
+            message: format!("file is {} bytes, over the limit of {MAX_CONFIG_BYTES}", text.len()),
+        });
+    }
+    let raw: Raw = toml::from_str(text).map_err(|e| ConfigError {
+        line: e.span().map(|s| line_of(text, s.start)),
+        message: e.message().trim().to_string(),
+    })?;
+    let err = |span: std::ops::Range<usize>, message: String| ConfigError {
+        line: Some(line_of(text, span.start)),
+        message,
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let resolve = |p: &str| -> PathBuf {
+        let p = PathBuf::from(p);
+        if p.is_absolute() { p } else { base.join(p) }
+    };
+
+    let integrator = name(&raw.account.integrator, "account.integrator").map_err(|m| err(raw.account.integrator.span(), m))?;
+    let user = name(&raw.account.user, "account.user").map_err(|m| err(raw.account.user.span(), m))?;
+    if crate::jid::check_account(&format!("{integrator}-{user}")).is_err() {
+        return Err(err(
+            raw.account.user.span(),
+            format!("the account name \"{integrator}-{user}\" is longer than {} bytes", crate::jid::MAX_ACCOUNT_BYTES),
+        ));
+    }
+    let token = raw.account.token.get_ref().clone();
+    if token.is_empty() || token.len() > crate::login::MAX_TOKEN_BYTES {
+        return Err(err(
+            raw.account.token.span(),
+            format!("account.token must be 1 to {} bytes", crate::login::MAX_TOKEN_BYTES),
+        ));
+    }
+
+    let g = &raw.gatekeeper;
+    let server_addr = g.address.get_ref().clone();
+    let Some((host, port)) = server_addr.rsplit_once(':') else {
+        return Err(err(g.address.span(), format!("gatekeeper.address {server_addr:?} must be host:port")));
+    };
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(err(g.address.span(), format!("gatekeeper.address {server_addr:?} must be host:port")));
+    }
+    let server_name = match &g.server_name {
+        Some(n) if n.get_ref().is_empty() => {
+            return Err(err(n.span(), "gatekeeper.server_name must not be empty".into()));
+        }
+        Some(n) => n.get_ref().clone(),
+        None => host.trim_start_matches('[').trim_end_matches(']').to_string(),
+    };
+    let pin = match (&g.ca_file, &g.spki_sha256) {
+        (Some(_), Some(s)) => {
+            return Err(err(s.span(), "set either gatekeeper.ca_file or gatekeeper.spki_sha256, not both".into()));
+        }
+        (Some(ca), None) => ServerPin::CaFile(resolve(ca.get_ref())),
+        (None, Some(s)) => ServerPin::SpkiSha256(
+            parse_hex32(s.get_ref())
+                .ok_or_else(|| err(s.span(), "gatekeeper.spki_sha256 must be 64 hex digits".into()))?,
+        ),
+        (None, None) => {
+            return Err(err(
+                g.address.span(),
+                "the gatekeeper's certificate must be pinned: set gatekeeper.ca_file or gatekeeper.spki_sha256".into(),
+            ));
+        }
+    };
+    let keepalive_secs = match &g.keepalive_secs {
+        None => DEFAULT_KEEPALIVE_SECS,
+        Some(k) if (MIN_KEEPALIVE_SECS..=MAX_KEEPALIVE_SECS).contains(k.get_ref()) => *k.get_ref(),
+        Some(k) => {
+            return Err(err(
+                k.span(),
+                format!("gatekeeper.keepalive_secs must be {MIN_KEEPALIVE_SECS} to {MAX_KEEPALIVE_SECS}"),
+            ));
+        }
+    };
+
+    let (api_addr, api_span) = match &raw.api.listen {
+        Some(l) => (l.get_ref().as_str(), Some(l.span())),
+        None => (DEFAULT_API_ADDR, None),
+    };
+    let api_err = |m: String| ConfigError { line: api_span.clone().map(|s| line_of(text, s.start)), message: m };
+    let api_addr: SocketAddr = api_addr
+        .parse()
+        .map_err(|_| api_err(format!("api.listen {api_addr:?} must be an IP address and port")))?;
+    if !api_addr.ip().is_loopback() && !raw.api.allow_non_loopback {
+        return Err(api_err(format!(
+            "api.listen {api_addr} is not a loopback address; set api.allow_non_loopback = true to expose the API on the network"
+        )));
+    }
+    let state_dir = match &raw.state.dir {
+        Some(d) if d.get_ref().is_empty() => return Err(err(d.span(), "state.dir must not be empty".into())),
+        Some(d) => resolve(d.get_ref()),
+        None => PathBuf::from(DEFAULT_STATE_DIR),
+    };
+    Ok(Config {
+        integrator,
+        user,
+        token,
+        server_addr,
+        server_name,
+        pin,
+        keepalive_secs,
+        api_addr,
+        api_host_names: raw.api.host_names,
+        state_dir,
+    })
+}
+
+fn name(v: &S<String>, key: &str) -> Result<String, String> {
+    let s = v.get_ref();
+    // The integrator id ends at the first '-' of the account name, so it cannot hold one.
+    let allowed = |b: u8| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || (key == "account.user" && matches!(b, b'.' | b'_' | b'-'))
+    };
+    let ok = !s.is_empty()
+        && s.len() <= MAX_NAME_BYTES
+        && s.bytes().all(allowed)
+        && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(s.clone())
+    } else if key == "account.user" {
+        Err(format!("{key} {s:?} must be lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"))
+    } else {
+        Err(format!("{key} {s:?} must be lowercase letters and digits"))
+    }
+}
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        let pair = s.get(2 * i..2 * i + 2)?;
+        *o = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(1, |t| t.bytes().filter(|b| *b == b'\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[account]
+integrator = "acme"
+user = "home"
+token = "secret-token"
+
+[gatekeeper]
+address = "127.0.0.1:5222"
+server_name = "localhost"
+ca_file = "ca.pem"
+"#;
+
+    fn p(text: &str) -> Result<Config, ConfigError> {
+        parse(text, Path::new("/etc/interopd/interopd.conf"))
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = p(GOOD).unwrap();
+        assert_eq!(c.account(), "acme-home");
+        assert_eq!(c.api_addr.to_string(), DEFAULT_API_ADDR);
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.keepalive_secs, DEFAULT_KEEPALIVE_SECS);
+        assert_eq!(c.pin, ServerPin::CaFile(PathBuf::from("/etc/interopd/ca.pem")));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_line() {
+        let text = GOOD.replace("user = \"home\"", "user = \"home\"\nusr = \"typo\"");
+        let e = p(&text).unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("usr"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let e = p("[account]\nintegrator = \"a\"\nuser = \n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn non_loopback_api_needs_explicit_permission() {
+        let text = format!("{GOOD}\n[api]\nlisten = \"0.0.0.0:8787\"\n");
+        let e = p(&text).unwrap_err();
+        assert!(e.message.contains("allow_non_loopback"), "{e}");
+        assert_eq!(e.line, Some(13));
+        let text = format!("{GOOD}\n[api]\nlisten = \"0.0.0.0:8787\"\nallow_non_loopback = true\n");
+        assert!(p(&text).is_ok());
+    }
+
+    #[test]
+    fn server_must_be_pinned_one_way() {
+        let unpinned = GOOD.replace("ca_file = \"ca.pem\"\n", "");
+        assert!(p(&unpinned).unwrap_err().message.contains("pinned"));
+        let both = format!("{GOOD}spki_sha256 = \"{}\"\n", "ab".repeat(32));
+        assert!(p(&both).unwrap_err().message.contains("not both"));
+        let spki = unpinned.clone() + &format!("spki_sha256 = \"{}\"\n", "ab".repeat(32));
+        assert_eq!(p(&spki).unwrap().pin, ServerPin::SpkiSha256([0xab; 32]));
+        let bad = unpinned + "spki_sha256 = \"xyz\"\n";
+        assert!(p(&bad).unwrap_err().message.contains("64 hex"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_reasons() {
+        for (from, to, needle) in [
+            ("user = \"home\"", "user = \"Home\"", "account.user"),
+            ("integrator = \"acme\"", "integrator = \"ac-me\"", "account.integrator"),
+            ("user = \"home\"", "user = \"\"", "account.user"),
+            ("token = \"secret-token\"", "token = \"\"", "token"),
+            ("address = \"127.0.0.1:5222\"", "address = \"nohost\"", "host:port"),
+            ("address = \"127.0.0.1:5222\"", "address = \"h:0\"", "host:port"),
+            ("ca_file = \"ca.pem\"", "ca_file = \"ca.pem\"\nkeepalive_secs = 5", "keepalive"),
+        ] {
+            let e = p(&GOOD.replace(from, to)).unwrap_err();
+            assert!(e.message.contains(needle), "{to}: {e}");
+            assert!(e.line.is_some(), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn joined_account_name_and_token_obey_login_bounds() {
+        let long_user = format!("user = \"{}\"", "h".repeat(MAX_NAME_BYTES));
+        let e = p(&GOOD.replace("user = \"home\"", &long_user)).unwrap_err();
+        assert!(e.message.contains("longer than"), "{e}");
+        let long_token = format!("token = \"{}\"", "t".repeat(crate::login::MAX_TOKEN_BYTES + 1));
+        let e = p(&GOOD.replace("token = \"secret-token\"", &long_token)).unwrap_err();
+        assert!(e.message.contains("token"), "{e}");
+        assert_eq!(e.line, Some(5));
+    }
+
+    #[test]
+    fn rendered_config_parses_back_to_the_same_config() {
+        let mut c = p(GOOD).unwrap();
+        c.token = "tok\"en\\with\nodd chars".into();
+        c.api_host_names = vec!["house.local".into()];
+        c.state_dir = PathBuf::from("/var/lib/interopd");
+        let again = p(&c.to_string()).unwrap();
+        assert_eq!(again, c);
+        c.pin = ServerPin::SpkiSha256([7; 32]);
+        assert_eq!(p(&c.to_string()).unwrap(), c);
+    }
+
+    #[test]
+    fn oversize_file_is_refused() {
+        let big = "#".repeat(MAX_CONFIG_BYTES + 1);
+        assert!(p(&big).unwrap_err().message.contains("limit"));
+    }
+
+    #[test]
+    fn shipped_example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("board/examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "conf") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                parse(&text, &path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n > 0, "no example config found in {}", dir.display());
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn arbitrary_text_never_panics(text in ".{0,400}") {
+                let _ = p(&text);
+            }
+
+            #[test]
+            fn error_lines_are_within_the_file(extra in "[a-z_ =\"\\[\\]0-9\n]{0,80}") {
+                let text = format!("{GOOD}{extra}");
+                if let Err(e) = p(&text) {
+                    if let Some(l) = e.line {
+                        prop_assert!(l >= 1 && l <= text.lines().count() + 1);
+                    }
+                }
+            }
+        }
+    }
+}
