@@ -1,10 +1,116 @@
-//! `interopd`: the daemon's command line. Thin: parsing and exit codes only.
+//! `interopd`: the daemon's command line. Thin: argument parsing, exit codes, and handing over
+//! to the library. Exit codes: 0 clean stop, 1 runtime failure, 2 usage error, 78 bad config.
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!(
-        "interopd {}: the daemon loop arrives with the `link` issue",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(1);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use interopd::config;
+
+const USAGE: &str = "\
+usage: interopd <command> [options]
+
+commands:
+  demo [--state DIR] [--api ADDR]      run the reference hub and the daemon in one process
+  run [--config FILE] [--state DIR] [--api ADDR]
+                                       run the daemon (default config /etc/interopd/interopd.conf)
+  check-config [--config FILE]         validate a config file; exit 0 if OK, 78 if not
+  --version                            print the version
+";
+
+/// Exit status for a bad configuration (sysexits EX_CONFIG); systemd does not restart on it.
+const EXIT_CONFIG: u8 = 78;
+const EXIT_USAGE: u8 = 2;
+
+struct Args {
+    command: String,
+    config: Option<PathBuf>,
+    state: Option<PathBuf>,
+    api: Option<String>,
+}
+
+fn parse_args() -> Result<Args, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_env();
+    let mut args = Args {
+        command: String::new(),
+        config: None,
+        state: None,
+        api: None,
+    };
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("config") => args.config = Some(p.value()?.into()),
+            Long("state") => args.state = Some(p.value()?.into()),
+            Long("api") => args.api = Some(p.value()?.string()?),
+            Long("version") => args.command = "version".into(),
+            Long("help") | Short('h') => args.command = "help".into(),
+            Value(v) if args.command.is_empty() => args.command = v.string()?,
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(args)
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match config::parse(&text, path) {
+        Ok(_) => {
+            println!("configuration OK");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    interopd::logger::init();
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("interopd: {e}\n\n{USAGE}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let config_path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+    match args.command.as_str() {
+        "check-config" => check_config(&config_path),
+        "version" => {
+            println!("interopd {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        "help" => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        "demo" | "run" => {
+            let _ = (&args.state, &args.api);
+            eprintln!(
+                "interopd {}: '{}' needs the daemon's link, which is not built yet (see README, Status)",
+                args.command,
+                env!("CARGO_PKG_VERSION")
+            );
+            ExitCode::from(1)
+        }
+        "" => {
+            eprint!("{USAGE}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        other => {
+            eprintln!("interopd: unknown command {other:?}\n\n{USAGE}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
 }
