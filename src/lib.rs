@@ -9,6 +9,7 @@
 //! | [`signal`]         | X3DH + Double Ratchet via the Signal crate, over a store txn | no   |
 //! | [`config`]         | the config file: raw TOML, then validated, errors with lines | no   |
 //! | [`content`]        | the `Message` protobuf subset, padding, message ids          | no   |
+//! | [`media_meta`]     | image size, Ogg/Opus and MP4 durations from a passing stream | no   |
 //! | [`media_crypto`]   | streaming media encryption and verification                  | no   |
 //! | [`logger`]         | one line per event on stderr with journald `<N>` priorities    | stderr |
 //! | [`notify`]         | sd_notify over `NOTIFY_SOCKET` (READY, WATCHDOG, STOPPING)   | socket |
@@ -27,6 +28,7 @@ pub mod logger;
 pub mod jid;
 pub mod login;
 pub mod media_crypto;
+pub mod media_meta;
 pub mod notify;
 pub mod signal;
 pub mod stanza;
