@@ -89,7 +89,10 @@ impl std::fmt::Display for Config {
     /// Renders a complete config file that parses back to the same [`Config`].
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let q = |s: &str| toml_string(s);
-        writeln!(f, "# interopd configuration. Keys: docs/config.md. Keep this file mode 0600:")?;
+        writeln!(
+            f,
+            "# interopd configuration. Keys: docs/config.md. Keep this file mode 0600:"
+        )?;
         writeln!(f, "# it holds the provider token.")?;
         writeln!(f)?;
         writeln!(f, "[account]")?;
@@ -128,7 +131,9 @@ fn toml_string(s: &str) -> String {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\u{:04X}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -196,7 +201,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     if text.len() > MAX_CONFIG_BYTES {
         return Err(ConfigError {
             line: None,
-            message: format!("file is {} bytes, over the limit of {MAX_CONFIG_BYTES}", text.len()),
+            message: format!(
+                "file is {} bytes, over the limit of {MAX_CONFIG_BYTES}",
+                text.len()
+            ),
         });
     }
     let raw: Raw = toml::from_str(text).map_err(|e| ConfigError {
@@ -213,46 +221,71 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         if p.is_absolute() { p } else { base.join(p) }
     };
 
-    let integrator = name(&raw.account.integrator, "account.integrator").map_err(|m| err(raw.account.integrator.span(), m))?;
-    let user = name(&raw.account.user, "account.user").map_err(|m| err(raw.account.user.span(), m))?;
+    let integrator = name(&raw.account.integrator, "account.integrator")
+        .map_err(|m| err(raw.account.integrator.span(), m))?;
+    let user =
+        name(&raw.account.user, "account.user").map_err(|m| err(raw.account.user.span(), m))?;
     if crate::jid::check_account(&format!("{integrator}-{user}")).is_err() {
         return Err(err(
             raw.account.user.span(),
-            format!("the account name \"{integrator}-{user}\" is longer than {} bytes", crate::jid::MAX_ACCOUNT_BYTES),
+            format!(
+                "the account name \"{integrator}-{user}\" is longer than {} bytes",
+                crate::jid::MAX_ACCOUNT_BYTES
+            ),
         ));
     }
     let token = raw.account.token.get_ref().clone();
     if token.is_empty() || token.len() > crate::login::MAX_TOKEN_BYTES {
         return Err(err(
             raw.account.token.span(),
-            format!("account.token must be 1 to {} bytes", crate::login::MAX_TOKEN_BYTES),
+            format!(
+                "account.token must be 1 to {} bytes",
+                crate::login::MAX_TOKEN_BYTES
+            ),
         ));
     }
 
     let g = &raw.gatekeeper;
     let server_addr = g.address.get_ref().clone();
     let Some((host, port)) = server_addr.rsplit_once(':') else {
-        return Err(err(g.address.span(), format!("gatekeeper.address {server_addr:?} must be host:port")));
+        return Err(err(
+            g.address.span(),
+            format!("gatekeeper.address {server_addr:?} must be host:port"),
+        ));
     };
     if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(err(g.address.span(), format!("gatekeeper.address {server_addr:?} must be host:port")));
+        return Err(err(
+            g.address.span(),
+            format!("gatekeeper.address {server_addr:?} must be host:port"),
+        ));
     }
     let server_name = match &g.server_name {
         Some(n) if n.get_ref().is_empty() => {
-            return Err(err(n.span(), "gatekeeper.server_name must not be empty".into()));
+            return Err(err(
+                n.span(),
+                "gatekeeper.server_name must not be empty".into(),
+            ));
         }
         Some(n) => n.get_ref().clone(),
-        None => host.trim_start_matches('[').trim_end_matches(']').to_string(),
+        None => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
     };
     let pin = match (&g.ca_file, &g.spki_sha256) {
         (Some(_), Some(s)) => {
-            return Err(err(s.span(), "set either gatekeeper.ca_file or gatekeeper.spki_sha256, not both".into()));
+            return Err(err(
+                s.span(),
+                "set either gatekeeper.ca_file or gatekeeper.spki_sha256, not both".into(),
+            ));
         }
         (Some(ca), None) => ServerPin::CaFile(resolve(ca.get_ref())),
-        (None, Some(s)) => ServerPin::SpkiSha256(
-            parse_hex32(s.get_ref())
-                .ok_or_else(|| err(s.span(), "gatekeeper.spki_sha256 must be 64 hex digits".into()))?,
-        ),
+        (None, Some(s)) => ServerPin::SpkiSha256(parse_hex32(s.get_ref()).ok_or_else(|| {
+            err(
+                s.span(),
+                "gatekeeper.spki_sha256 must be 64 hex digits".into(),
+            )
+        })?),
         (None, None) => {
             return Err(err(
                 g.address.span(),
@@ -266,7 +299,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         Some(k) => {
             return Err(err(
                 k.span(),
-                format!("gatekeeper.keepalive_secs must be {MIN_KEEPALIVE_SECS} to {MAX_KEEPALIVE_SECS}"),
+                format!(
+                    "gatekeeper.keepalive_secs must be {MIN_KEEPALIVE_SECS} to {MAX_KEEPALIVE_SECS}"
+                ),
             ));
         }
     };
@@ -275,17 +310,24 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         Some(l) => (l.get_ref().as_str(), Some(l.span())),
         None => (DEFAULT_API_ADDR, None),
     };
-    let api_err = |m: String| ConfigError { line: api_span.clone().map(|s| line_of(text, s.start)), message: m };
-    let api_addr: SocketAddr = api_addr
-        .parse()
-        .map_err(|_| api_err(format!("api.listen {api_addr:?} must be an IP address and port")))?;
+    let api_err = |m: String| ConfigError {
+        line: api_span.clone().map(|s| line_of(text, s.start)),
+        message: m,
+    };
+    let api_addr: SocketAddr = api_addr.parse().map_err(|_| {
+        api_err(format!(
+            "api.listen {api_addr:?} must be an IP address and port"
+        ))
+    })?;
     if !api_addr.ip().is_loopback() && !raw.api.allow_non_loopback {
         return Err(api_err(format!(
             "api.listen {api_addr} is not a loopback address; set api.allow_non_loopback = true to expose the API on the network"
         )));
     }
     let state_dir = match &raw.state.dir {
-        Some(d) if d.get_ref().is_empty() => return Err(err(d.span(), "state.dir must not be empty".into())),
+        Some(d) if d.get_ref().is_empty() => {
+            return Err(err(d.span(), "state.dir must not be empty".into()));
+        }
         Some(d) => resolve(d.get_ref()),
         None => PathBuf::from(DEFAULT_STATE_DIR),
     };
@@ -307,16 +349,22 @@ fn name(v: &S<String>, key: &str) -> Result<String, String> {
     let s = v.get_ref();
     // The integrator id ends at the first '-' of the account name, so it cannot hold one.
     let allowed = |b: u8| {
-        b.is_ascii_lowercase() || b.is_ascii_digit() || (key == "account.user" && matches!(b, b'.' | b'_' | b'-'))
+        b.is_ascii_lowercase()
+            || b.is_ascii_digit()
+            || (key == "account.user" && matches!(b, b'.' | b'_' | b'-'))
     };
     let ok = !s.is_empty()
         && s.len() <= MAX_NAME_BYTES
         && s.bytes().all(allowed)
-        && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if ok {
         Ok(s.clone())
     } else if key == "account.user" {
-        Err(format!("{key} {s:?} must be lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"))
+        Err(format!(
+            "{key} {s:?} must be lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+        ))
     } else {
         Err(format!("{key} {s:?} must be lowercase letters and digits"))
     }
@@ -336,7 +384,8 @@ fn parse_hex32(s: &str) -> Option<[u8; 32]> {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset).map_or(1, |t| t.bytes().filter(|b| *b == b'\n').count() + 1)
+    text.get(..offset)
+        .map_or(1, |t| t.bytes().filter(|b| *b == b'\n').count() + 1)
 }
 
 #[cfg(test)]
@@ -366,7 +415,10 @@ ca_file = "ca.pem"
         assert_eq!(c.api_addr.to_string(), DEFAULT_API_ADDR);
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.keepalive_secs, DEFAULT_KEEPALIVE_SECS);
-        assert_eq!(c.pin, ServerPin::CaFile(PathBuf::from("/etc/interopd/ca.pem")));
+        assert_eq!(
+            c.pin,
+            ServerPin::CaFile(PathBuf::from("/etc/interopd/ca.pem"))
+        );
     }
 
     #[test]
@@ -409,12 +461,28 @@ ca_file = "ca.pem"
     fn bad_values_are_refused_with_reasons() {
         for (from, to, needle) in [
             ("user = \"home\"", "user = \"Home\"", "account.user"),
-            ("integrator = \"acme\"", "integrator = \"ac-me\"", "account.integrator"),
+            (
+                "integrator = \"acme\"",
+                "integrator = \"ac-me\"",
+                "account.integrator",
+            ),
             ("user = \"home\"", "user = \"\"", "account.user"),
             ("token = \"secret-token\"", "token = \"\"", "token"),
-            ("address = \"127.0.0.1:5222\"", "address = \"nohost\"", "host:port"),
-            ("address = \"127.0.0.1:5222\"", "address = \"h:0\"", "host:port"),
-            ("ca_file = \"ca.pem\"", "ca_file = \"ca.pem\"\nkeepalive_secs = 5", "keepalive"),
+            (
+                "address = \"127.0.0.1:5222\"",
+                "address = \"nohost\"",
+                "host:port",
+            ),
+            (
+                "address = \"127.0.0.1:5222\"",
+                "address = \"h:0\"",
+                "host:port",
+            ),
+            (
+                "ca_file = \"ca.pem\"",
+                "ca_file = \"ca.pem\"\nkeepalive_secs = 5",
+                "keepalive",
+            ),
         ] {
             let e = p(&GOOD.replace(from, to)).unwrap_err();
             assert!(e.message.contains(needle), "{to}: {e}");
@@ -427,7 +495,10 @@ ca_file = "ca.pem"
         let long_user = format!("user = \"{}\"", "h".repeat(MAX_NAME_BYTES));
         let e = p(&GOOD.replace("user = \"home\"", &long_user)).unwrap_err();
         assert!(e.message.contains("longer than"), "{e}");
-        let long_token = format!("token = \"{}\"", "t".repeat(crate::login::MAX_TOKEN_BYTES + 1));
+        let long_token = format!(
+            "token = \"{}\"",
+            "t".repeat(crate::login::MAX_TOKEN_BYTES + 1)
+        );
         let e = p(&GOOD.replace("token = \"secret-token\"", &long_token)).unwrap_err();
         assert!(e.message.contains("token"), "{e}");
         assert_eq!(e.line, Some(5));

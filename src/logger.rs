@@ -78,7 +78,10 @@ static LOGGER: Logger = Logger;
 /// Installs the logger at the level from `INTEROPD_LOG` (default info). Calling it twice is
 /// harmless.
 pub fn init() {
-    let level = std::env::var(LOG_ENV).ok().and_then(|v| parse_level(&v)).unwrap_or(LevelFilter::Info);
+    let level = std::env::var(LOG_ENV)
+        .ok()
+        .and_then(|v| parse_level(&v))
+        .unwrap_or(LevelFilter::Info);
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(level);
     }

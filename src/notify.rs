@@ -51,7 +51,9 @@ impl Notifier {
 
     /// Sends raw `KEY=VALUE` lines.
     pub fn send(&self, state: &str) -> io::Result<()> {
-        let (Some(target), Some(socket)) = (&self.target, &self.socket) else { return Ok(()) };
+        let (Some(target), Some(socket)) = (&self.target, &self.socket) else {
+            return Ok(());
+        };
         match target {
             NotifyTarget::Path(p) => socket.send_to(state.as_bytes(), p).map(|_| ()),
             NotifyTarget::Abstract(name) => {
@@ -101,7 +103,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let listener = UnixDatagram::bind(&path).unwrap();
-        listener.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        listener
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         (dir, listener, Notifier::new(Some(NotifyTarget::Path(path))))
     }
 
@@ -145,7 +149,10 @@ mod tests {
 
     #[test]
     fn watchdog_interval_is_half_the_timeout() {
-        assert_eq!(watchdog_interval(Some("30000000")), Some(Duration::from_secs(15)));
+        assert_eq!(
+            watchdog_interval(Some("30000000")),
+            Some(Duration::from_secs(15))
+        );
         assert_eq!(watchdog_interval(Some("0")), None);
         assert_eq!(watchdog_interval(Some("soon")), None);
         assert_eq!(watchdog_interval(None), None);
