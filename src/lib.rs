@@ -17,6 +17,8 @@
 //! | [`stanza`]         | the stanza model, its XML encoding and parser, bounds        | no   |
 //! | [`jid`]            | wire addresses (`user:device@server`), phone numbers         | no   |
 //! | [`login`]          | the login handshake, both sides, and its proof string        | no   |
+//! | [`tls`]            | the hub's CA files, server pinning, TLS connect and accept   | disk, net |
+//! | [`http`]           | HTTP/1.1 framing core and the server loop for both APIs      | socket |
 //!
 //! The rest of the code never names the Signal crate; [`signal`] is the boundary.
 #![forbid(unsafe_code)]
@@ -24,6 +26,7 @@
 pub mod config;
 pub mod content;
 pub mod frame;
+pub mod http;
 pub mod logger;
 pub mod jid;
 pub mod login;
@@ -33,3 +36,4 @@ pub mod notify;
 pub mod signal;
 pub mod stanza;
 pub mod store;
+pub mod tls;
