@@ -76,6 +76,67 @@ pub struct Config {
     /// Extra `Host` header names the API accepts (besides the listen address and localhost).
     pub api_host_names: Vec<String>,
     pub state_dir: PathBuf,
+    /// Where inbound messages and status changes are POSTed, if anywhere.
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// Longest webhook URL or secret, in bytes.
+pub const MAX_WEBHOOK_FIELD_BYTES: usize = 1024;
+
+/// The `[webhook]` section, validated: a plain-HTTP URL split into its parts, and the HMAC key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// The URL as written (`http://host[:port]/path`).
+    pub url: String,
+    /// The host to connect to (a name, an IPv4 address, or an IPv6 address without brackets).
+    pub host: String,
+    pub port: u16,
+    /// The request target, starting with `/` (path and query).
+    pub target: String,
+    /// The HMAC-SHA256 key for `X-Interopd-Signature`. Never logged.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Splits `http://host[:port][/target]` into host, port (default 80) and target (default `/`).
+/// Only plain HTTP: webhook receivers are household services on the local network.
+pub fn parse_webhook_url(url: &str) -> Option<(String, u16, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, target) = match rest.find(['/', '?']) {
+        Some(i) => (rest.get(..i)?, rest.get(i..)?.to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let target = if target.starts_with('?') {
+        format!("/{target}")
+    } else {
+        target
+    };
+    if authority.contains('@') || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return None;
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        match after {
+            "" => (h, 80),
+            p => (h, p.strip_prefix(':')?.parse().ok()?),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().ok()?),
+            None => (authority, 80),
+        }
+    };
+    if host.is_empty() || port == 0 {
+        return None;
+    }
+    Some((host.to_string(), port, target))
 }
 
 impl Config {
@@ -118,6 +179,12 @@ impl std::fmt::Display for Config {
             let names: Vec<String> = self.api_host_names.iter().map(|n| q(n)).collect();
             writeln!(f, "host_names = [{}]", names.join(", "))?;
         }
+        if let Some(w) = &self.webhook {
+            writeln!(f)?;
+            writeln!(f, "[webhook]")?;
+            writeln!(f, "url = {}", q(&w.url))?;
+            writeln!(f, "secret = {}", q(&w.secret))?;
+        }
         writeln!(f)?;
         writeln!(f, "[state]")?;
         writeln!(f, "dir = {}", q(&self.state_dir.to_string_lossy()))
@@ -158,6 +225,14 @@ struct Raw {
     api: RawApi,
     #[serde(default)]
     state: RawState,
+    webhook: Option<RawWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    url: S<String>,
+    secret: S<String>,
 }
 
 #[derive(Deserialize)]
@@ -331,6 +406,37 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         Some(d) => resolve(d.get_ref()),
         None => PathBuf::from(DEFAULT_STATE_DIR),
     };
+    let webhook = match &raw.webhook {
+        None => None,
+        Some(w) => {
+            if w.url.get_ref().len() > MAX_WEBHOOK_FIELD_BYTES {
+                return Err(err(w.url.span(), "webhook.url is too long".into()));
+            }
+            let Some((host, port, target)) = parse_webhook_url(w.url.get_ref()) else {
+                return Err(err(
+                    w.url.span(),
+                    format!(
+                        "webhook.url {:?} must be http://host[:port]/path",
+                        w.url.get_ref()
+                    ),
+                ));
+            };
+            let secret = w.secret.get_ref();
+            if secret.is_empty() || secret.len() > MAX_WEBHOOK_FIELD_BYTES {
+                return Err(err(
+                    w.secret.span(),
+                    format!("webhook.secret must be 1 to {MAX_WEBHOOK_FIELD_BYTES} bytes"),
+                ));
+            }
+            Some(WebhookConfig {
+                url: w.url.get_ref().clone(),
+                host,
+                port,
+                target,
+                secret: secret.clone(),
+            })
+        }
+    };
     Ok(Config {
         integrator,
         user,
@@ -342,6 +448,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         api_addr,
         api_host_names: raw.api.host_names,
         state_dir,
+        webhook,
     })
 }
 
@@ -509,11 +616,34 @@ ca_file = "ca.pem"
         let mut c = p(GOOD).unwrap();
         c.token = "tok\"en\\with\nodd chars".into();
         c.api_host_names = vec!["house.local".into()];
+        c.webhook = Some(WebhookConfig {
+            url: "http://ha.local:8123/api/webhook/door".into(),
+            host: "ha.local".into(),
+            port: 8123,
+            target: "/api/webhook/door".into(),
+            secret: "s3cret".into(),
+        });
         c.state_dir = PathBuf::from("/var/lib/interopd");
         let again = p(&c.to_string()).unwrap();
         assert_eq!(again, c);
         c.pin = ServerPin::SpkiSha256([7; 32]);
         assert_eq!(p(&c.to_string()).unwrap(), c);
+    }
+
+    #[test]
+    fn webhook_urls_split_into_host_port_and_target() {
+        let ok = |u: &str| parse_webhook_url(u).unwrap();
+        assert_eq!(ok("http://h"), ("h".into(), 80, "/".into()));
+        assert_eq!(ok("http://h:81/a?b=c"), ("h".into(), 81, "/a?b=c".into()));
+        assert_eq!(ok("http://[::1]:9/x"), ("::1".into(), 9, "/x".into()));
+        assert_eq!(ok("http://h?q"), ("h".into(), 80, "/?q".into()));
+        for bad in ["https://h/", "http://", "http://h:0/", "http://u@h/", "http://h/a b", "h/x"] {
+            assert!(parse_webhook_url(bad).is_none(), "{bad}");
+        }
+        let text = format!("{GOOD}\n[webhook]\nurl = \"ftp://x\"\nsecret = \"s\"\n");
+        assert!(p(&text).unwrap_err().message.contains("webhook.url"));
+        let text = format!("{GOOD}\n[webhook]\nurl = \"http://x/\"\nsecret = \"\"\n");
+        assert!(p(&text).unwrap_err().message.contains("webhook.secret"));
     }
 
     #[test]
@@ -548,12 +678,19 @@ ca_file = "ca.pem"
             }
 
             #[test]
+            fn webhook_url_parser_never_panics(url in "http://.{0,60}") {
+                if let Some((host, port, target)) = parse_webhook_url(&url) {
+                    prop_assert!(!host.is_empty() && port != 0 && target.starts_with('/'));
+                }
+            }
+
+            #[test]
             fn error_lines_are_within_the_file(extra in "[a-z_ =\"\\[\\]0-9\n]{0,80}") {
                 let text = format!("{GOOD}{extra}");
-                if let Err(e) = p(&text) {
-                    if let Some(l) = e.line {
-                        prop_assert!(l >= 1 && l <= text.lines().count() + 1);
-                    }
+                if let Err(e) = p(&text)
+                    && let Some(l) = e.line
+                {
+                    prop_assert!(l >= 1 && l <= text.lines().count() + 1);
                 }
             }
         }

@@ -376,6 +376,34 @@ impl ContentKind {
         }
     }
 
+    /// The byte stored for this kind in an outbox row (`store::OutboxRow::kind`; docs/store.md).
+    pub fn to_byte(self) -> u8 {
+        match self {
+            Self::Unknown => 0,
+            Self::Text => 1,
+            Self::Image => 2,
+            Self::Audio => 3,
+            Self::Voice => 4,
+            Self::Video => 5,
+            Self::Document => 6,
+            Self::Reaction => 7,
+        }
+    }
+
+    /// The kind for a stored byte; bytes no version wrote read as `Unknown`.
+    pub fn from_byte(b: u8) -> Self {
+        match b {
+            1 => Self::Text,
+            2 => Self::Image,
+            3 => Self::Audio,
+            4 => Self::Voice,
+            5 => Self::Video,
+            6 => Self::Document,
+            7 => Self::Reaction,
+            _ => Self::Unknown,
+        }
+    }
+
     /// Whether the content refers to a media blob.
     pub fn is_media(self) -> bool {
         matches!(

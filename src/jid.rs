@@ -100,7 +100,11 @@ pub fn check_account(name: &str) -> Result<(), JidError> {
             .bytes()
             .next()
             .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if ok { Ok(()) } else { Err(JidError::BadAccount) }
+    if ok {
+        Ok(())
+    } else {
+        Err(JidError::BadAccount)
+    }
 }
 
 /// The integrator id of an account: the part before the first `-`, or the whole name.
@@ -247,7 +251,10 @@ mod tests {
         assert_eq!(Jid::parse("12ab@s.whatsapp.net"), Err(JidError::BadPhone));
         assert_eq!(Jid::parse("acme:01@interop"), Err(JidError::BadDevice));
         assert_eq!(Jid::parse("acme:100@interop"), Err(JidError::BadDevice));
-        assert_eq!(Jid::parse("+15550100@s.whatsapp.net"), Err(JidError::BadPhone));
+        assert_eq!(
+            Jid::parse("+15550100@s.whatsapp.net"),
+            Err(JidError::BadPhone)
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! | [`frame`]          | 3-byte length framing and the reassembly buffer              | no   |
 //! | [`stanza`]         | the stanza model, its XML encoding and parser, bounds        | no   |
 //! | [`jid`]            | wire addresses (`user:device@server`), phone numbers         | no   |
+//! | [`client`]         | a small interop-xml/1 client: login, keys, send, receive      | no   |
+//! | [`hub`]            | the reference gatekeeper `interop-hub`: core, store, sim users | disk |
 //! | [`login`]          | the login handshake, both sides, and its proof string        | no   |
 //! | [`tls`]            | the hub's CA files, server pinning, TLS connect and accept   | disk, net |
 //! | [`http`]           | HTTP/1.1 framing core and the server loop for both APIs      | socket |
@@ -23,10 +25,12 @@
 //! The rest of the code never names the Signal crate; [`signal`] is the boundary.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod config;
 pub mod content;
 pub mod frame;
 pub mod http;
+pub mod hub;
 pub mod logger;
 pub mod jid;
 pub mod login;

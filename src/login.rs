@@ -118,7 +118,10 @@ impl fmt::Display for LoginFailure {
         match self {
             LoginFailure::BadRequest { detail } => write!(f, "malformed login: {detail}"),
             LoginFailure::UnsupportedVersion => {
-                write!(f, "unsupported protocol version (this server speaks {PROTOCOL_VERSION})")
+                write!(
+                    f,
+                    "unsupported protocol version (this server speaks {PROTOCOL_VERSION})"
+                )
             }
             LoginFailure::UnknownAccount => f.write_str("no such account"),
             LoginFailure::WrongIntegrator => f.write_str("integrator does not own this account"),
@@ -466,12 +469,11 @@ impl ClientLogin {
                     .ok_or(LoginError::Malformed {
                         detail: "success names another jid",
                     })?;
-                let t_secs = s
-                    .attr_value("t")
-                    .and_then(|t| t.parse().ok())
-                    .ok_or(LoginError::Malformed {
+                let t_secs = s.attr_value("t").and_then(|t| t.parse().ok()).ok_or(
+                    LoginError::Malformed {
                         detail: "success has no time",
-                    })?;
+                    },
+                )?;
                 Ok(ClientStep::Done(LoggedIn {
                     jid,
                     t_secs,

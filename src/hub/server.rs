@@ -1,0 +1,875 @@
+//! The hub's shell: the TLS listener, one task per connection, the timer task, the loopback
+//! control API, and the provider accounts on disk. Everything here is I/O; every decision is
+//! the core's ([`Hub`]). One `LocalExecutor` thread runs it all; the core sits in an
+//! `Rc<RefCell<…>>` and no borrow is held across an `.await`.
+//!
+//! Provider accounts are files, `<state>/accounts/{account}.token` (mode 0600, the token as
+//! one line). `interop-hub provision` writes them; the hub reads the file at each login, so a
+//! new account works at once, even while the hub runs (the hub's redb file is locked by the
+//! running hub, the accounts directory is not).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _, FutureExt as _};
+use rand::RngExt as _;
+use serde::Deserialize;
+use smol::channel::{Receiver, Sender};
+
+use super::media::MediaStore;
+use super::proxy;
+use super::state::{AccountBook, ConnId, ControlError, Hub, Output};
+use crate::client::{FrameReader, framed};
+use crate::content::Message;
+use crate::http::{self, Request, Response, ServeOptions};
+use crate::jid;
+use crate::login::AccountRecord;
+use crate::store::StoreError;
+use crate::tls;
+
+/// Directory of provider accounts inside the hub's state directory.
+pub const ACCOUNTS_DIR: &str = "accounts";
+/// Length of a generated provider token, in random bytes (hex on disk and in configs).
+pub const TOKEN_BYTES: usize = 32;
+/// Largest control API request body, in bytes (media to send travels base64 inside it).
+pub const MAX_CONTROL_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Longest the timer task sleeps between checks, in milliseconds.
+pub const MAX_TIMER_SLEEP_MS: u64 = 1_000;
+/// Bytes read from a TLS connection per read call.
+pub const READ_BUFFER_BYTES: usize = 16 * 1024;
+/// Names the hub's server certificate carries besides the listen address.
+pub const SERVER_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1", "interop-hub"];
+/// Most frames waiting to be written to one connection; a client that does not read is
+/// closed when it falls this far behind.
+pub const MAX_PENDING_FRAMES: usize = 4096;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Provider accounts as files under `<state>/accounts/`.
+pub struct FileAccounts {
+    dir: PathBuf,
+}
+
+impl FileAccounts {
+    pub fn new(state_dir: &Path) -> FileAccounts {
+        FileAccounts {
+            dir: state_dir.join(ACCOUNTS_DIR),
+        }
+    }
+}
+
+impl AccountBook for FileAccounts {
+    fn lookup(&self, account: &str) -> Result<Option<AccountRecord>, StoreError> {
+        // The name is checked before it becomes a path, so it cannot leave the directory.
+        if jid::check_account(account).is_err() {
+            return Ok(None);
+        }
+        let path = self.dir.join(format!("{account}.token"));
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(AccountRecord {
+                token: text.trim().to_owned(),
+                integrator: jid::integrator_of(account).to_owned(),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StoreError::Io { path, source }),
+        }
+    }
+}
+
+/// Creates the account (or reads its existing token) and returns the token.
+pub fn provision_account(state_dir: &Path, account: &str) -> Result<String, StoreError> {
+    let dir = state_dir.join(ACCOUNTS_DIR);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+    if let Some(rec) = FileAccounts::new(state_dir).lookup(account)? {
+        return Ok(rec.token);
+    }
+    let mut bytes = [0u8; TOKEN_BYTES];
+    rand::rng().fill(&mut bytes[..]);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(format!("{account}.token"));
+    let tmp = dir.join(format!(".{account}.token.tmp"));
+    let io = |source| StoreError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(format!("{token}\n").as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, &path).map_err(io)?;
+    Ok(token)
+}
+
+/// What `interop-hub` was asked to run.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub control: SocketAddr,
+    /// Where the media store serves blobs over HTTPS, if anywhere.
+    pub media: Option<SocketAddr>,
+    pub demo_users: bool,
+}
+
+/// Why the hub could not start or stopped.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Environment: the TLS material could not be made or read.
+    Tls(tls::TlsError),
+    /// Environment: the state could not be opened.
+    Hub(super::state::HubError),
+    /// Environment: an address could not be bound.
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// Caller: the control address is not loopback.
+    ControlNotLoopback { addr: SocketAddr },
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Tls(e) => write!(f, "{e}"),
+            ServeError::Hub(e) => write!(f, "{e}"),
+            ServeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServeError::ControlNotLoopback { addr } => {
+                write!(f, "the control API must listen on loopback, not {addr}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+enum ToConn {
+    Frame(Vec<u8>),
+    Close,
+}
+
+struct Shell {
+    hub: Hub,
+    media: Option<MediaStore>,
+    state_dir: PathBuf,
+    conns: HashMap<ConnId, Sender<ToConn>>,
+    wake_timer: Option<Sender<()>>,
+}
+
+type Shared = Rc<RefCell<Shell>>;
+
+/// Moves the core's outputs to the connection tasks.
+fn pump(shared: &Shared) {
+    let mut sh = shared.borrow_mut();
+    while let Some(out) = sh.hub.poll_output() {
+        match out {
+            Output::Send { conn, payload } => match framed(&payload) {
+                Ok(frame) => {
+                    if let Some(tx) = sh.conns.get(&conn)
+                        && (tx.len() >= MAX_PENDING_FRAMES
+                            || tx.try_send(ToConn::Frame(frame)).is_err())
+                    {
+                        let _ = tx.try_send(ToConn::Close);
+                    }
+                }
+                Err(e) => log::error!("hub: cannot frame a stanza for {conn}: {e}"),
+            },
+            Output::Close { conn } => {
+                if let Some(tx) = sh.conns.remove(&conn) {
+                    let _ = tx.try_send(ToConn::Close);
+                }
+            }
+        }
+    }
+    if let Some(w) = &sh.wake_timer {
+        let _ = w.try_send(());
+    }
+}
+
+/// Runs the hub until the process is stopped.
+pub async fn run(opts: HubOptions) -> Result<(), ServeError> {
+    if !opts.control.ip().is_loopback() {
+        return Err(ServeError::ControlNotLoopback { addr: opts.control });
+    }
+    let listen_ip = opts.listen.ip().to_string();
+    let mut names: Vec<&str> = SERVER_NAMES.to_vec();
+    if !opts.listen.ip().is_unspecified() && !names.contains(&listen_ip.as_str()) {
+        names.push(&listen_ip);
+    }
+    let media_ip = opts.media.map(|m| m.ip().to_string());
+    if let Some(ip) = &media_ip
+        && !names.contains(&ip.as_str())
+        && opts.media.is_some_and(|m| !m.ip().is_unspecified())
+    {
+        names.push(ip);
+    }
+    let tls_material = tls::ensure_hub_ca(&opts.state_dir, &names).map_err(ServeError::Tls)?;
+    let mut rng = rand::rng();
+    let mut hub = Hub::open(
+        &opts.state_dir,
+        Box::new(FileAccounts::new(&opts.state_dir)),
+        now_ms(),
+        &mut rng,
+    )
+    .map_err(ServeError::Hub)?;
+    if opts.demo_users {
+        for (phone, behavior) in [("+15550100", "echo"), ("+15550101", "silent")] {
+            match hub.create_user(phone, 1, behavior, now_ms(), &mut rng) {
+                Ok(_) | Err(ControlError::Exists) => {}
+                Err(e) => log::error!("hub: demo user {phone}: {e}"),
+            }
+        }
+    }
+    let listener = smol::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: opts.listen,
+            source,
+        })?;
+    let control = smol::net::TcpListener::bind(opts.control)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: opts.control,
+            source,
+        })?;
+    log::info!(
+        "hub: listening on {} (TLS), control API on {}, CA {}",
+        opts.listen,
+        opts.control,
+        tls_material.ca_cert_path().display()
+    );
+    let media_listener = match opts.media {
+        Some(addr) => Some(
+            smol::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let media = opts.media.map(|addr| {
+        let host = if addr.ip().is_unspecified() {
+            "localhost".to_owned()
+        } else if addr.is_ipv6() {
+            format!("[{}]", addr.ip())
+        } else {
+            addr.ip().to_string()
+        };
+        MediaStore::new(&opts.state_dir, &format!("https://{host}:{}", addr.port()))
+    });
+    let (wake_tx, wake_rx) = smol::channel::bounded(1);
+    let shared: Shared = Rc::new(RefCell::new(Shell {
+        hub,
+        media,
+        state_dir: opts.state_dir.clone(),
+        conns: HashMap::new(),
+        wake_timer: Some(wake_tx),
+    }));
+    pump(&shared);
+    let ex = Rc::new(smol::LocalExecutor::new());
+    let accept = {
+        let shared = Rc::clone(&shared);
+        let ex2 = Rc::clone(&ex);
+        let config = tls_material.server_config();
+        async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        log::warn!("hub: accept: {e}");
+                        smol::Timer::after(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let shared = Rc::clone(&shared);
+                let config = config.clone();
+                ex2.spawn(async move {
+                    match tls::accept(config, tcp).await {
+                        Ok(stream) => serve_conn(shared, stream, peer).await,
+                        Err(e) => log::info!("hub: {peer}: TLS handshake failed: {e}"),
+                    }
+                })
+                .detach();
+            }
+        }
+    };
+    let timers = {
+        let shared = Rc::clone(&shared);
+        async move {
+            loop {
+                let next = shared.borrow().hub.poll_timeout();
+                let now = now_ms();
+                let sleep_ms = next
+                    .map(|t| t.saturating_sub(now))
+                    .unwrap_or(MAX_TIMER_SLEEP_MS)
+                    .min(MAX_TIMER_SLEEP_MS);
+                let _ = async {
+                    smol::Timer::after(Duration::from_millis(sleep_ms)).await;
+                }
+                .or(async {
+                    let _ = wake_rx.recv().await;
+                })
+                .await;
+                let now = now_ms();
+                if shared.borrow().hub.poll_timeout().is_some_and(|t| t <= now) {
+                    shared
+                        .borrow_mut()
+                        .hub
+                        .handle_timeout(now, &mut rand::rng());
+                    pump(&shared);
+                }
+            }
+        }
+    };
+    let control_api = {
+        let shared = Rc::clone(&shared);
+        let options = ServeOptions {
+            max_body_bytes: MAX_CONTROL_BODY_BYTES as u64,
+            ..ServeOptions::default()
+        };
+        http::serve(control, options, move |req| {
+            let shared = Rc::clone(&shared);
+            async move { handle_control(&shared, req).await }
+        })
+    };
+    let media_api = {
+        let shared = Rc::clone(&shared);
+        let ex2 = Rc::clone(&ex);
+        let config = tls_material.server_config();
+        async move {
+            let Some(listener) = media_listener else {
+                return;
+            };
+            let options = Rc::new(ServeOptions::default());
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        log::warn!("hub: media accept: {e}");
+                        smol::Timer::after(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let shared = Rc::clone(&shared);
+                let config = config.clone();
+                let options = Rc::clone(&options);
+                ex2.spawn(async move {
+                    match tls::accept(config, tcp).await {
+                        Ok(stream) => {
+                            let handler = |req: Request| {
+                                let shared = Rc::clone(&shared);
+                                async move { handle_media(&shared, &req).await }
+                            };
+                            http::serve_connection(stream, peer, &options, &handler).await;
+                        }
+                        Err(e) => log::info!("hub: media {peer}: TLS handshake failed: {e}"),
+                    }
+                })
+                .detach();
+            }
+        }
+    };
+    ex.run(async {
+        ex.spawn(timers).detach();
+        ex.spawn(control_api).detach();
+        ex.spawn(media_api).detach();
+        accept.await
+    })
+    .await;
+    Ok(())
+}
+
+/// `GET /media/{id}`: a stored blob (ciphertext only). `GET /proxy/{account}?url=URL`: a
+/// blob fetched from a media host registered for that provider.
+async fn handle_media(shared: &Shared, req: &Request) -> Response {
+    let segments: Vec<&str> = req.head.path_segments().collect();
+    if req.method() != "GET" {
+        return Response::json_error(405, "method_not_allowed", "only GET");
+    }
+    let id = match segments.as_slice() {
+        ["media", id] => *id,
+        ["proxy", account] => {
+            let state_dir = shared.borrow().state_dir.clone();
+            let Some(url) = req.query_param("url") else {
+                return Response::json_error(400, "bad_url", "give ?url=");
+            };
+            let fetched = match proxy::load_hosts(&state_dir, account)
+                .and_then(|hosts| proxy::check_url(&hosts, &url).map(|(h, p)| (h.clone(), p)))
+            {
+                Ok((host, path)) => proxy::fetch(&host, &path).await,
+                Err(e) => Err(e),
+            };
+            return match fetched {
+                Ok(blob) => {
+                    shared.borrow_mut().hub.count_media_proxied();
+                    Response::bytes(200, "application/octet-stream", blob)
+                }
+                Err(e) => {
+                    log::warn!("hub: proxy for {account}: {e}");
+                    let (status, code) = e.status_code();
+                    Response::json_error(status, code, &e.to_string())
+                }
+            };
+        }
+        _ => return Response::json_error(404, "not_found", "no such route"),
+    };
+    let path = shared.borrow().media.as_ref().and_then(|m| m.path(id));
+    match path.map(fs::read) {
+        Some(Ok(blob)) => Response::bytes(200, "application/octet-stream", blob),
+        _ => Response::json_error(404, "not_found", "no such blob"),
+    }
+}
+
+async fn serve_conn(shared: Shared, stream: tls::TlsServerStream, peer: SocketAddr) {
+    let (tx, rx) = smol::channel::unbounded();
+    let conn = {
+        let mut sh = shared.borrow_mut();
+        let id = sh.hub.connect(now_ms());
+        sh.conns.insert(id, tx);
+        id
+    };
+    pump(&shared);
+    log::debug!("hub: connection {conn} from {peer}");
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let read_loop = {
+        let shared = Rc::clone(&shared);
+        async move {
+            let mut frames = FrameReader::default();
+            let mut buf = vec![0u8; READ_BUFFER_BYTES];
+            loop {
+                let n = match reader.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let got = frames.feed(buf.get(..n).unwrap_or_default());
+                {
+                    let mut sh = shared.borrow_mut();
+                    match got {
+                        Ok(list) => {
+                            let mut rng = rand::rng();
+                            for payload in list {
+                                sh.hub.handle_frame(conn, &payload, now_ms(), &mut rng);
+                            }
+                        }
+                        Err(e) => sh.hub.frame_error(conn, e.reason()),
+                    }
+                }
+                pump(&shared);
+            }
+        }
+    };
+    let write_loop = async move {
+        write_frames(&rx, &mut writer).await;
+        let _ = writer.close().await;
+    };
+    read_loop.or(write_loop).await;
+    {
+        let mut sh = shared.borrow_mut();
+        sh.conns.remove(&conn);
+        sh.hub.disconnected(conn);
+    }
+    pump(&shared);
+    log::debug!("hub: connection {conn} closed");
+}
+
+async fn write_frames<W: futures_lite::AsyncWrite + Unpin>(rx: &Receiver<ToConn>, w: &mut W) {
+    while let Ok(msg) = rx.recv().await {
+        match msg {
+            ToConn::Frame(f) => {
+                if w.write_all(&f).await.is_err() {
+                    return;
+                }
+                if rx.is_empty() && w.flush().await.is_err() {
+                    return;
+                }
+            }
+            ToConn::Close => {
+                let _ = w.flush().await;
+                return;
+            }
+        }
+    }
+}
+
+// ---- the control API ----------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct NewUser {
+    phone: String,
+    #[serde(default = "one")]
+    devices: u32,
+    #[serde(default = "echo")]
+    behavior: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn echo() -> String {
+    "echo".into()
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    to: String,
+    text: Option<String>,
+    media: Option<MediaBody>,
+}
+
+#[derive(Deserialize)]
+struct MediaBody {
+    kind: String,
+    mimetype: String,
+    data_base64: String,
+    filename: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BehaviorBody {
+    behavior: String,
+}
+
+fn control_error(e: ControlError) -> Response {
+    match e {
+        ControlError::UnknownUser => Response::json_error(404, "unknown_user", &e.to_string()),
+        ControlError::BadRequest { detail } => Response::json_error(400, "bad_request", &detail),
+        ControlError::Exists => Response::json_error(409, "exists", &e.to_string()),
+        ControlError::Hub(inner) => {
+            log::error!("hub: control: {inner}");
+            Response::json_error(500, "internal", &inner.to_string())
+        }
+    }
+}
+
+async fn body_json<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Response> {
+    req.body
+        .read_json(MAX_CONTROL_BODY_BYTES)
+        .await
+        .map_err(|e| Response::json_error(400, "bad_request", &e.to_string()))
+}
+
+/// Builds the content a simulated user sends for a control `send` request.
+fn send_message(shared: &Shared, body: &SendBody, now: u64) -> Result<Message, Response> {
+    if let Some(text) = &body.text {
+        return Ok(Message::text(text.clone()));
+    }
+    let Some(m) = &body.media else {
+        return Err(Response::json_error(
+            400,
+            "bad_request",
+            "give \"text\" or \"media\"",
+        ));
+    };
+    let data = BASE64
+        .decode(&m.data_base64)
+        .map_err(|_| Response::json_error(400, "bad_request", "data_base64 is not base64"))?;
+    let sh = shared.borrow();
+    let Some(store) = &sh.media else {
+        return Err(Response::json_error(
+            501,
+            "media_store_unavailable",
+            "this hub has no media store (start it with --media ADDR)",
+        ));
+    };
+    store
+        .message(
+            &m.kind,
+            &m.mimetype,
+            &data,
+            m.filename.as_deref(),
+            now,
+            &mut rand::rng(),
+        )
+        .map_err(|e| match e {
+            super::media::MediaError::Store(inner) => {
+                log::error!("hub: media store: {inner}");
+                Response::json_error(500, "internal", &inner.to_string())
+            }
+            other => Response::json_error(400, "bad_request", &other.to_string()),
+        })
+}
+
+async fn handle_control(shared: &Shared, req: Request) -> Response {
+    let method = req.method().to_owned();
+    let segments: Vec<String> = req.head.path_segments().map(str::to_owned).collect();
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let now = now_ms();
+    let response = match (method.as_str(), seg.as_slice()) {
+        ("GET", ["users"]) => {
+            let users: Vec<serde_json::Value> = shared
+                .borrow()
+                .hub
+                .users()
+                .into_iter()
+                .map(|u| {
+                    serde_json::json!({"phone": u.phone, "devices": u.devices, "behavior": u.behavior})
+                })
+                .collect();
+            Response::json(200, &users)
+        }
+        ("POST", ["users"]) => {
+            let body: NewUser = match body_json(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let made = shared.borrow_mut().hub.create_user(
+                &body.phone,
+                body.devices,
+                &body.behavior,
+                now,
+                &mut rand::rng(),
+            );
+            match made {
+                Ok(u) => Response::json(
+                    201,
+                    &serde_json::json!({"phone": u.phone, "devices": u.devices, "behavior": u.behavior}),
+                ),
+                Err(e) => control_error(e),
+            }
+        }
+        ("POST", ["users", phone, "send"]) => {
+            let phone = phone.to_string();
+            let body: SendBody = match body_json(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let message = match send_message(shared, &body, now) {
+                Ok(m) => m,
+                Err(r) => return r,
+            };
+            let sent =
+                shared
+                    .borrow_mut()
+                    .hub
+                    .sim_send(&phone, &body.to, &message, now, &mut rand::rng());
+            match sent {
+                Ok(id) => Response::json(200, &serde_json::json!({"id": id})),
+                Err(e) => control_error(e),
+            }
+        }
+        ("GET", ["users", phone, "received"]) => match shared.borrow().hub.received(phone) {
+            Ok(list) => Response::json(200, &list),
+            Err(e) => control_error(e),
+        },
+        ("POST", ["users", phone, "reinstall"]) => {
+            let phone = phone.to_string();
+            let done = shared
+                .borrow_mut()
+                .hub
+                .reinstall(&phone, now, &mut rand::rng());
+            match done {
+                Ok(()) => Response::json(
+                    200,
+                    &serde_json::json!({"phone": phone, "reinstalled": true}),
+                ),
+                Err(e) => control_error(e),
+            }
+        }
+        ("POST", ["users", phone, "behavior"]) => {
+            let phone = phone.to_string();
+            let body: BehaviorBody = match body_json(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let changed =
+                shared
+                    .borrow_mut()
+                    .hub
+                    .set_behavior(&phone, &body.behavior, now, &mut rand::rng());
+            match changed {
+                Ok(u) => Response::json(
+                    200,
+                    &serde_json::json!({"phone": u.phone, "devices": u.devices, "behavior": u.behavior}),
+                ),
+                Err(e) => control_error(e),
+            }
+        }
+        ("POST", ["connections", "drop"]) => {
+            let n = shared.borrow_mut().hub.drop_connections();
+            Response::json(200, &serde_json::json!({"dropped": n}))
+        }
+        ("GET", ["stats"]) => {
+            let sh = shared.borrow();
+            let s = sh.hub.stats();
+            Response::json(
+                200,
+                &serde_json::json!({
+                    "logins": s.logins,
+                    "stanzas_routed": s.stanzas_routed,
+                    "offline_queue_depth": sh.hub.queue_depth(),
+                    "prekeys_handed_out": s.prekeys_handed_out,
+                    "media_proxied": s.media_proxied,
+                    "connections": sh.hub.connection_count(),
+                }),
+            )
+        }
+        (_, ["users"] | ["users", _, _] | ["connections", "drop"] | ["stats"]) => {
+            Response::json_error(405, "method_not_allowed", "method not allowed here")
+        }
+        _ => Response::json_error(404, "not_found", "no such route"),
+    };
+    pump(shared);
+    response
+}
+
+/// Why `interop-hub provision` failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ProvisionError {
+    /// Caller: the account name is not `{integrator}-{user}`.
+    BadAccount { name: String },
+    /// Caller: `--connect` is not `HOST:PORT`.
+    BadConnect { addr: String },
+    /// Environment: the accounts directory or token file could not be written.
+    Store(StoreError),
+    /// Environment: the CA could not be made.
+    Tls(tls::TlsError),
+}
+
+impl std::fmt::Display for ProvisionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProvisionError::BadAccount { name } => write!(
+                f,
+                "account {name:?} must be {{integrator}}-{{user}}: integrator of [a-z0-9], user of [a-z0-9._-] (for example acme-home)"
+            ),
+            ProvisionError::BadConnect { addr } => {
+                write!(f, "--connect {addr:?} must be HOST:PORT")
+            }
+            ProvisionError::Store(e) => write!(f, "{e}"),
+            ProvisionError::Tls(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ProvisionError {}
+
+/// Creates (or finds) provider account `name` in `state_dir` and returns a complete
+/// `interopd.conf` for a daemon that dials `connect` and pins `<state_dir>/ca.pem`. Makes the
+/// CA if the hub has never started.
+pub fn provision(state_dir: &Path, name: &str, connect: &str) -> Result<String, ProvisionError> {
+    let bad = || ProvisionError::BadAccount {
+        name: name.to_owned(),
+    };
+    jid::check_account(name).map_err(|_| bad())?;
+    let (integrator, user) = name.split_once('-').ok_or_else(bad)?;
+    if integrator.is_empty()
+        || !integrator
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        || user.is_empty()
+    {
+        return Err(bad());
+    }
+    let (host, port) = connect
+        .rsplit_once(':')
+        .filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        .ok_or_else(|| ProvisionError::BadConnect {
+            addr: connect.to_owned(),
+        })?;
+    let state_dir = std::path::absolute(state_dir).map_err(|source| {
+        ProvisionError::Store(StoreError::Io {
+            path: state_dir.to_path_buf(),
+            source,
+        })
+    })?;
+    let ca = state_dir.join(tls::CA_CERT_FILE);
+    if !ca.exists() {
+        tls::ensure_hub_ca(&state_dir, SERVER_NAMES).map_err(ProvisionError::Tls)?;
+    }
+    let token = provision_account(&state_dir, name).map_err(ProvisionError::Store)?;
+    let _ = port;
+    let config = crate::config::Config {
+        integrator: integrator.to_owned(),
+        user: user.to_owned(),
+        token,
+        server_addr: connect.to_owned(),
+        server_name: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        pin: crate::config::ServerPin::CaFile(ca),
+        keepalive_secs: crate::config::DEFAULT_KEEPALIVE_SECS,
+        api_addr: crate::config::DEFAULT_API_ADDR.parse().map_err(|_| {
+            ProvisionError::BadConnect {
+                addr: crate::config::DEFAULT_API_ADDR.to_owned(),
+            }
+        })?,
+        api_host_names: Vec::new(),
+        state_dir: PathBuf::from(crate::config::DEFAULT_STATE_DIR),
+        webhook: None,
+    };
+    Ok(config.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provisioned_config_parses_and_names_the_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = provision(dir.path(), "acme-home", "127.0.0.1:5222").unwrap();
+        let cfg = crate::config::parse(&text, Path::new("/etc/interopd/interopd.conf")).unwrap();
+        assert_eq!(cfg.account(), "acme-home");
+        assert_eq!(cfg.server_addr, "127.0.0.1:5222");
+        let rec = FileAccounts::new(dir.path())
+            .lookup("acme-home")
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.token, cfg.token);
+        assert_eq!(rec.integrator, "acme");
+        // Provisioning again keeps the token.
+        let again = provision(dir.path(), "acme-home", "127.0.0.1:5222").unwrap();
+        assert_eq!(again, text);
+    }
+
+    #[test]
+    fn account_without_integrator_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            provision(dir.path(), "home", "127.0.0.1:1"),
+            Err(ProvisionError::BadAccount { .. })
+        ));
+        assert!(matches!(
+            provision(dir.path(), "acme-home", "nowhere"),
+            Err(ProvisionError::BadConnect { .. })
+        ));
+    }
+
+    #[test]
+    fn account_lookup_refuses_path_tricks() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            FileAccounts::new(dir.path()).lookup("../etc").unwrap(),
+            None
+        );
+    }
+}
