@@ -21,13 +21,20 @@
 //! | [`login`]          | the login handshake, both sides, and its proof string        | no   |
 //! | [`tls`]            | the hub's CA files, server pinning, TLS connect and accept   | disk, net |
 //! | [`http`]           | HTTP/1.1 framing core and the server loop for both APIs      | socket |
+//! | [`api`]            | the local HTTP API v1: auth, routes, long-poll, SSE, webhooks  | via http |
+//! | [`daemon`]         | the daemon shell: one executor, signals, sd_notify, link slot | process |
+//! | [`events`]         | the durable event log and the bus that wakes its readers       | disk |
+//! | [`metrics`]        | counters, gauges and the commit histogram as Prometheus text  | no   |
 //!
 //! The rest of the code never names the Signal crate; [`signal`] is the boundary.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod client;
 pub mod config;
 pub mod content;
+pub mod daemon;
+pub mod events;
 pub mod frame;
 pub mod http;
 pub mod hub;
@@ -36,6 +43,7 @@ pub mod jid;
 pub mod login;
 pub mod media_crypto;
 pub mod media_meta;
+pub mod metrics;
 pub mod notify;
 pub mod signal;
 pub mod stanza;

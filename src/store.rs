@@ -47,6 +47,9 @@ const INBOX: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("inbox");
 const DEDUPE: TableDefinition<&str, &[u8; 8]> = TableDefinition::new("dedupe");
 const MEDIA: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("media");
 const WEBHOOK_JOBS: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("webhook_jobs");
+const EVENTS: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("events");
+const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+const READ_MARKS: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("read_marks");
 
 const META_SCHEMA_VERSION: &str = "schema_version";
 
@@ -207,6 +210,9 @@ impl Store {
         txn.inner.open_table(DEDUPE)?;
         txn.inner.open_table(MEDIA)?;
         txn.inner.open_table(WEBHOOK_JOBS)?;
+        txn.inner.open_table(EVENTS)?;
+        txn.inner.open_table(IDEMPOTENCY)?;
+        txn.inner.open_table(READ_MARKS)?;
         txn.commit()
     }
 
@@ -257,7 +263,8 @@ pub enum OutboxStatus {
 }
 
 impl OutboxStatus {
-    fn from_byte(b: u8) -> Option<Self> {
+    /// The status from its stored byte; `None` for a byte no version wrote.
+    pub fn from_byte(b: u8) -> Option<Self> {
         Some(match b {
             0 => Self::Queued,
             1 => Self::Sent,
@@ -575,6 +582,126 @@ impl Txn {
             .remove(&seq.to_be_bytes())?
             .is_some())
     }
+
+    /// Rewrites a webhook job (attempt count, next attempt time) under its sequence number.
+    pub fn put_webhook_job(&self, seq: u64, job: &[u8]) -> Result<(), StoreError> {
+        self.inner
+            .open_table(WEBHOOK_JOBS)?
+            .insert(&seq.to_be_bytes(), job)?;
+        Ok(())
+    }
+
+    /// Webhook jobs after sequence number `after`, in order, at most `limit`.
+    pub fn webhook_jobs(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let t = self.inner.open_table(WEBHOOK_JOBS)?;
+        scan_u64_table(&t, after, limit)
+    }
+
+    /// How many webhook jobs are stored (pending and dead-lettered).
+    pub fn webhook_job_count(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.open_table(WEBHOOK_JOBS)?.len()?)
+    }
+
+    // ---- event log, idempotency keys, read marks (rows are opaque here; docs/store.md) ----
+
+    /// Appends one event to the durable event log and returns its sequence number, which is
+    /// the SSE `id:`. Call it in the same transaction as the row change it reports.
+    pub fn append_event(&self, event: &[u8]) -> Result<u64, StoreError> {
+        let seq = self.next_seq("event_seq")?;
+        self.inner
+            .open_table(EVENTS)?
+            .insert(&seq.to_be_bytes(), event)?;
+        Ok(seq)
+    }
+
+    /// Events after sequence number `after`, in order, at most `limit`.
+    pub fn events_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let t = self.inner.open_table(EVENTS)?;
+        scan_u64_table(&t, after, limit)
+    }
+
+    /// One event by sequence number.
+    pub fn event(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.inner.open_table(EVENTS)?;
+        Ok(t.get(&seq.to_be_bytes())?.map(|v| v.value().to_vec()))
+    }
+
+    /// The last event sequence number issued (0 before the first event).
+    pub fn last_event_seq(&self) -> Result<u64, StoreError> {
+        let t = self.inner.open_table(META)?;
+        let v = t.get("event_seq")?;
+        Ok(v.map(|v| be_u64(v.value(), "meta")).transpose()?.unwrap_or(0))
+    }
+
+    /// The last inbox cursor issued (0 before the first message).
+    pub fn last_inbox_cursor(&self) -> Result<u64, StoreError> {
+        let t = self.inner.open_table(META)?;
+        let v = t.get("inbox_seq")?;
+        Ok(v.map(|v| be_u64(v.value(), "meta")).transpose()?.unwrap_or(0))
+    }
+
+    /// One inbox row by cursor.
+    pub fn inbox_get(&self, cursor: u64) -> Result<Option<InboxRow>, StoreError> {
+        let t = self.inner.open_table(INBOX)?;
+        t.get(&cursor.to_be_bytes())?
+            .map(|v| decode_inbox(v.value()))
+            .transpose()
+    }
+
+    /// The value stored under an API idempotency key, if the key was used before.
+    pub fn idempotency(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        check_key(key)?;
+        let t = self.inner.open_table(IDEMPOTENCY)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Records an API idempotency key with its value (the row layout is the API's).
+    pub fn put_idempotency(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        check_key(key)?;
+        self.inner.open_table(IDEMPOTENCY)?.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Records a read mark for the inbox message at `cursor` (the row layout is the API's).
+    pub fn put_read_mark(&self, cursor: u64, row: &[u8]) -> Result<(), StoreError> {
+        self.inner
+            .open_table(READ_MARKS)?
+            .insert(&cursor.to_be_bytes(), row)?;
+        Ok(())
+    }
+
+    /// Read marks in cursor order, starting after `after`, at most `limit`.
+    pub fn read_marks(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let t = self.inner.open_table(READ_MARKS)?;
+        scan_u64_table(&t, after, limit)
+    }
+
+    /// One read mark by inbox cursor.
+    pub fn read_mark(&self, cursor: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.inner.open_table(READ_MARKS)?;
+        Ok(t.get(&cursor.to_be_bytes())?.map(|v| v.value().to_vec()))
+    }
+}
+
+fn scan_u64_table(
+    t: &redb::Table<'_, &'static [u8; 8], &'static [u8]>,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    let start = after.saturating_add(1).to_be_bytes();
+    let mut out = Vec::new();
+    for item in t.range::<&[u8; 8]>(&start..)? {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = item?;
+        out.push((u64::from_be_bytes(*k.value()), v.value().to_vec()));
+    }
+    Ok(out)
 }
 
 fn check_key(key: &str) -> Result<(), StoreError> {
@@ -754,7 +881,7 @@ impl<'a> Reader<'a> {
         self.take(n)
     }
 
-    fn string(&mut self) -> Result<String, StoreError> {
+    pub(crate) fn string(&mut self) -> Result<String, StoreError> {
         let b = self.bytes()?;
         String::from_utf8(b.to_vec()).map_err(|_| self.corrupt("invalid UTF-8"))
     }

@@ -72,6 +72,52 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `interopd run`: the config file, with `--state` and `--api` overriding it, then the daemon.
+fn run(config_path: &std::path::Path, state: Option<PathBuf>, api: Option<&str>) -> ExitCode {
+    let text = match std::fs::read_to_string(config_path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: {e}", config_path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut config = match config::parse(&text, config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", config_path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(dir) = state {
+        config.state_dir = dir;
+    }
+    if let Some(addr) = api {
+        let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+            eprintln!("interopd: --api {addr:?} must be an IP address and port");
+            return ExitCode::from(EXIT_CONFIG);
+        };
+        // A LAN address needs the config's explicit consent, which it gave only if its own
+        // api.listen is already a non-loopback address.
+        if !addr.ip().is_loopback() && config.api_addr.ip().is_loopback() {
+            eprintln!(
+                "interopd: --api {addr} is not a loopback address; set api.listen and api.allow_non_loopback in the config to expose the API"
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        config.api_addr = addr;
+    }
+    let start_link: interopd::daemon::LinkStarter = Box::new(|_rt| {
+        std::rc::Rc::new(interopd::daemon::OfflineLink::default())
+    });
+    match interopd::daemon::run(config, start_link) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     interopd::logger::init();
     let args = match parse_args() {
@@ -95,7 +141,8 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             ExitCode::SUCCESS
         }
-        "demo" | "run" => {
+        "run" => run(&config_path, args.state.clone(), args.api.as_deref()),
+        "demo" => {
             let _ = (&args.state, &args.api);
             eprintln!(
                 "interopd {}: '{}' needs the daemon's link, which is not built yet (see README, Status)",

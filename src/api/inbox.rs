@@ -1,0 +1,456 @@
+//! Receiving: `GET /v1/inbox` (long-poll by cursor), `POST /v1/inbox/{cursor}/read` (mark a
+//! message read, which makes the link send the read receipt), and `GET /v1/events` (SSE from
+//! the durable event log, resumable with `Last-Event-ID`). Also the JSON shapes of the message
+//! and event objects, shared with the webhook worker.
+//!
+//! Waiting never holds a store transaction: a waiter makes an [`EventBus`] listener, reads the
+//! store, and sleeps on the listener only if nothing new was there.
+//!
+//! [`EventBus`]: crate::events::EventBus
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{FutureExt as _, stream};
+use smol::Timer;
+
+use super::{Api, now_ms, rfc3339, store_error};
+use crate::content::{ContentKind, Message};
+use crate::events::Event;
+use crate::http::{Body, Request, Response};
+use crate::store::{InboxRow, Reader, StoreError, Txn};
+
+/// Messages per inbox page when `limit` is absent.
+pub const DEFAULT_INBOX_LIMIT: usize = 50;
+/// Largest `limit` for one inbox page; larger values are clamped.
+pub const MAX_INBOX_LIMIT: usize = 500;
+/// Events read from the log per SSE batch.
+pub const SSE_BATCH_EVENTS: usize = 100;
+/// Row version of a `read_marks` value (docs/store.md).
+pub const READ_MARK_ROW_VERSION: u8 = 1;
+
+/// The message object of the inbox, SSE and webhooks.
+pub fn message_json(cursor: u64, row: &InboxRow) -> serde_json::Value {
+    let msg: Option<Message> = prost::Message::decode(row.content.as_slice()).ok();
+    let kind = msg.as_ref().map_or(ContentKind::Unknown, Message::kind);
+    let mut v = serde_json::json!({
+        "cursor": cursor,
+        "id": row.id,
+        "from": format!("+{}", row.from),
+        "t": row.t_secs,
+        "kind": kind.as_str(),
+    });
+    if let (Some(obj), Some(m)) = (v.as_object_mut(), msg.as_ref()) {
+        if let Some(text) = m.text_body() {
+            obj.insert("text".into(), text.into());
+        }
+        if let Some(r) = m.reply_to() {
+            obj.insert("reply_to".into(), r.into());
+        }
+        if let Some(r) = &m.reaction_message {
+            if let Some(text) = &r.text {
+                obj.insert("text".into(), text.as_str().into());
+            }
+            if let Some(id) = r.key.as_ref().and_then(|k| k.id.as_ref()) {
+                obj.insert("reply_to".into(), id.as_str().into());
+            }
+        }
+    }
+    v
+}
+
+/// The JSON data of a logged event, or `None` if what it names is gone.
+pub fn event_json(txn: &Txn, event: &Event) -> Result<Option<serde_json::Value>, StoreError> {
+    match event {
+        Event::Message { cursor } => Ok(txn.inbox_get(*cursor)?.map(|r| message_json(*cursor, &r))),
+        Event::Status {
+            id,
+            status,
+            error_code,
+            updated_ms,
+        } => {
+            let mut v = match txn.outbox_by_id(id)? {
+                Some((_, row)) => super::messages::status_json(&row),
+                None => serde_json::json!({"id": id}),
+            };
+            if let Some(obj) = v.as_object_mut() {
+                // The event reports the status at the time of the event, not the current one.
+                obj.insert("status".into(), status.as_str().into());
+                obj.insert("updated_at".into(), rfc3339(*updated_ms).into());
+                obj.remove("error");
+                if !error_code.is_empty() {
+                    obj.insert(
+                        "error".into(),
+                        serde_json::json!({
+                            "code": error_code,
+                            "message": super::messages::error_message(error_code),
+                        }),
+                    );
+                }
+            }
+            Ok(Some(v))
+        }
+    }
+}
+
+fn parse_u64_param(req: &Request, name: &str) -> Result<Option<u64>, Response> {
+    match req.query_param(name) {
+        None => Ok(None),
+        Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+            Response::json_error(
+                400,
+                "bad_query",
+                &format!("'{name}' must be a non-negative integer"),
+            )
+        }),
+    }
+}
+
+/// `GET /v1/inbox?after=CURSOR&limit=N&wait=SECONDS`.
+pub async fn long_poll(api: &Rc<Api>, req: &Request) -> Response {
+    let (after, limit, wait) = match (
+        parse_u64_param(req, "after"),
+        parse_u64_param(req, "limit"),
+        parse_u64_param(req, "wait"),
+    ) {
+        (Ok(a), Ok(l), Ok(w)) => (
+            a.unwrap_or(0),
+            l.map_or(DEFAULT_INBOX_LIMIT, |l| {
+                usize::try_from(l)
+                    .unwrap_or(MAX_INBOX_LIMIT)
+                    .clamp(1, MAX_INBOX_LIMIT)
+            }),
+            w.unwrap_or(0).min(api.limits.max_long_poll_wait_secs),
+        ),
+        (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
+    };
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    loop {
+        let listener = api.bus.listen();
+        let rows = match api.store.begin().and_then(|t| t.inbox_after(after, limit)) {
+            Ok(r) => r,
+            Err(e) => return store_error(&e),
+        };
+        if !rows.is_empty() || Instant::now() >= deadline {
+            let next = rows.last().map_or(after, |(c, _)| *c);
+            let messages: Vec<_> = rows.iter().map(|(c, r)| message_json(*c, r)).collect();
+            return Response::json(
+                200,
+                &serde_json::json!({"messages": messages, "next": next}),
+            );
+        }
+        async {
+            listener.await;
+        }
+        .or(async {
+            Timer::at(deadline).await;
+        })
+        .await;
+    }
+}
+
+/// A consumer's request to mark an inbox message read, kept until the link has sent the
+/// read receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadMark {
+    /// The inbox cursor of the message.
+    pub cursor: u64,
+    /// The sender's phone digits.
+    pub from: String,
+    /// The message id.
+    pub id: String,
+    /// When the consumer asked, ms since the epoch.
+    pub requested_ms: u64,
+    /// When the link sent the receipt (0: not yet).
+    pub sent_ms: u64,
+}
+
+impl ReadMark {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = vec![READ_MARK_ROW_VERSION];
+        v.extend_from_slice(&self.requested_ms.to_be_bytes());
+        v.extend_from_slice(&self.sent_ms.to_be_bytes());
+        for s in [&self.from, &self.id] {
+            v.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            v.extend_from_slice(s.as_bytes());
+        }
+        v
+    }
+
+    fn decode(cursor: u64, b: &[u8]) -> Result<ReadMark, StoreError> {
+        let mut r = Reader::new(b, "read_marks");
+        r.version(READ_MARK_ROW_VERSION)?;
+        let requested_ms = r.u64()?;
+        let sent_ms = r.u64()?;
+        let from = r.string()?;
+        let id = r.string()?;
+        r.end()?;
+        Ok(ReadMark {
+            cursor,
+            from,
+            id,
+            requested_ms,
+            sent_ms,
+        })
+    }
+}
+
+/// For the link: read marks whose receipt is not sent yet, in cursor order, at most `limit`.
+/// Call it after each login and send a `<receipt type="read">` for each.
+pub fn pending_read_marks(txn: &Txn, limit: usize) -> Result<Vec<ReadMark>, StoreError> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let batch = txn.read_marks(after, 256)?;
+        let Some((last, _)) = batch.last() else {
+            return Ok(out);
+        };
+        after = *last;
+        for (cursor, row) in batch {
+            let mark = ReadMark::decode(cursor, &row)?;
+            if mark.sent_ms == 0 {
+                out.push(mark);
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+}
+
+/// For the link: records that the read receipt for inbox `cursor` was sent (acked by the
+/// server), in the caller's transaction. Unknown cursors are ignored.
+pub fn read_mark_sent(txn: &Txn, cursor: u64, now_ms: u64) -> Result<(), StoreError> {
+    if let Some(row) = txn.read_mark(cursor)? {
+        let mut mark = ReadMark::decode(cursor, &row)?;
+        mark.sent_ms = now_ms.max(1);
+        txn.put_read_mark(cursor, &mark.encode())?;
+    }
+    Ok(())
+}
+
+/// `POST /v1/inbox/{cursor}/read`.
+pub fn mark_read(api: &Rc<Api>, cursor: &str) -> Response {
+    let Ok(cursor) = cursor.parse::<u64>() else {
+        return Response::json_error(400, "bad_cursor", "the cursor must be an integer");
+    };
+    let txn = match api.store.begin() {
+        Ok(t) => t,
+        Err(e) => return store_error(&e),
+    };
+    let row = match txn.inbox_get(cursor) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return Response::json_error(404, "unknown_cursor", "no inbox message at this cursor");
+        }
+        Err(e) => return store_error(&e),
+    };
+    let existing = match txn.read_mark(cursor) {
+        Ok(e) => e,
+        Err(e) => return store_error(&e),
+    };
+    if existing.is_none() {
+        let mark = ReadMark {
+            cursor,
+            from: row.from.clone(),
+            id: row.id.clone(),
+            requested_ms: now_ms(),
+            sent_ms: 0,
+        };
+        if let Err(e) = txn.put_read_mark(cursor, &mark.encode()) {
+            return store_error(&e);
+        }
+        if let Err(e) = api.metrics.commit(txn) {
+            return store_error(&e);
+        }
+        api.link.mark_read(&row.from, &row.id);
+    }
+    Response::json(
+        202,
+        &serde_json::json!({"cursor": cursor, "id": row.id, "read": "queued"}),
+    )
+}
+
+/// Counts an open SSE stream while alive.
+struct SseGuard(Rc<Cell<usize>>);
+
+impl Drop for SseGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+struct SseState {
+    api: Rc<Api>,
+    after: u64,
+    pending: VecDeque<Vec<u8>>,
+    _guard: SseGuard,
+}
+
+/// Renders one SSE frame.
+pub fn sse_frame(seq: u64, name: &str, data: &serde_json::Value) -> Vec<u8> {
+    format!("id: {seq}\nevent: {name}\ndata: {data}\n\n").into_bytes()
+}
+
+/// `GET /v1/events`: every event after `Last-Event-ID` (or `?after=`), then live ones. Without
+/// either, only events from now on.
+pub fn events(api: &Rc<Api>, req: &Request) -> Response {
+    let resume = req
+        .header("last-event-id")
+        .map(str::to_string)
+        .or_else(|| req.query_param("after"));
+    let after = match resume {
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(n) => n,
+            Err(_) => {
+                return Response::json_error(
+                    400,
+                    "bad_last_event_id",
+                    "Last-Event-ID must be an event id from this stream",
+                );
+            }
+        },
+        None => match api.store.begin().and_then(|t| t.last_event_seq()) {
+            Ok(n) => n,
+            Err(e) => return store_error(&e),
+        },
+    };
+    if api.sse_clients.get() >= api.limits.max_sse_clients {
+        return Response::json_error(
+            429,
+            "too_many_streams",
+            "too many event streams are open; close one and retry",
+        )
+        .with_header("Retry-After", "5");
+    }
+    api.sse_clients.set(api.sse_clients.get() + 1);
+    let state = SseState {
+        api: Rc::clone(api),
+        after,
+        pending: VecDeque::from([b"retry: 2000\n\n".to_vec()]),
+        _guard: SseGuard(Rc::clone(&api.sse_clients)),
+    };
+    let body = stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(chunk) = st.pending.pop_front() {
+                return Some((Ok(chunk), st));
+            }
+            let listener = st.api.bus.listen();
+            match next_frames(&st.api, st.after) {
+                Ok((frames, last)) => {
+                    if last > st.after {
+                        st.after = last;
+                        st.pending.extend(frames);
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    log::error!("SSE: {e}");
+                    return Some((Err(io::Error::other("store unavailable")), st));
+                }
+            }
+            let keepalive = Duration::from_millis(st.api.limits.sse_keepalive_ms);
+            let woke = async {
+                listener.await;
+                true
+            }
+            .or(async {
+                Timer::after(keepalive).await;
+                false
+            })
+            .await;
+            if !woke {
+                return Some((Ok(b": keep-alive\n\n".to_vec()), st));
+            }
+        }
+    });
+    Response::empty(200)
+        .with_header("Content-Type", "text/event-stream")
+        .with_header("Cache-Control", "no-store")
+        .with_body(Body::Stream(Box::pin(body)))
+}
+
+/// Frames for the events after `after`, and the last sequence read.
+fn next_frames(api: &Api, after: u64) -> Result<(Vec<Vec<u8>>, u64), StoreError> {
+    let txn = api.store.begin()?;
+    let rows = txn.events_after(after, SSE_BATCH_EVENTS)?;
+    let mut last = after;
+    let mut frames = Vec::with_capacity(rows.len());
+    for (seq, bytes) in rows {
+        last = seq;
+        let event = Event::decode(&bytes)?;
+        if let Some(data) = event_json(&txn, &event)? {
+            frames.push(sse_frame(seq, event.name(), &data));
+        }
+    }
+    Ok((frames, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_object_renders_text_and_reply() {
+        let msg = Message::reply("hi", "3EB0AB", "1@s.whatsapp.net", None);
+        let row = InboxRow {
+            id: "ABC".into(),
+            from: "15550100".into(),
+            t_secs: 5,
+            received_ms: 6,
+            content: prost::Message::encode_to_vec(&msg),
+        };
+        let v = message_json(3, &row);
+        assert_eq!(v["cursor"], 3);
+        assert_eq!(v["from"], "+15550100");
+        assert_eq!(v["kind"], "text");
+        assert_eq!(v["text"], "hi");
+        assert_eq!(v["reply_to"], "3EB0AB");
+    }
+
+    #[test]
+    fn undecodable_content_renders_as_unknown_kind() {
+        let row = InboxRow {
+            id: "X".into(),
+            from: "1".into(),
+            t_secs: 0,
+            received_ms: 0,
+            content: vec![0xff, 0xff, 0xff],
+        };
+        let v = message_json(1, &row);
+        assert_eq!(v["kind"], "unknown");
+        assert!(v.get("text").is_none());
+    }
+
+    #[test]
+    fn read_marks_round_trip_and_pending_ones_are_listed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(tmp.path()).unwrap();
+        let txn = store.begin().unwrap();
+        for cursor in 1..=3 {
+            let m = ReadMark {
+                cursor,
+                from: "15550100".into(),
+                id: format!("ID{cursor}"),
+                requested_ms: 10,
+                sent_ms: 0,
+            };
+            txn.put_read_mark(cursor, &m.encode()).unwrap();
+        }
+        read_mark_sent(&txn, 2, 99).unwrap();
+        let pending = pending_read_marks(&txn, 10).unwrap();
+        let ids: Vec<_> = pending.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["ID1", "ID3"]);
+        assert_eq!(pending_read_marks(&txn, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn sse_frames_carry_id_event_and_one_data_line() {
+        let f = sse_frame(7, "status", &serde_json::json!({"id": "a\nb"}));
+        let text = String::from_utf8(f).unwrap();
+        assert_eq!(text, "id: 7\nevent: status\ndata: {\"id\":\"a\\nb\"}\n\n");
+    }
+}

@@ -1,0 +1,310 @@
+//! `POST /v1/messages` (send text) and `GET /v1/messages/{id}` (its status).
+//!
+//! A send is answered `202` only after one store transaction committed the outbox row (the
+//! unpadded protobuf `Message`, status `queued`) and, when the request carried an
+//! `Idempotency-Key`, the key → id record. Then the link is woken. A retry with the same key
+//! finds the record and gets the same id; no second row is written.
+
+use std::rc::Rc;
+
+use rand::Rng as _;
+use serde::Deserialize;
+
+use super::{Api, MAX_JSON_BODY_BYTES, body_error, now_ms, rfc3339, store_error};
+use crate::content::{self, ContentKind, Message};
+use crate::http::{Request, Response};
+use crate::metrics::Counter;
+use crate::store::{OutboxRow, OutboxStatus};
+
+/// Longest `Idempotency-Key`, in bytes (visible ASCII only).
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+/// Longest message id accepted in `reply_to`, in bytes (peers' ids are not all `3EB0…`).
+pub const MAX_MESSAGE_ID_BYTES: usize = 128;
+/// Row version of an `idempotency` value (docs/store.md).
+pub const IDEMPOTENCY_ROW_VERSION: u8 = 1;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendJson {
+    to: String,
+    text: String,
+    #[serde(default)]
+    reply_to: Option<String>,
+}
+
+fn bad(code: &str, message: &str) -> Response {
+    Response::json_error(400, code, message)
+}
+
+/// The human sentence for a status error code set by the link.
+pub fn error_message(code: &str) -> String {
+    match code {
+        "not_opted_in" => "the recipient has not opted in to third-party chats".into(),
+        "unknown_user" => "the recipient is not a WhatsApp user".into(),
+        "identity_untrusted" | "identity_changed" => {
+            "the recipient's verified identity changed; trust it again with POST /v1/contacts/{phone}/trust".into()
+        }
+        "too_large" => "the message is larger than the gatekeeper accepts".into(),
+        "expired" => "the message could not be sent before it expired".into(),
+        other => format!("the message could not be delivered ({other})"),
+    }
+}
+
+/// `POST /v1/messages`.
+pub async fn send(api: &Rc<Api>, req: Request) -> Response {
+    let key = match req.header("idempotency-key") {
+        None => None,
+        Some(k)
+            if !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY_BYTES
+                && k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Some(k.to_string())
+        }
+        Some(_) => {
+            return bad(
+                "bad_idempotency_key",
+                "Idempotency-Key must be 1 to 128 visible ASCII characters",
+            );
+        }
+    };
+    let content_type = req.head.content_type();
+    let (to, text, reply_to) = match content_type.as_deref() {
+        Some("application/json") => {
+            let body: SendJson = match req.body.read_json(MAX_JSON_BODY_BYTES).await {
+                Ok(b) => b,
+                Err(e) => return body_error(&e),
+            };
+            (body.to, body.text, body.reply_to)
+        }
+        // `curl -d TEXT` sends form-urlencoded; CONTRACT.md promises that line works, so the
+        // body is taken as literal text (not form-decoded), as for text/plain.
+        None | Some("text/plain" | "application/x-www-form-urlencoded") => {
+            let Some(to) = req.query_param("to") else {
+                return bad(
+                    "missing_to",
+                    "a text/plain body needs the recipient as ?to=%2B<digits>",
+                );
+            };
+            let reply_to = req.query_param("reply_to");
+            let bytes = match req.body.read_to_vec(MAX_JSON_BODY_BYTES).await {
+                Ok(b) => b,
+                Err(e) => return body_error(&e),
+            };
+            let Ok(text) = String::from_utf8(bytes) else {
+                return bad("bad_text", "the text/plain body is not UTF-8");
+            };
+            (to, text, reply_to)
+        }
+        _ => {
+            return Response::json_error(
+                415,
+                "unsupported_media_type",
+                "send application/json, or text/plain with ?to=",
+            );
+        }
+    };
+    // A '+' in an unencoded query decodes as a space; the digits are what matter.
+    let Ok(digits) = crate::jid::parse_phone(to.trim()) else {
+        return bad(
+            "bad_phone",
+            "'to' must be an E.164 number such as +4915112345678",
+        );
+    };
+    if text.is_empty() {
+        return bad("empty_text", "'text' must not be empty");
+    }
+    if let Some(r) = &reply_to
+        && !(r.len() <= MAX_MESSAGE_ID_BYTES
+            && !r.is_empty()
+            && r.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return bad("bad_reply_to", "'reply_to' must be a message id");
+    }
+    queue_text(api, key, &digits, text, reply_to)
+}
+
+fn queue_text(
+    api: &Rc<Api>,
+    key: Option<String>,
+    digits: &str,
+    text: String,
+    reply_to: Option<String>,
+) -> Response {
+    let txn = match api.store.begin() {
+        Ok(t) => t,
+        Err(e) => return store_error(&e),
+    };
+    if let Some(k) = &key {
+        match txn.idempotency(k) {
+            Ok(Some(row)) => {
+                return match decode_idempotency(&row) {
+                    Some(id) => accepted(&id, existing_status(api, &txn, &id)),
+                    None => store_error(&crate::store::StoreError::Corrupt {
+                        table: "idempotency",
+                        detail: "bad row",
+                    }),
+                };
+            }
+            Ok(None) => {}
+            Err(e) => return store_error(&e),
+        }
+    }
+    let now = now_ms();
+    let msg = match &reply_to {
+        None => Message::text(text),
+        Some(r) => {
+            // Replying to one of our own messages quotes us; otherwise the peer's.
+            let participant = match txn.outbox_by_id(r) {
+                Ok(Some(_)) => format!("{}@{}", api.account, crate::jid::INTEROP_SERVER),
+                Ok(None) => format!("{digits}@{}", crate::jid::WHATSAPP_SERVER),
+                Err(e) => return store_error(&e),
+            };
+            Message::reply(text, r.clone(), participant, None)
+        }
+    };
+    let bytes = prost::Message::encode_to_vec(&msg);
+    if bytes.len() > content::MAX_BODY_BYTES {
+        return Response::json_error(
+            413,
+            "text_too_long",
+            &format!(
+                "the encoded message is {} bytes, over the limit of {}",
+                bytes.len(),
+                content::MAX_BODY_BYTES
+            ),
+        );
+    }
+    let mut random = [0u8; 16];
+    rand::rng().fill_bytes(&mut random);
+    let id = content::message_id(now / 1000, &api.account, &random);
+    let row = OutboxRow {
+        id: id.as_str().to_string(),
+        to: digits.to_string(),
+        kind: ContentKind::Text.to_byte(),
+        status: OutboxStatus::Queued,
+        created_ms: now,
+        updated_ms: now,
+        error_code: String::new(),
+        content: bytes,
+        stanza: Vec::new(),
+    };
+    let written = txn.outbox_insert(&row).and_then(|_| match &key {
+        Some(k) => txn.put_idempotency(k, &encode_idempotency(&row.id)),
+        None => Ok(()),
+    });
+    if let Err(e) = written {
+        return store_error(&e);
+    }
+    if let Err(e) = api.metrics.commit(txn) {
+        return store_error(&e);
+    }
+    api.metrics.inc(Counter::MessageOut(OutboxStatus::Queued));
+    api.link.wake();
+    accepted(&row.id, OutboxStatus::Queued)
+}
+
+fn existing_status(_api: &Api, txn: &crate::store::Txn, id: &str) -> OutboxStatus {
+    match txn.outbox_by_id(id) {
+        Ok(Some((_, row))) => row.status,
+        _ => OutboxStatus::Queued,
+    }
+}
+
+fn accepted(id: &str, status: OutboxStatus) -> Response {
+    Response::json(
+        202,
+        &serde_json::json!({"id": id, "status": status.as_str()}),
+    )
+}
+
+/// The `idempotency` value: version, then the message id as length-prefixed UTF-8.
+fn encode_idempotency(id: &str) -> Vec<u8> {
+    let mut v = vec![IDEMPOTENCY_ROW_VERSION];
+    v.extend_from_slice(&(id.len() as u32).to_be_bytes());
+    v.extend_from_slice(id.as_bytes());
+    v
+}
+
+fn decode_idempotency(b: &[u8]) -> Option<String> {
+    let mut r = crate::store::Reader::new(b, "idempotency");
+    r.version(IDEMPOTENCY_ROW_VERSION).ok()?;
+    let id = r.string().ok()?;
+    r.end().ok()?;
+    Some(id)
+}
+
+/// `GET /v1/messages/{id}`.
+pub fn status(api: &Rc<Api>, id: &str) -> Response {
+    let txn = match api.store.begin() {
+        Ok(t) => t,
+        Err(e) => return store_error(&e),
+    };
+    match txn.outbox_by_id(id) {
+        Ok(Some((_, row))) => Response::json(200, &status_json(&row)),
+        Ok(None) => Response::json_error(404, "unknown_message", "no message with this id"),
+        Err(e) => store_error(&e),
+    }
+}
+
+/// The status object for an outbox row.
+pub fn status_json(row: &OutboxRow) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": row.id,
+        "to": format!("+{}", row.to),
+        "kind": ContentKind::from_byte(row.kind).as_str(),
+        "status": row.status.as_str(),
+        "updated_at": rfc3339(row.updated_ms),
+    });
+    if row.status == OutboxStatus::Failed || !row.error_code.is_empty() {
+        let code = if row.error_code.is_empty() {
+            "failed"
+        } else {
+            row.error_code.as_str()
+        };
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "error".into(),
+                serde_json::json!({"code": code, "message": error_message(code)}),
+            );
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_rows_round_trip_and_refuse_garbage() {
+        let id = "3EB0000000000000000001";
+        assert_eq!(
+            decode_idempotency(&encode_idempotency(id)).as_deref(),
+            Some(id)
+        );
+        assert_eq!(decode_idempotency(&[2, 0, 0, 0, 0]), None);
+        assert_eq!(decode_idempotency(&[]), None);
+    }
+
+    #[test]
+    fn failed_status_carries_code_and_sentence() {
+        let row = OutboxRow {
+            id: "3EB0AA".into(),
+            to: "15550100".into(),
+            kind: ContentKind::Text.to_byte(),
+            status: OutboxStatus::Failed,
+            created_ms: 0,
+            updated_ms: 1000,
+            error_code: "not_opted_in".into(),
+            content: vec![],
+            stanza: vec![],
+        };
+        let v = status_json(&row);
+        assert_eq!(v["to"], "+15550100");
+        assert_eq!(v["kind"], "text");
+        assert_eq!(v["error"]["code"], "not_opted_in");
+        assert!(v["error"]["message"].as_str().unwrap().contains("opted in"));
+        assert_eq!(v["updated_at"], "1970-01-01T00:00:01.000Z");
+    }
+}

@@ -1,0 +1,386 @@
+//! The local HTTP API v1 (CONTRACT.md, docs/api.md, docs/openapi.yaml): the handler that
+//! [`crate::http::serve`] calls for every request. It checks, in this order, the `Host`
+//! header (421), the bearer token (401, except `GET /healthz`) and the rate limit (429), then
+//! routes. Handlers read and write the store in short transactions that never span an
+//! `.await`, wake the link through [`LinkControl`], and wait on the [`EventBus`] for
+//! long-poll and SSE.
+//!
+//! This module owns routes, request validation and response shapes. It does not own HTTP
+//! framing (`http.rs`), the wire protocol (the link), or the store format (`store.rs`).
+//!
+//! Submodules: [`auth`] (token file, host check, rate limit), [`messages`] (send, status),
+//! [`inbox`] (long-poll, read marks, SSE, the message object), [`contacts`] (contacts, trust,
+//! identity), [`webhook`] (the delivery worker).
+
+pub mod auth;
+pub mod contacts;
+pub mod inbox;
+pub mod messages;
+pub mod webhook;
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::daemon::{LinkControl, LinkState};
+use crate::events::EventBus;
+use crate::http::{HttpError, Request, Response, percent_decode};
+use crate::metrics::{Gauge, Metrics};
+use crate::store::{Store, StoreError};
+
+/// Longest `wait` a long-poll may ask for, in seconds; larger values are clamped.
+pub const MAX_LONG_POLL_WAIT_SECS: u64 = 60;
+/// Open SSE streams at once; one more gets 429.
+pub const MAX_SSE_CLIENTS: usize = 16;
+/// How often an idle SSE stream gets a comment line, so proxies and clients see it alive.
+pub const SSE_KEEPALIVE_MS: u64 = 15_000;
+/// Largest request body for JSON and text routes, in bytes.
+pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024;
+
+/// Every route the server answers, as (method, path template). docs/openapi.yaml lists the
+/// same set; a test compares them.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/messages"),
+    ("GET", "/v1/messages/{id}"),
+    ("GET", "/v1/inbox"),
+    ("POST", "/v1/inbox/{cursor}/read"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/contacts"),
+    ("GET", "/v1/contacts/{phone}"),
+    ("POST", "/v1/contacts/{phone}/trust"),
+    ("GET", "/v1/identity"),
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+];
+
+/// Tunable limits; [`ApiLimits::default`] gives the named bounds above.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiLimits {
+    pub rate_burst_requests: u32,
+    pub rate_requests_per_sec: u32,
+    pub max_long_poll_wait_secs: u64,
+    pub max_sse_clients: usize,
+    pub sse_keepalive_ms: u64,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            rate_burst_requests: auth::RATE_LIMIT_BURST_REQUESTS,
+            rate_requests_per_sec: auth::RATE_LIMIT_REQUESTS_PER_SEC,
+            max_long_poll_wait_secs: MAX_LONG_POLL_WAIT_SECS,
+            max_sse_clients: MAX_SSE_CLIENTS,
+            sse_keepalive_ms: SSE_KEEPALIVE_MS,
+        }
+    }
+}
+
+/// What the API needs from the daemon.
+pub struct ApiParts {
+    pub store: Rc<Store>,
+    /// Our account name, `{integrator}-{user}`.
+    pub account: String,
+    pub token: String,
+    /// The address actually listened on (the `Host` check uses it).
+    pub listen: SocketAddr,
+    /// Extra accepted `Host` names from the config.
+    pub host_names: Vec<String>,
+    pub bus: Rc<EventBus>,
+    pub metrics: Rc<Metrics>,
+    pub link: Rc<dyn LinkControl>,
+    pub limits: ApiLimits,
+}
+
+/// The API's shared state. One per daemon, shared as `Rc<Api>`.
+pub struct Api {
+    pub(crate) store: Rc<Store>,
+    pub(crate) account: String,
+    token: String,
+    hosts: Vec<String>,
+    pub(crate) bus: Rc<EventBus>,
+    pub(crate) metrics: Rc<Metrics>,
+    pub(crate) link: Rc<dyn LinkControl>,
+    pub(crate) limits: ApiLimits,
+    rate: RefCell<auth::RateLimiter>,
+    pub(crate) sse_clients: Rc<Cell<usize>>,
+}
+
+/// A matched route, with its decoded path parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Send,
+    Status(String),
+    Inbox,
+    MarkRead(String),
+    Events,
+    Contacts,
+    Contact(String),
+    Trust(String),
+    Identity,
+    Health,
+    Metrics,
+}
+
+/// What routing found: a route, a known path with another method (405), or nothing (404).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routed {
+    Found(Route),
+    WrongMethod { allow: &'static str },
+    NotFound,
+}
+
+/// Matches a method and raw path (query already removed).
+pub fn route(method: &str, path: &str) -> Routed {
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let param = |s: &str| percent_decode(s, false).unwrap_or_default();
+    let (found, allow) = match segs.as_slice() {
+        ["v1", "messages"] => ((method == "POST").then_some(Route::Send), "POST"),
+        ["v1", "messages", id] if !id.is_empty() => {
+            ((method == "GET").then(|| Route::Status(param(id))), "GET")
+        }
+        ["v1", "inbox"] => ((method == "GET").then_some(Route::Inbox), "GET"),
+        ["v1", "inbox", c, "read"] if !c.is_empty() => (
+            (method == "POST").then(|| Route::MarkRead(param(c))),
+            "POST",
+        ),
+        ["v1", "events"] => ((method == "GET").then_some(Route::Events), "GET"),
+        ["v1", "contacts"] => ((method == "GET").then_some(Route::Contacts), "GET"),
+        ["v1", "contacts", p] if !p.is_empty() => {
+            ((method == "GET").then(|| Route::Contact(param(p))), "GET")
+        }
+        ["v1", "contacts", p, "trust"] if !p.is_empty() => {
+            ((method == "POST").then(|| Route::Trust(param(p))), "POST")
+        }
+        ["v1", "identity"] => ((method == "GET").then_some(Route::Identity), "GET"),
+        ["healthz"] => (
+            (method == "GET" || method == "HEAD").then_some(Route::Health),
+            "GET",
+        ),
+        ["metrics"] => ((method == "GET").then_some(Route::Metrics), "GET"),
+        _ => return Routed::NotFound,
+    };
+    match found {
+        Some(r) => Routed::Found(r),
+        None => Routed::WrongMethod { allow },
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `ms` since the epoch as RFC 3339 UTC with milliseconds (`2026-11-29T10:32:23.123Z`).
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil-from-days, for days since 1970-01-01 (never negative here).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// The JSON error for a store failure (503).
+pub(crate) fn store_error(e: &StoreError) -> Response {
+    log::error!("API: {e}");
+    Response::json_error(503, "store_unavailable", "the message store is unavailable")
+}
+
+/// The JSON error for a body that could not be read.
+pub(crate) fn body_error(e: &HttpError) -> Response {
+    e.to_response()
+}
+
+impl Api {
+    /// The API state.
+    pub fn new(parts: ApiParts) -> Rc<Api> {
+        let hosts = auth::allowed_hosts(parts.listen, &parts.host_names);
+        Rc::new(Api {
+            rate: RefCell::new(auth::RateLimiter::new(
+                parts.limits.rate_burst_requests,
+                parts.limits.rate_requests_per_sec,
+            )),
+            store: parts.store,
+            account: parts.account,
+            token: parts.token,
+            hosts,
+            bus: parts.bus,
+            metrics: parts.metrics,
+            link: parts.link,
+            limits: parts.limits,
+            sse_clients: Rc::new(Cell::new(0)),
+        })
+    }
+
+    /// Answers one request.
+    pub async fn handle(self: Rc<Self>, req: Request) -> Response {
+        let response = self.dispatch(req).await;
+        self.metrics.http_response(response.status);
+        response
+    }
+
+    async fn dispatch(self: &Rc<Self>, req: Request) -> Response {
+        if !auth::host_allowed(req.header("host"), &self.hosts) {
+            return Response::json_error(
+                421,
+                "misdirected_request",
+                "the Host header names neither this API's address nor a configured name",
+            );
+        }
+        let routed = route(req.method(), req.path());
+        if routed == Routed::Found(Route::Health) {
+            return self.health();
+        }
+        if !auth::bearer_matches(req.header("authorization"), &self.token) {
+            return Response::json_error(
+                401,
+                "unauthorized",
+                "send the token from <state>/api-token as 'Authorization: Bearer <token>'",
+            )
+            .with_header("WWW-Authenticate", "Bearer");
+        }
+        if let Err(retry_secs) = self.rate.borrow_mut().check(now_ms()) {
+            return Response::json_error(
+                429,
+                "rate_limited",
+                "too many requests with this token; retry after the time in Retry-After",
+            )
+            .with_header("Retry-After", &retry_secs.to_string());
+        }
+        let route = match routed {
+            Routed::Found(r) => r,
+            Routed::WrongMethod { allow } => {
+                return Response::json_error(
+                    405,
+                    "method_not_allowed",
+                    "this route does not take that method",
+                )
+                .with_header("Allow", allow);
+            }
+            Routed::NotFound => {
+                return Response::json_error(404, "not_found", "no such route");
+            }
+        };
+        match route {
+            Route::Send => messages::send(self, req).await,
+            Route::Status(id) => messages::status(self, &id),
+            Route::Inbox => inbox::long_poll(self, &req).await,
+            Route::MarkRead(cursor) => inbox::mark_read(self, &cursor),
+            Route::Events => inbox::events(self, &req),
+            Route::Contacts => contacts::list(self),
+            Route::Contact(phone) => contacts::one(self, &phone),
+            Route::Trust(phone) => contacts::trust(self, &phone),
+            Route::Identity => contacts::identity(self),
+            Route::Metrics => self.metrics_text(),
+            Route::Health => self.health(),
+        }
+    }
+
+    fn health(&self) -> Response {
+        let link = match self.link.state() {
+            LinkState::Up => "up",
+            LinkState::Down => "down",
+        };
+        let store = match self.store.schema_version() {
+            Ok(_) => "ok",
+            Err(e) => {
+                log::error!("health: {e}");
+                "unavailable"
+            }
+        };
+        Response::json(
+            200,
+            &serde_json::json!({"status": "ok", "link": link, "store": store}),
+        )
+    }
+
+    fn metrics_text(&self) -> Response {
+        self.metrics
+            .set(Gauge::LinkUp, u64::from(self.link.state() == LinkState::Up));
+        self.metrics.set_link_reconnects(self.link.reconnects());
+        self.metrics
+            .set(Gauge::SseClients, self.sse_clients.get() as u64);
+        Response::bytes(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            self.metrics.render().into_bytes(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(template: &str) -> String {
+        template
+            .replace("{id}", "3EB0000000000000000001")
+            .replace("{cursor}", "7")
+            .replace("{phone}", "%2B15550100")
+    }
+
+    #[test]
+    fn every_listed_route_is_routed_and_others_are_not() {
+        for (method, template) in ROUTES {
+            let r = route(method, &example(template));
+            assert!(matches!(r, Routed::Found(_)), "{method} {template}: {r:?}");
+        }
+        assert_eq!(route("GET", "/v1/nothing"), Routed::NotFound);
+        assert_eq!(route("GET", "/v1/messages/"), Routed::NotFound);
+        assert_eq!(
+            route("DELETE", "/v1/messages"),
+            Routed::WrongMethod { allow: "POST" }
+        );
+        assert_eq!(
+            route("GET", "/v1/contacts/%2B49151/trust"),
+            Routed::WrongMethod { allow: "POST" }
+        );
+        assert_eq!(
+            route("GET", "/v1/contacts/%2B49151"),
+            Routed::Found(Route::Contact("+49151".into()))
+        );
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn routing_arbitrary_paths_never_panics(method in "[A-Z]{0,7}", path in "/[a-z0-9%/+.]{0,40}") {
+                let _ = route(&method, &path);
+            }
+
+            #[test]
+            fn rfc3339_is_always_24_characters(ms in 0u64..253_402_300_800_000) {
+                let t = rfc3339(ms);
+                prop_assert_eq!(t.len(), 24, "{}", t);
+                prop_assert!(t.ends_with('Z'));
+            }
+        }
+    }
+
+    #[test]
+    fn rfc3339_renders_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+    }
+}

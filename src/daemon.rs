@@ -1,0 +1,279 @@
+//! The daemon shell: one thread, one `smol::LocalExecutor`, and everything on it (the API
+//! listener and its connections, the webhook worker, the link, timers and signals).
+//!
+//! ```text
+//!  run(config, start_link)
+//!   ├─ Runtime::open: state dir (0700), store, <state>/api-token (0600), our identity
+//!   ├─ bind the API address, register SIGTERM/SIGINT
+//!   ├─ start_link(&runtime) -> Rc<dyn LinkControl>   (the link spawns its own tasks)
+//!   ├─ READY=1 (and WATCHDOG=1 every half WatchdogSec)
+//!   ├─ serve: API + webhook worker, until a signal
+//!   └─ STOPPING=1, return Ok  (exit 0)
+//! ```
+//!
+//! Stopping drops the serving futures at their next `.await`. No store transaction spans an
+//! `.await`, so a stop never cuts one in half: every transaction either committed or never
+//! started. This file owns the process lifecycle and the [`LinkControl`] boundary; it does not
+//! own any protocol.
+
+use std::cell::Cell;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{FutureExt as _, StreamExt as _};
+use smol::LocalExecutor;
+
+use crate::api::webhook::{self, WebhookPolicy};
+use crate::api::{self, Api, ApiLimits, ApiParts};
+use crate::config::Config;
+use crate::events::EventBus;
+use crate::metrics::Metrics;
+use crate::notify::{self, Notifier};
+use crate::store::{Store, StoreError};
+
+/// Whether the link is logged in at the gatekeeper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Up,
+    Down,
+}
+
+/// What the API needs from the link. Every method returns at once; the link does the work
+/// on its own tasks.
+pub trait LinkControl {
+    /// New outbox rows were committed (or a contact was trusted): flush the outbox soon.
+    fn wake(&self);
+    /// Whether the link is logged in now.
+    fn state(&self) -> LinkState;
+    /// How many times the link connected again after losing its connection.
+    fn reconnects(&self) -> u64;
+    /// The consumer marked inbox message `message_id` from `from_digits` read; the request is
+    /// already committed in `read_marks` (see `api::inbox::pending_read_marks`). Send the read
+    /// receipt now if connected; after each login the link sends all pending ones anyway.
+    fn mark_read(&self, from_digits: &str, message_id: &str);
+}
+
+/// A link that is never connected. The daemon uses it until the real link is plugged in, and
+/// tests use it to run the API alone.
+#[derive(Debug, Default)]
+pub struct OfflineLink {
+    wakes: Cell<u64>,
+}
+
+impl OfflineLink {
+    /// How many times [`LinkControl::wake`] was called.
+    pub fn wakes(&self) -> u64 {
+        self.wakes.get()
+    }
+}
+
+impl LinkControl for OfflineLink {
+    fn wake(&self) {
+        self.wakes.set(self.wakes.get() + 1);
+    }
+
+    fn state(&self) -> LinkState {
+        LinkState::Down
+    }
+
+    fn reconnects(&self) -> u64 {
+        0
+    }
+
+    fn mark_read(&self, _from_digits: &str, _message_id: &str) {}
+}
+
+/// Why the daemon could not start or keep running. `interopd run` exits with status 1.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// Environment: the store could not be opened (permissions, disk, newer schema).
+    Store(StoreError),
+    /// Environment: the API token file could not be read or created.
+    Token(api::auth::TokenError),
+    /// Environment: our identity could not be created.
+    Identity { detail: String },
+    /// Environment: the API address could not be bound (in use, not ours).
+    Bind { addr: SocketAddr, source: io::Error },
+    /// Environment: the signal handlers could not be installed.
+    Signals(io::Error),
+}
+
+impl fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Store(e) => write!(f, "{e}"),
+            Self::Token(e) => write!(f, "{e}"),
+            Self::Identity { detail } => write!(f, "identity: {detail}"),
+            Self::Bind { addr, source } => write!(f, "API address {addr}: {source}"),
+            Self::Signals(e) => write!(f, "signal handlers: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+/// Tunable limits of the shell's parts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tuning {
+    pub api: ApiLimits,
+    pub webhook: WebhookPolicy,
+}
+
+/// What the daemon's tasks share. The link gets it to find the store, the bus and metrics.
+pub struct Runtime {
+    pub config: Config,
+    pub store: Rc<Store>,
+    pub bus: Rc<EventBus>,
+    pub metrics: Rc<Metrics>,
+    pub executor: Rc<LocalExecutor<'static>>,
+    /// The API bearer token (from `<state>/api-token`).
+    pub token: String,
+    pub tuning: Tuning,
+}
+
+impl Runtime {
+    /// Opens the state directory, the store and the token file, and makes sure our identity
+    /// exists (so `GET /v1/identity` answers before the first login).
+    pub fn open(
+        config: Config,
+        executor: Rc<LocalExecutor<'static>>,
+    ) -> Result<Runtime, DaemonError> {
+        let store = Store::open(&config.state_dir).map_err(DaemonError::Store)?;
+        let token =
+            api::auth::load_or_create_token(&config.state_dir).map_err(DaemonError::Token)?;
+        let txn = store.begin().map_err(DaemonError::Store)?;
+        crate::signal::ensure_identity(&txn, &mut rand::rng()).map_err(|e| {
+            DaemonError::Identity {
+                detail: e.to_string(),
+            }
+        })?;
+        txn.commit().map_err(DaemonError::Store)?;
+        let metrics = Rc::new(Metrics::default());
+        let bus = EventBus::new(config.webhook.is_some(), Rc::clone(&metrics));
+        Ok(Runtime {
+            config,
+            store: Rc::new(store),
+            bus,
+            metrics,
+            executor,
+            token,
+            tuning: Tuning::default(),
+        })
+    }
+
+    /// The token file's path.
+    pub fn token_path(&self) -> PathBuf {
+        self.config.state_dir.join(api::auth::TOKEN_FILE_NAME)
+    }
+}
+
+/// Binds the API listener.
+pub fn bind(addr: SocketAddr) -> Result<smol::net::TcpListener, DaemonError> {
+    let std_listener =
+        std::net::TcpListener::bind(addr).map_err(|source| DaemonError::Bind { addr, source })?;
+    smol::net::TcpListener::try_from(std_listener)
+        .map_err(|source| DaemonError::Bind { addr, source })
+}
+
+/// Serves the API on `listener` and runs the webhook worker (if configured) until `stop`
+/// completes.
+pub async fn serve(
+    rt: &Runtime,
+    link: Rc<dyn LinkControl>,
+    listener: smol::net::TcpListener,
+    stop: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let listen = listener.local_addr().map_err(|source| DaemonError::Bind {
+        addr: rt.config.api_addr,
+        source,
+    })?;
+    let api = Api::new(ApiParts {
+        store: Rc::clone(&rt.store),
+        account: rt.config.account(),
+        token: rt.token.clone(),
+        listen,
+        host_names: rt.config.api_host_names.clone(),
+        bus: Rc::clone(&rt.bus),
+        metrics: Rc::clone(&rt.metrics),
+        link,
+        limits: rt.tuning.api.clone(),
+    });
+    let http = crate::http::serve(listener, crate::http::ServeOptions::default(), move |req| {
+        Rc::clone(&api).handle(req)
+    });
+    let hooks: Pin<Box<dyn Future<Output = ()>>> = match &rt.config.webhook {
+        Some(w) => Box::pin(webhook::run(
+            Rc::clone(&rt.store),
+            Rc::clone(&rt.bus),
+            Rc::clone(&rt.metrics),
+            w.clone(),
+            rt.tuning.webhook.clone(),
+        )),
+        None => Box::pin(futures_lite::future::pending()),
+    };
+    log::info!("API listening on http://{listen}");
+    http.or(hooks).or(stop).await;
+    Ok(())
+}
+
+/// A function that starts the link on the runtime's executor and returns its control handle.
+pub type LinkStarter = Box<dyn FnOnce(&Runtime) -> Rc<dyn LinkControl>>;
+
+/// Runs the daemon until SIGTERM or SIGINT: the whole of `interopd run`.
+pub fn run(config: Config, start_link: LinkStarter) -> Result<(), DaemonError> {
+    let executor = Rc::new(LocalExecutor::new());
+    let ex = Rc::clone(&executor);
+    smol::block_on(executor.run(async move {
+        let api_addr = config.api_addr;
+        let rt = Runtime::open(config, ex)?;
+        let listener = bind(api_addr)?;
+        let mut signals =
+            async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
+                .map_err(DaemonError::Signals)?;
+        let link = start_link(&rt);
+        let notifier = Rc::new(Notifier::from_env());
+        let status = format!("API on http://{api_addr}");
+        if let Err(e) = notifier.ready(&status) {
+            log::warn!("sd_notify: {e}");
+        }
+        let interval = notify::watchdog_interval(std::env::var("WATCHDOG_USEC").ok().as_deref());
+        if let Some(every) = interval {
+            let n = Rc::clone(&notifier);
+            rt.executor
+                .spawn(async move {
+                    loop {
+                        smol::Timer::after(every).await;
+                        if let Err(e) = n.watchdog() {
+                            log::warn!("sd_notify: {e}");
+                        }
+                    }
+                })
+                .detach();
+        }
+        log::info!(
+            "interopd {} started; API token in {}",
+            env!("CARGO_PKG_VERSION"),
+            rt.token_path().display()
+        );
+        let stop = async {
+            if let Some(Ok(sig)) = signals.next().await {
+                log::info!("{sig:?} received; stopping");
+            }
+        };
+        serve(&rt, link, listener, stop).await?;
+        if let Err(e) = notifier.stopping() {
+            log::warn!("sd_notify: {e}");
+        }
+        // Give detached tasks no further turns: they are dropped with the executor.
+        smol::Timer::after(Duration::from_millis(0)).await;
+        log::info!("stopped");
+        Ok(())
+    }))
+}

@@ -1,0 +1,444 @@
+//! The daemon's event bus: a durable event log in the store plus an in-process wake-up for
+//! the tasks that wait on it (inbox long-poll, SSE streams, the webhook worker).
+//!
+//! Every event that consumers see (an inbound message, an outbound status change) is first
+//! written to the store's `events` table **in the same transaction** as the row change that
+//! caused it, and, when webhooks are configured, a webhook job for it too. The event's
+//! sequence number is the SSE `id:`: it only grows and a dropped transaction gives it back,
+//! so a consumer resuming from `Last-Event-ID` sees every later event exactly once, with no
+//! gap and no duplicate. After the commit, the writer calls [`EventBus::publish_message`] or
+//! [`EventBus::publish_status`], which wake the waiters; they then read the store. A lost
+//! wake-up costs latency, never an event.
+//!
+//! The protocol for the writer (the link), per change:
+//! ```text
+//!   txn = store.begin()
+//!   cursor = txn.inbox_insert(..)?            | txn.outbox_write(seq, &row)?
+//!   bus.record_message(&txn, cursor, now)?    | bus.record_status(&txn, &row)?
+//!   txn.commit()?
+//!   bus.publish_message(cursor)               | bus.publish_status(&row.id, row.status)
+//! ```
+//!
+//! This file owns the `events` and `webhook_jobs` row layouts (docs/store.md). It does no
+//! I/O of its own beyond the caller's store transaction, and reads no clock.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use crate::metrics::{Counter, Metrics};
+use crate::store::{OutboxRow, OutboxStatus, Reader, StoreError, Txn};
+
+/// Row version of an `events` value.
+pub const EVENT_ROW_VERSION: u8 = 1;
+/// Row version of a `webhook_jobs` value.
+pub const WEBHOOK_JOB_ROW_VERSION: u8 = 1;
+/// Longest status error code stored in an event, in bytes.
+pub const MAX_ERROR_CODE_BYTES: usize = 64;
+
+const KIND_MESSAGE: u8 = 1;
+const KIND_STATUS: u8 = 2;
+
+/// One logged event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An inbound message was stored at inbox `cursor`.
+    Message { cursor: u64 },
+    /// Outbound message `id` moved to `status` at `updated_ms`; `error_code` is empty unless
+    /// the status is `failed`.
+    Status {
+        id: String,
+        status: OutboxStatus,
+        error_code: String,
+        updated_ms: u64,
+    },
+}
+
+impl Event {
+    /// The SSE `event:` name and the webhook `event` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Message { .. } => "message",
+            Event::Status { .. } => "status",
+        }
+    }
+
+    /// The stored bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
+        let mut v = vec![EVENT_ROW_VERSION];
+        match self {
+            Event::Message { cursor } => {
+                v.push(KIND_MESSAGE);
+                v.extend_from_slice(&cursor.to_be_bytes());
+            }
+            Event::Status {
+                id,
+                status,
+                error_code,
+                updated_ms,
+            } => {
+                if error_code.len() > MAX_ERROR_CODE_BYTES {
+                    return Err(StoreError::TooLarge {
+                        what: "status error code",
+                        len: error_code.len() as u64,
+                        max: MAX_ERROR_CODE_BYTES as u64,
+                    });
+                }
+                v.push(KIND_STATUS);
+                v.push(*status as u8);
+                v.extend_from_slice(&updated_ms.to_be_bytes());
+                put_str(&mut v, id)?;
+                put_str(&mut v, error_code)?;
+            }
+        }
+        Ok(v)
+    }
+
+    /// Parses stored bytes; refuses unknown versions and kinds, short and long rows.
+    pub fn decode(bytes: &[u8]) -> Result<Event, StoreError> {
+        let mut r = Reader::new(bytes, "events");
+        r.version(EVENT_ROW_VERSION)?;
+        let event = match r.u8()? {
+            KIND_MESSAGE => Event::Message { cursor: r.u64()? },
+            KIND_STATUS => {
+                let status = OutboxStatus::from_byte(r.u8()?).ok_or(StoreError::Corrupt {
+                    table: "events",
+                    detail: "unknown status",
+                })?;
+                let updated_ms = r.u64()?;
+                let id = r.string()?;
+                let error_code = r.string()?;
+                if error_code.len() > MAX_ERROR_CODE_BYTES {
+                    return Err(StoreError::Corrupt {
+                        table: "events",
+                        detail: "error code too long",
+                    });
+                }
+                Event::Status {
+                    id,
+                    status,
+                    error_code,
+                    updated_ms,
+                }
+            }
+            _ => {
+                return Err(StoreError::Corrupt {
+                    table: "events",
+                    detail: "unknown event kind",
+                });
+            }
+        };
+        r.end()?;
+        Ok(event)
+    }
+}
+
+fn put_str(v: &mut Vec<u8>, s: &str) -> Result<(), StoreError> {
+    let len = u32::try_from(s.len()).map_err(|_| StoreError::TooLarge {
+        what: "event field",
+        len: s.len() as u64,
+        max: u64::from(u32::MAX),
+    })?;
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// One webhook delivery job: deliver event `event_seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookJob {
+    /// The event to deliver.
+    pub event_seq: u64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// When the job was created, ms since the epoch (the retry window counts from here).
+    pub created_ms: u64,
+    /// Earliest time of the next attempt, ms since the epoch.
+    pub next_attempt_ms: u64,
+    /// The job gave up: kept for inspection, never attempted again.
+    pub dead: bool,
+}
+
+impl WebhookJob {
+    /// The stored bytes: version, event seq, attempts, created, next attempt, dead flag.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(30);
+        v.push(WEBHOOK_JOB_ROW_VERSION);
+        v.extend_from_slice(&self.event_seq.to_be_bytes());
+        v.extend_from_slice(&self.attempts.to_be_bytes());
+        v.extend_from_slice(&self.created_ms.to_be_bytes());
+        v.extend_from_slice(&self.next_attempt_ms.to_be_bytes());
+        v.push(u8::from(self.dead));
+        v
+    }
+
+    /// Parses stored bytes.
+    pub fn decode(bytes: &[u8]) -> Result<WebhookJob, StoreError> {
+        let mut r = Reader::new(bytes, "webhook_jobs");
+        r.version(WEBHOOK_JOB_ROW_VERSION)?;
+        let job = WebhookJob {
+            event_seq: r.u64()?,
+            attempts: r.u32()?,
+            created_ms: r.u64()?,
+            next_attempt_ms: r.u64()?,
+            dead: match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        table: "webhook_jobs",
+                        detail: "bad dead flag",
+                    });
+                }
+            },
+        };
+        r.end()?;
+        Ok(job)
+    }
+}
+
+/// The bus. One per daemon, shared as `Rc<EventBus>` on the daemon's thread.
+#[derive(Debug)]
+pub struct EventBus {
+    wake: event_listener::Event,
+    webhooks: bool,
+    metrics: Rc<Metrics>,
+    /// Bumped on every publish, so a waiter can tell that something happened.
+    generation: Cell<u64>,
+}
+
+impl EventBus {
+    /// A bus; `webhooks` says whether a webhook URL is configured (jobs are written only then).
+    pub fn new(webhooks: bool, metrics: Rc<Metrics>) -> Rc<EventBus> {
+        Rc::new(EventBus {
+            wake: event_listener::Event::new(),
+            webhooks,
+            metrics,
+            generation: Cell::new(0),
+        })
+    }
+
+    /// Whether webhook jobs are written.
+    pub fn webhooks_enabled(&self) -> bool {
+        self.webhooks
+    }
+
+    /// Logs "an inbound message was stored at `cursor`" in `txn` (and its webhook job).
+    /// Call it in the transaction that inserted the inbox row. Returns the event's sequence.
+    pub fn record_message(&self, txn: &Txn, cursor: u64, now_ms: u64) -> Result<u64, StoreError> {
+        self.record(txn, &Event::Message { cursor }, now_ms)
+    }
+
+    /// Logs "outbound message `row.id` is now `row.status`" in `txn` (and its webhook job).
+    /// Call it in the transaction that wrote the changed outbox row. Uses `row.updated_ms` as
+    /// the event's time. Returns the event's sequence.
+    pub fn record_status(&self, txn: &Txn, row: &OutboxRow) -> Result<u64, StoreError> {
+        let event = Event::Status {
+            id: row.id.clone(),
+            status: row.status,
+            error_code: row.error_code.clone(),
+            updated_ms: row.updated_ms,
+        };
+        self.record(txn, &event, row.updated_ms)
+    }
+
+    fn record(&self, txn: &Txn, event: &Event, now_ms: u64) -> Result<u64, StoreError> {
+        let seq = txn.append_event(&event.encode()?)?;
+        if self.webhooks {
+            let job = WebhookJob {
+                event_seq: seq,
+                attempts: 0,
+                created_ms: now_ms,
+                next_attempt_ms: now_ms,
+                dead: false,
+            };
+            txn.push_webhook_job(&job.encode())?;
+        }
+        Ok(seq)
+    }
+
+    /// After the commit of a [`EventBus::record_message`]: counts it and wakes the waiters.
+    pub fn publish_message(&self, _cursor: u64) {
+        self.metrics.inc(Counter::MessageIn);
+        self.notify();
+    }
+
+    /// After the commit of a [`EventBus::record_status`]: counts it and wakes the waiters.
+    pub fn publish_status(&self, _id: &str, status: OutboxStatus) {
+        self.metrics.inc(Counter::MessageOut(status));
+        self.notify();
+    }
+
+    /// Wakes every waiter without counting anything.
+    pub fn notify(&self) {
+        self.generation.set(self.generation.get().wrapping_add(1));
+        self.wake.notify(usize::MAX);
+    }
+
+    /// A listener that completes at the next [`EventBus::notify`]. Create it *before* reading
+    /// the store, then await it only if the store had nothing new: no wake-up is lost.
+    pub fn listen(&self) -> event_listener::EventListener {
+        self.wake.listen()
+    }
+
+    /// How many notifications have happened (wrapping).
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn row(status: OutboxStatus) -> OutboxRow {
+        OutboxRow {
+            id: "3EB0000000000000000001".into(),
+            to: "15550100".into(),
+            kind: 0,
+            status,
+            created_ms: 1,
+            updated_ms: 7,
+            error_code: if status == OutboxStatus::Failed {
+                "not_opted_in".into()
+            } else {
+                String::new()
+            },
+            content: vec![],
+            stanza: vec![],
+        }
+    }
+
+    #[test]
+    fn events_round_trip_through_their_bytes() {
+        for e in [
+            Event::Message { cursor: 42 },
+            Event::Status {
+                id: "3EB0AA".into(),
+                status: OutboxStatus::Failed,
+                error_code: "unknown_user".into(),
+                updated_ms: 9,
+            },
+        ] {
+            assert_eq!(Event::decode(&e.encode().unwrap()).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn malformed_event_rows_are_typed_errors() {
+        let good = Event::Message { cursor: 1 }.encode().unwrap();
+        let mut long = good.clone();
+        long.push(0);
+        for bad in [
+            &b""[..],
+            &[2u8, 1][..],
+            &[1u8, 9, 0][..],
+            &good[..5],
+            &long[..],
+        ] {
+            assert!(matches!(
+                Event::decode(bad),
+                Err(StoreError::Corrupt { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn webhook_job_round_trips() {
+        let job = WebhookJob {
+            event_seq: 3,
+            attempts: 2,
+            created_ms: 10,
+            next_attempt_ms: 20,
+            dead: true,
+        };
+        assert_eq!(WebhookJob::decode(&job.encode()).unwrap(), job);
+        let mut bad = job.encode();
+        if let Some(last) = bad.last_mut() {
+            *last = 7;
+        }
+        assert!(WebhookJob::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn recorded_events_get_increasing_ids_and_jobs_only_with_webhooks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let metrics = Rc::new(Metrics::default());
+        let plain = EventBus::new(false, Rc::clone(&metrics));
+        let hooked = EventBus::new(true, metrics);
+        let txn = store.begin().unwrap();
+        assert_eq!(plain.record_message(&txn, 1, 5).unwrap(), 1);
+        assert_eq!(txn.webhook_job_count().unwrap(), 0);
+        assert_eq!(
+            hooked
+                .record_status(&txn, &row(OutboxStatus::Failed))
+                .unwrap(),
+            2
+        );
+        txn.commit().unwrap();
+        let txn = store.begin().unwrap();
+        let events = txn.events_after(0, 10).unwrap();
+        assert_eq!(events.len(), 2);
+        let (_, job) = &txn.webhook_jobs(0, 10).unwrap()[0];
+        assert_eq!(WebhookJob::decode(job).unwrap().event_seq, 2);
+        assert_eq!(txn.last_event_seq().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_dropped_transaction_gives_its_event_id_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let bus = EventBus::new(true, Rc::new(Metrics::default()));
+        {
+            let txn = store.begin().unwrap();
+            bus.record_message(&txn, 1, 5).unwrap();
+        }
+        let txn = store.begin().unwrap();
+        assert_eq!(bus.record_message(&txn, 1, 5).unwrap(), 1);
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn arbitrary_rows_never_panic_and_accepted_ones_are_canonical(
+                row in proptest::collection::vec(any::<u8>(), 0..160)
+            ) {
+                if let Ok(e) = Event::decode(&row) {
+                    prop_assert_eq!(e.encode().unwrap(), row.clone());
+                }
+                if let Ok(j) = WebhookJob::decode(&row) {
+                    prop_assert_eq!(j.encode(), row);
+                }
+            }
+
+            #[test]
+            fn status_events_round_trip(
+                id in "[A-Z0-9]{0,30}",
+                code in "[a-z_]{0,64}",
+                status in 0u8..5,
+                updated_ms in any::<u64>(),
+            ) {
+                let e = Event::Status {
+                    id,
+                    status: OutboxStatus::from_byte(status).unwrap(),
+                    error_code: code,
+                    updated_ms,
+                };
+                prop_assert_eq!(Event::decode(&e.encode().unwrap()).unwrap(), e);
+            }
+        }
+    }
+
+    #[test]
+    fn a_listener_made_before_publish_completes() {
+        let bus = EventBus::new(false, Rc::new(Metrics::default()));
+        let listener = bus.listen();
+        bus.publish_status("x", OutboxStatus::Sent);
+        futures_lite::future::block_on(listener);
+        assert_eq!(bus.generation(), 1);
+    }
+}

@@ -1,0 +1,509 @@
+//! The local API against the real `interopd run` binary over loopback, with the link down
+//! (the gatekeeper is an unreachable port): every documented error answers its JSON error and
+//! never stops the daemon, a slow-loris client is dropped while others are served, an
+//! `Idempotency-Key` retry gives the same id, `/metrics` parses with Prometheus' own parser,
+//! and SIGTERM stops the daemon with status 0.
+
+mod api_common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use api_common::*;
+use serde_json::json;
+
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    token: String,
+    _dir: tempfile::TempDir,
+    state: PathBuf,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let conf = dir.path().join("interopd.conf");
+        // The config names another address; --api and --state override it, as documented.
+        std::fs::write(
+            &conf,
+            config_text(&dir.path().join("unused"), "127.0.0.1:8787", None),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_interopd"))
+            .args(["run", "--config"])
+            .arg(&conf)
+            .arg("--state")
+            .arg(&state)
+            .args(["--api", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if TcpStream::connect(addr).is_ok() && state.join("api-token").exists() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "daemon did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let token = std::fs::read_to_string(state.join("api-token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Daemon {
+            child,
+            addr,
+            token,
+            _dir: dir,
+            state,
+        }
+    }
+
+    fn assert_alive(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_none(), "daemon exited");
+        let r = request(self.addr, "GET", "/healthz", None, &[], b"");
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "daemon did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn health_needs_no_token_and_reports_the_link_down() {
+    let mut d = Daemon::start();
+    let r = request(d.addr, "GET", "/healthz", None, &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        json!({"status": "ok", "link": "down", "store": "ok"})
+    );
+    d.assert_alive();
+}
+
+#[test]
+fn token_file_is_private_and_every_other_route_needs_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut d = Daemon::start();
+    let mode = std::fs::metadata(d.state.join("api-token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    for (method, target) in [
+        ("GET", "/v1/identity"),
+        ("GET", "/v1/inbox"),
+        ("POST", "/v1/messages"),
+        ("GET", "/metrics"),
+        ("GET", "/v1/no-such-route"),
+    ] {
+        let r = request(d.addr, method, target, None, &[], b"");
+        assert_eq!(r.status, 401, "{method} {target}: {r:?}");
+        assert_eq!(r.error_code(), "unauthorized");
+        let r = request(
+            d.addr,
+            method,
+            target,
+            Some("wrong-token-wrong-token"),
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 401, "{method} {target}: {r:?}");
+    }
+    d.assert_alive();
+}
+
+#[test]
+fn a_foreign_host_header_gets_421() {
+    let mut d = Daemon::start();
+    let req = format!(
+        "GET /v1/identity HTTP/1.1\r\nHost: rebind.attacker.example\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        d.token
+    );
+    let r = raw(d.addr, req.as_bytes());
+    assert_eq!(r.status, 421, "{r:?}");
+    assert_eq!(r.error_code(), "misdirected_request");
+    let req = format!(
+        "GET /v1/identity HTTP/1.1\r\nHost: localhost:{}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        d.addr.port(),
+        d.token
+    );
+    assert_eq!(raw(d.addr, req.as_bytes()).status, 200);
+    d.assert_alive();
+}
+
+#[test]
+fn bad_requests_get_their_documented_json_errors() {
+    let mut d = Daemon::start();
+    let (a, t) = (d.addr, d.token.clone());
+    let json_ct = [("Content-Type", "application/json")];
+
+    let r = request(a, "POST", "/v1/messages", Some(&t), &json_ct, b"{\"to\": ");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (400, "bad_json"),
+        "{r:?}"
+    );
+
+    let r = post_json(a, "/v1/messages", &t, &json!({"to": "12", "text": "x"}));
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_phone"));
+
+    let r = get(a, "/v1/nothing/here", &t);
+    assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
+
+    let r = get(a, "/v1/messages/3EB0000000000000000000", &t);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (404, "unknown_message")
+    );
+
+    let big = json!({"to": "+4915112345678", "text": "x".repeat(200 * 1024)});
+    let r = post_json(a, "/v1/messages", &t, &big);
+    assert_eq!((r.status, r.error_code().as_str()), (413, "body_too_large"));
+
+    let r = request(
+        a,
+        "POST",
+        "/v1/messages?to=%2B4915112345678",
+        Some(&t),
+        &[("Content-Type", "application/xml")],
+        b"<x/>",
+    );
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (415, "unsupported_media_type")
+    );
+
+    let r = get(a, "/v1/inbox?after=minus-one", &t);
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_query"));
+    d.assert_alive();
+}
+
+#[test]
+fn text_plain_and_json_sends_are_queued_and_have_a_status() {
+    let mut d = Daemon::start();
+    let r = request(
+        d.addr,
+        "POST",
+        "/v1/messages?to=%2B4915112345678",
+        Some(&d.token),
+        &[("Content-Type", "text/plain")],
+        b"Door opened",
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("3EB0") && id.len() == 22, "{id}");
+    assert_eq!(r.json()["status"], "queued");
+    let s = get(d.addr, &format!("/v1/messages/{id}"), &d.token);
+    assert_eq!(s.status, 200);
+    let v = s.json();
+    assert_eq!(v["to"], "+4915112345678");
+    assert_eq!(v["status"], "queued");
+    assert_eq!(v["kind"], "text");
+    assert!(v["updated_at"].as_str().unwrap().ends_with('Z'));
+    d.assert_alive();
+}
+
+#[test]
+fn the_contract_curl_line_with_a_form_content_type_sends_the_literal_text() {
+    let mut d = Daemon::start();
+    // What `curl -d 'Door opened' 'localhost:8787/v1/messages?to=%2B49…'` sends.
+    let r = request(
+        d.addr,
+        "POST",
+        "/v1/messages?to=%2B4915112345678",
+        Some(&d.token),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"Door opened & closed",
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let status = d.terminate();
+    assert_eq!(status.code(), Some(0));
+    let store = interopd::store::Store::open(&d.state).unwrap();
+    let txn = store.begin().unwrap();
+    let (_, row) = txn.outbox_by_id(&id).unwrap().unwrap();
+    let msg: interopd::content::Message = prost::Message::decode(row.content.as_slice()).unwrap();
+    assert_eq!(msg.text_body(), Some("Door opened & closed"));
+    assert_eq!(row.to, "4915112345678");
+}
+
+#[test]
+fn the_same_idempotency_key_gives_the_same_id_and_one_message() {
+    let mut d = Daemon::start();
+    let send = |key: &str| {
+        request(
+            d.addr,
+            "POST",
+            "/v1/messages",
+            Some(&d.token),
+            &[
+                ("Content-Type", "application/json"),
+                ("Idempotency-Key", key),
+            ],
+            json!({"to": "+4915112345678", "text": "once"})
+                .to_string()
+                .as_bytes(),
+        )
+    };
+    let first = send("doorbell-42");
+    let again = send("doorbell-42");
+    let other = send("doorbell-43");
+    assert_eq!(first.status, 202);
+    assert_eq!(again.status, 202);
+    assert_eq!(first.json()["id"], again.json()["id"]);
+    assert_ne!(first.json()["id"], other.json()["id"]);
+    // One message per key: the queued counter counts two, not three.
+    let m = get(d.addr, "/metrics", &d.token);
+    assert!(
+        m.body
+            .contains("interopd_messages_total{direction=\"out\",status=\"queued\"} 2"),
+        "{}",
+        m.body
+    );
+    d.assert_alive();
+}
+
+#[test]
+fn too_many_requests_get_429_with_retry_after() {
+    let mut d = Daemon::start();
+    let mut limited = None;
+    for _ in 0..400 {
+        let r = get(d.addr, "/v1/identity", &d.token);
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 200);
+    }
+    let r = limited.expect("no 429 within 400 requests");
+    assert_eq!(r.error_code(), "rate_limited");
+    assert!(r.head.contains("retry-after:"), "{}", r.head);
+    d.assert_alive();
+}
+
+#[test]
+fn a_slow_loris_client_is_dropped_while_others_are_served() {
+    let mut d = Daemon::start();
+    let mut slow = TcpStream::connect(d.addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHo").unwrap();
+    let started = Instant::now();
+    // Others are served while the slow head is pending.
+    for _ in 0..5 {
+        let r = request(d.addr, "GET", "/healthz", None, &[], b"");
+        assert_eq!(r.status, 200);
+    }
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = Vec::new();
+    // Trickle a byte a second: progress inside the head must not extend its time limit.
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(16) {
+        if slow.write_all(b"s").is_err() {
+            closed = true;
+            break;
+        }
+        slow.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut chunk = [0u8; 512];
+        match slow.read(&mut chunk) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        closed,
+        "slow client still connected after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    if !buf.is_empty() {
+        assert_eq!(parse_reply(&buf).status, 408);
+    }
+    d.assert_alive();
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text() {
+    let mut d = Daemon::start();
+    post_json(
+        d.addr,
+        "/v1/messages",
+        &d.token,
+        &json!({"to": "+4915112345678", "text": "m"}),
+    );
+    let r = get(d.addr, "/metrics", &d.token);
+    assert_eq!(r.status, 200);
+    assert!(r.head.contains("content-type: text/plain; version=0.0.4"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("metrics.txt");
+    std::fs::write(&file, &r.body).unwrap();
+    let script = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+names = set()
+for fam in text_string_to_metric_families(open(sys.argv[1]).read()):
+    names.add(fam.name)
+    for s in fam.samples:
+        assert s.value >= 0, s
+need = {"interopd_messages", "interopd_link_up", "interopd_link_reconnects",
+        "interopd_outbox_queued", "interopd_webhook_pending", "interopd_webhook_failures",
+        "interopd_webhook_dead_letters", "interopd_store_commit_seconds"}
+missing = need - names
+assert not missing, missing
+print("ok", len(names))
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&file)
+        .output()
+        .expect("python3 is needed for this test (pip install prometheus_client)");
+    assert!(
+        out.status.success(),
+        "prometheus_client parser refused /metrics (install it with `pip install prometheus_client`): {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        r.body
+    );
+    d.assert_alive();
+}
+
+#[test]
+fn sigterm_stops_the_daemon_with_status_zero_and_state_survives() {
+    let mut d = Daemon::start();
+    let r = post_json(
+        d.addr,
+        "/v1/messages",
+        &d.token,
+        &json!({"to": "+4915112345678", "text": "kept"}),
+    );
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let status = d.terminate();
+    assert_eq!(status.code(), Some(0));
+    // The store lock is released: a second process can open it and finds the message.
+    let store = interopd::store::Store::open(&d.state).unwrap();
+    let txn = store.begin().unwrap();
+    assert!(txn.outbox_by_id(&id).unwrap().is_some());
+}
+
+/// Sends a request and reads only the status line and headers (an SSE body never ends).
+fn head_only(addr: SocketAddr, method: &str, target: &str, token: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).unwrap() == 0 {
+            break;
+        }
+        buf.push(byte[0]);
+    }
+    let mut rest = Vec::new();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let _ = s.read_to_end(&mut rest);
+    let reply = parse_reply(&[buf, rest].concat());
+    (reply.status, reply.body)
+}
+
+#[test]
+fn every_route_in_the_route_table_is_served() {
+    let mut d = Daemon::start();
+    for (method, template) in interopd::api::ROUTES {
+        let target = template
+            .replace("{id}", "3EB0000000000000000000")
+            .replace("{cursor}", "1")
+            .replace("{phone}", "%2B15550100");
+        let (status, body) = head_only(d.addr, method, &target, &d.token);
+        assert_ne!(status, 405, "{method} {template}");
+        assert!(
+            !body.contains("\"not_found\""),
+            "{method} {template} is not routed: {status} {body}"
+        );
+    }
+    d.assert_alive();
+}
+
+#[test]
+fn run_exits_78_on_bad_config_and_1_when_the_api_address_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("bad.conf");
+    std::fs::write(&conf, "[account]\nintegrator = \"acme\"\n").unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_interopd"))
+        .args(["run", "--config"])
+        .arg(&conf)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(78));
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let conf = dir.path().join("good.conf");
+    std::fs::write(&conf, config_text(&dir.path().join("state"), &addr, None)).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_interopd"))
+        .args(["run", "--config"])
+        .arg(&conf)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+
+    let status = Command::new(env!("CARGO_BIN_EXE_interopd"))
+        .args(["run", "--config"])
+        .arg(&conf)
+        .args(["--api", "0.0.0.0:8787"])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(78),
+        "a LAN --api needs the config's consent"
+    );
+}
