@@ -962,68 +962,6 @@ impl IdentityKeyStore for Scratch {
     }
 }
 
-#[async_trait::async_trait]
-impl PreKeyStore for Scratch {
-    async fn get_pre_key(&self, id: PreKeyId) -> SpResult<PreKeyRecord> {
-        self.prekeys
-            .get(&id)
-            .cloned()
-            .ok_or(SignalProtocolError::InvalidPreKeyId)
-    }
-
-    async fn save_pre_key(&mut self, id: PreKeyId, record: &PreKeyRecord) -> SpResult<()> {
-        self.prekeys.insert(id, record.clone());
-        Ok(())
-    }
-
-    async fn remove_pre_key(&mut self, id: PreKeyId) -> SpResult<()> {
-        self.prekeys.remove(&id);
-        self.removed_prekeys.push(id);
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl SignedPreKeyStore for Scratch {
-    async fn get_signed_pre_key(&self, id: SignedPreKeyId) -> SpResult<SignedPreKeyRecord> {
-        self.signed_prekeys
-            .get(&id)
-            .cloned()
-            .ok_or(SignalProtocolError::InvalidSignedPreKeyId)
-    }
-
-    async fn save_signed_pre_key(
-        &mut self,
-        id: SignedPreKeyId,
-        record: &SignedPreKeyRecord,
-    ) -> SpResult<()> {
-        self.signed_prekeys.insert(id, record.clone());
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl SessionStore for Scratch {
-    async fn load_session(&self, address: &ProtocolAddress) -> SpResult<Option<SessionRecord>> {
-        Ok(self.sessions.get(address).cloned())
-    }
-
-    async fn has_session(&self, address: &ProtocolAddress) -> SpResult<bool> {
-        Ok(self.sessions.contains_key(address))
-    }
-
-    async fn store_session(
-        &mut self,
-        address: &ProtocolAddress,
-        mut record: SessionRecord,
-    ) -> SpResult<()> {
-        record.waive_counter_lease();
-        self.sessions.insert(address.clone(), record);
-        self.dirty_sessions.insert(address.clone());
-        Ok(())
-    }
-}
-
 // ---- operations ---------------------------------------------------------------------------
 
 /// Whether we hold a session with `address`.
