@@ -637,7 +637,14 @@ ca_file = "ca.pem"
         assert_eq!(ok("http://h:81/a?b=c"), ("h".into(), 81, "/a?b=c".into()));
         assert_eq!(ok("http://[::1]:9/x"), ("::1".into(), 9, "/x".into()));
         assert_eq!(ok("http://h?q"), ("h".into(), 80, "/?q".into()));
-        for bad in ["https://h/", "http://", "http://h:0/", "http://u@h/", "http://h/a b", "h/x"] {
+        for bad in [
+            "https://h/",
+            "http://",
+            "http://h:0/",
+            "http://u@h/",
+            "http://h/a b",
+            "h/x",
+        ] {
             assert!(parse_webhook_url(bad).is_none(), "{bad}");
         }
         let text = format!("{GOOD}\n[webhook]\nurl = \"ftp://x\"\nsecret = \"s\"\n");

@@ -592,7 +592,11 @@ impl Txn {
     }
 
     /// Webhook jobs after sequence number `after`, in order, at most `limit`.
-    pub fn webhook_jobs(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    pub fn webhook_jobs(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let t = self.inner.open_table(WEBHOOK_JOBS)?;
         scan_u64_table(&t, after, limit)
     }
@@ -634,14 +638,18 @@ impl Txn {
     pub fn last_event_seq(&self) -> Result<u64, StoreError> {
         let t = self.inner.open_table(META)?;
         let v = t.get("event_seq")?;
-        Ok(v.map(|v| be_u64(v.value(), "meta")).transpose()?.unwrap_or(0))
+        Ok(v.map(|v| be_u64(v.value(), "meta"))
+            .transpose()?
+            .unwrap_or(0))
     }
 
     /// The last inbox cursor issued (0 before the first message).
     pub fn last_inbox_cursor(&self) -> Result<u64, StoreError> {
         let t = self.inner.open_table(META)?;
         let v = t.get("inbox_seq")?;
-        Ok(v.map(|v| be_u64(v.value(), "meta")).transpose()?.unwrap_or(0))
+        Ok(v.map(|v| be_u64(v.value(), "meta"))
+            .transpose()?
+            .unwrap_or(0))
     }
 
     /// One inbox row by cursor.

@@ -8,7 +8,9 @@ use interopd::signal::{self, Address};
 use interopd::store::{OutboxStatus, SCHEMA_VERSION, Store};
 
 fn copy_fixture(version: &str) -> tempfile::TempDir {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/store").join(version);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/store")
+        .join(version);
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(src).unwrap() {
         let entry = entry.unwrap();
@@ -24,7 +26,9 @@ fn schema_v1_store_opens_and_every_row_reads_back() {
     assert!(store.schema_version().unwrap() >= 1);
     assert!(store.schema_version().unwrap() <= SCHEMA_VERSION);
     let txn = store.begin().unwrap();
-    let me = signal::local_identity(&txn).unwrap().expect("identity kept");
+    let me = signal::local_identity(&txn)
+        .unwrap()
+        .expect("identity kept");
     assert!((1..=0x3FFF).contains(&me.registration_id()));
     signal::check_signed_prekey(&txn).unwrap();
     assert_eq!(signal::prekey_count(&txn).unwrap(), 3);
