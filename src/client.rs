@@ -17,6 +17,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::rc::Rc;
 
 use rand::{CryptoRng, Rng};
 
@@ -29,7 +30,7 @@ use crate::signal::{
     self, Ciphertext, EncType, IdentityEvent, SignalError, WireBundle, WirePreKey, WireSignedPreKey,
 };
 use crate::stanza::{self, Stanza};
-use crate::store::{InboxRow, Store, StoreError};
+use crate::store::{InboxRow, OutboxRow, Store, StoreError, Txn};
 
 /// Interval between keepalive pings, in milliseconds (the hub closes after
 /// [`crate::hub::state::IDLE_TIMEOUT_MS`] of silence).
@@ -148,11 +149,24 @@ struct OutgoingMessage {
     padded: Vec<u8>,
     kind: content::ContentKind,
     devices: Vec<u32>,
+    /// The send comes from the durable outbox: its stanza bytes are committed into the
+    /// outbox row in the same transaction as the sessions that encrypted it.
+    from_outbox: bool,
+}
+
+/// Hooks that let the daemon record what the client commits, inside the same transaction,
+/// and announce it after the commit (the API's event log and bus).
+pub trait Journal {
+    /// An inbound message got inbox cursor `cursor` in `txn` (not yet committed).
+    fn inbound(&self, txn: &Txn, cursor: u64, now_ms: u64) -> Result<(), StoreError>;
+    /// The transaction holding [`Journal::inbound`] committed.
+    fn inbound_committed(&self, cursor: u64);
 }
 
 /// The client's state machine.
 pub struct Client {
-    store: Store,
+    store: Rc<Store>,
+    journal: Option<Rc<dyn Journal>>,
     hello: Hello,
     phase: Phase,
     out: VecDeque<Vec<u8>>,
@@ -171,16 +185,18 @@ impl Client {
     /// A client for `account`'s `device`, with its Signal state in `store` (an identity is
     /// made on first use).
     pub fn new<R: Rng + CryptoRng>(
-        store: Store,
+        store: impl Into<Rc<Store>>,
         account: &str,
         device: u32,
         rng: &mut R,
     ) -> Result<Client, ClientError> {
+        let store = store.into();
         let txn = store.begin()?;
         signal::ensure_identity(&txn, rng)?;
         txn.commit()?;
         Ok(Client {
             store,
+            journal: None,
             hello: Hello {
                 account: account.to_owned(),
                 device,
@@ -213,6 +229,58 @@ impl Client {
     /// The store (for tests and the daemon's readers).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Records inbound messages through `journal` as they commit.
+    pub fn set_journal(&mut self, journal: Rc<dyn Journal>) {
+        self.journal = Some(journal);
+    }
+
+    /// Queues exact frame payload bytes (a stanza committed earlier, resent byte-identical).
+    pub fn send_committed(&mut self, payload: Vec<u8>, now_ms: u64) {
+        self.out.push_back(payload);
+        self.last_tx_ms = now_ms;
+    }
+
+    /// Starts sending an outbox row (its `content` is the unpadded protobuf). The stanza
+    /// bytes are committed into the row, with the advanced sessions, before they are queued
+    /// for the wire; after a crash the link resends those bytes instead of re-encrypting.
+    pub fn send_outbox<R: Rng + CryptoRng>(
+        &mut self,
+        row: &OutboxRow,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<(), ClientError> {
+        if self.sends.len() >= MAX_PENDING_SENDS {
+            return Err(ClientError::Busy);
+        }
+        let message = <Message as prost::Message>::decode(row.content.as_slice()).map_err(|e| {
+            ClientError::Content(content::ContentError::Protobuf {
+                detail: e.to_string(),
+            })
+        })?;
+        let padded = content::encode_padded(&message, rng).map_err(ClientError::Content)?;
+        let to = Jid::whatsapp(row.to.clone(), None);
+        self.sends.insert(
+            row.id.clone(),
+            OutgoingMessage {
+                to: to.clone(),
+                padded,
+                kind: message.kind(),
+                devices: Vec::new(),
+                from_outbox: true,
+            },
+        );
+        let q = self.iq_id(Pending::Devices {
+            send: row.id.clone(),
+        });
+        let s = Stanza::new("iq")
+            .attr("id", q)
+            .attr("type", "get")
+            .attr("xmlns", "devices")
+            .child(Stanza::new("user").attr("jid", to.to_string()));
+        self.push(&s, now_ms);
+        Ok(())
     }
 
     /// Starts a login on a fresh connection with the provider `token`.
@@ -340,6 +408,7 @@ impl Client {
                 padded,
                 kind: message.kind(),
                 devices: Vec::new(),
+                from_outbox: false,
             },
         );
         let q = self.iq_id(Pending::Devices { send: id.clone() });
@@ -579,14 +648,21 @@ impl Client {
         };
         let row = InboxRow {
             id: id.clone(),
-            from: from.to_user().to_string(),
+            from: from.user.clone(),
             t_secs,
             received_ms: now_ms,
-            content: plain.plaintext,
+            // Stored unpadded: padding is per encryption, not part of the content.
+            content: prost::Message::encode_to_vec(&message),
         };
         let dedupe = format!("{}|{id}", from.to_user());
         let cursor = txn.inbox_insert(&dedupe, &row)?;
+        if let (Some(j), Some(c)) = (&self.journal, cursor) {
+            j.inbound(&txn, c, now_ms)?;
+        }
         txn.commit()?;
+        if let (Some(j), Some(c)) = (&self.journal, cursor) {
+            j.inbound_committed(c);
+        }
         self.push(&ack, now_ms);
         let receipt = Stanza::new("receipt")
             .attr("id", id.clone())
@@ -735,7 +811,6 @@ impl Client {
                 Err(e) => return Err(e.into()),
             }
         }
-        txn.commit()?;
         let mut m = Stanza::new("message")
             .attr("id", send)
             .attr("to", msg.to.to_string())
@@ -744,13 +819,23 @@ impl Client {
         if any {
             m = m.child(participants);
         } else if !msg.devices.is_empty() {
+            drop(txn);
             self.events.push_back(Event::SendFailed {
                 id: send.to_owned(),
                 reason: "no session with any device".into(),
             });
             return Ok(());
         }
-        self.push(&m, now_ms);
+        let bytes = m.to_xml();
+        if msg.from_outbox
+            && let Some((seq, mut row)) = txn.outbox_by_id(send)?
+        {
+            row.stanza = bytes.clone();
+            txn.outbox_write(seq, &row)?;
+        }
+        // Sessions and stanza bytes commit together, before the bytes reach the wire.
+        txn.commit()?;
+        self.send_committed(bytes, now_ms);
         Ok(())
     }
 }

@@ -18,6 +18,7 @@
 //! | [`jid`]            | wire addresses (`user:device@server`), phone numbers         | no   |
 //! | [`client`]         | a small interop-xml/1 client: login, keys, send, receive      | no   |
 //! | [`hub`]            | the reference gatekeeper `interop-hub`: core, store, sim users | disk |
+//! | [`link`]           | the daemon's gatekeeper connection: login, outbox, receipts  | net  |
 //! | [`login`]          | the login handshake, both sides, and its proof string        | no   |
 //! | [`tls`]            | the hub's CA files, server pinning, TLS connect and accept   | disk, net |
 //! | [`http`]           | HTTP/1.1 framing core and the server loop for both APIs      | socket |
@@ -39,6 +40,7 @@ pub mod frame;
 pub mod http;
 pub mod hub;
 pub mod jid;
+pub mod link;
 pub mod logger;
 pub mod login;
 pub mod media_crypto;

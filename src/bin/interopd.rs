@@ -106,8 +106,7 @@ fn run(config_path: &std::path::Path, state: Option<PathBuf>, api: Option<&str>)
         }
         config.api_addr = addr;
     }
-    let start_link: interopd::daemon::LinkStarter =
-        Box::new(|_rt| std::rc::Rc::new(interopd::daemon::OfflineLink::default()));
+    let start_link: interopd::daemon::LinkStarter = Box::new(interopd::link::start);
     match interopd::daemon::run(config, start_link) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

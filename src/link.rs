@@ -1,0 +1,321 @@
+//! The daemon's link: the one persistent connection to the gatekeeper. It dials with the
+//! pinned TLS config, logs in, flushes the durable outbox, records inbound messages and
+//! delivery states through the API's event log, and reconnects with jittered exponential
+//! backoff when the connection drops. The protocol work is the sans-I/O [`Client`]; this file
+//! is the shell around it: sockets, timers, the store's outbox scan and status changes.
+//!
+//! ```text
+//!   Down ──dial+TLS──▶ LoggingIn ──success──▶ Up ──(flush outbox, events)──┐
+//!    ▲                      │ failure                 │ closed / error      │
+//!    └──── backoff ◀────────┴─────────────────────────┘◀────────────────────┘
+//! ```
+//!
+//! First version: what it does not do yet is listed in the `link` issue's closing note
+//! (retry receipts, identity policy holds, group commit, key top-up schedule).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::time::Duration;
+
+use rand::RngExt;
+
+use crate::api;
+use crate::client::{Client, Connection, Event, Journal};
+use crate::config::{Config, ServerPin};
+use crate::daemon::{LinkControl, LinkState, Runtime};
+use crate::events::EventBus;
+use crate::jid::Jid;
+use crate::store::{OutboxStatus, Store, StoreError, Txn};
+
+/// Our device number at the gatekeeper.
+pub const OWN_DEVICE: u32 = 1;
+/// First reconnect delay, in milliseconds.
+pub const RECONNECT_MIN_MS: u64 = 1_000;
+/// Largest reconnect delay, in milliseconds.
+pub const RECONNECT_MAX_MS: u64 = 60_000;
+/// Time from dialing until login must succeed, in milliseconds.
+pub const LOGIN_WAIT_MS: u64 = 15_000;
+/// How long the session loop waits for input before checking its own work, in milliseconds.
+const POLL_MS: u64 = 200;
+/// Outbox rows started per pass.
+pub const OUTBOX_BATCH: usize = 64;
+/// Read receipts sent per pass.
+pub const READ_MARK_BATCH: usize = 64;
+
+/// The link as the API sees it.
+pub struct Link {
+    state: Cell<LinkState>,
+    reconnects: Cell<u64>,
+    woken: Cell<bool>,
+}
+
+impl LinkControl for Link {
+    fn wake(&self) {
+        self.woken.set(true);
+    }
+
+    fn state(&self) -> LinkState {
+        self.state.get()
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.reconnects.get()
+    }
+
+    fn mark_read(&self, _from_digits: &str, _message_id: &str) {
+        // The request is already durable in `read_marks`; the session loop sends it.
+        self.woken.set(true);
+    }
+}
+
+/// Records inbound messages in the API's event log, in the client's transaction.
+struct BusJournal(Rc<EventBus>);
+
+impl Journal for BusJournal {
+    fn inbound(&self, txn: &Txn, cursor: u64, now_ms: u64) -> Result<(), StoreError> {
+        self.0.record_message(txn, cursor, now_ms).map(|_| ())
+    }
+
+    fn inbound_committed(&self, cursor: u64) {
+        self.0.publish_message(cursor);
+    }
+}
+
+/// Starts the link task on the runtime's executor.
+pub fn start(rt: &Runtime) -> Rc<dyn LinkControl> {
+    let link = Rc::new(Link {
+        state: Cell::new(LinkState::Down),
+        reconnects: Cell::new(0),
+        woken: Cell::new(true),
+    });
+    let task = run(
+        link.clone(),
+        rt.config.clone(),
+        rt.store.clone(),
+        rt.bus.clone(),
+    );
+    rt.executor.spawn(task).detach();
+    link
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+async fn run(link: Rc<Link>, config: Config, store: Rc<Store>, bus: Rc<EventBus>) {
+    let pin = match &config.pin {
+        ServerPin::CaFile(p) => crate::tls::Pin::CaFile(p.clone()),
+        ServerPin::SpkiSha256(h) => crate::tls::Pin::Spki(*h),
+    };
+    let mut backoff_ms = RECONNECT_MIN_MS;
+    let mut connected_before = false;
+    loop {
+        let mut client = match Client::new(
+            store.clone(),
+            &config.account(),
+            OWN_DEVICE,
+            &mut rand::rng(),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("link: cannot prepare the client: {e}");
+                smol::Timer::after(Duration::from_millis(RECONNECT_MAX_MS)).await;
+                continue;
+            }
+        };
+        client.set_journal(Rc::new(BusJournal(bus.clone())));
+        match Connection::open(
+            client,
+            &config.server_addr,
+            &config.server_name,
+            &pin,
+            &config.token,
+        )
+        .await
+        {
+            Err(e) => log::warn!("link: cannot connect to {}: {e}", config.server_addr),
+            Ok(mut conn) => match conn
+                .wait_for(LOGIN_WAIT_MS, |e| {
+                    matches!(e, Event::LoggedIn(_) | Event::LoginFailed(_))
+                })
+                .await
+            {
+                Ok((Event::LoggedIn(ok), _)) => {
+                    if connected_before {
+                        link.reconnects.set(link.reconnects.get() + 1);
+                    }
+                    connected_before = true;
+                    log::info!(
+                        "link: up as {} (enlisted: {})",
+                        conn.client().jid(),
+                        ok.enlisted
+                    );
+                    link.state.set(LinkState::Up);
+                    backoff_ms = RECONNECT_MIN_MS;
+                    let why = session(&link, &mut conn, &store, &bus).await;
+                    link.state.set(LinkState::Down);
+                    log::warn!("link: down: {why}");
+                }
+                Ok((e, _)) => log::error!("link: login refused: {e:?}"),
+                Err(_) => log::warn!("link: no login answer within {LOGIN_WAIT_MS} ms"),
+            },
+        }
+        let jitter = rand::rng().random_range(0..=backoff_ms / 2);
+        smol::Timer::after(Duration::from_millis(backoff_ms + jitter)).await;
+        backoff_ms = (backoff_ms * 2).min(RECONNECT_MAX_MS);
+    }
+}
+
+/// One logged-in connection: returns why it ended.
+async fn session(link: &Link, conn: &mut Connection, store: &Store, bus: &EventBus) -> String {
+    let started: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+    link.woken.set(true);
+    loop {
+        if link.woken.replace(false) {
+            if let Err(e) = flush_outbox(conn, store, &started) {
+                return format!("store: {e}");
+            }
+            if let Err(e) = send_read_marks(conn, store) {
+                return format!("store: {e}");
+            }
+        }
+        conn.client().handle_timeout(wall_ms());
+        match conn.next_event(POLL_MS).await {
+            None => {}
+            Some(Event::Disconnected) => return "connection closed".into(),
+            Some(Event::StreamError { code }) => {
+                return format!("server closed the stream: {code}");
+            }
+            Some(Event::Acked { class, id, error }) if class == "message" => {
+                let status = if error.is_some() {
+                    OutboxStatus::Failed
+                } else {
+                    OutboxStatus::Sent
+                };
+                if let Err(e) = set_status(store, bus, &id, status, error.as_deref().unwrap_or(""))
+                {
+                    return format!("store: {e}");
+                }
+            }
+            Some(Event::Receipt { id, kind, .. }) => {
+                let status = match kind.as_deref() {
+                    None => Some(OutboxStatus::Delivered),
+                    Some("read") => Some(OutboxStatus::Read),
+                    _ => None,
+                };
+                if let Some(status) = status
+                    && let Err(e) = set_status(store, bus, &id, status, "")
+                {
+                    return format!("store: {e}");
+                }
+            }
+            Some(Event::SendFailed { id, reason }) => {
+                log::warn!("link: message {id} cannot be sent: {reason}");
+                if let Err(e) = set_status(store, bus, &id, OutboxStatus::Failed, "no_devices") {
+                    return format!("store: {e}");
+                }
+            }
+            Some(_) => {}
+        }
+        if !conn.flush().await {
+            return "write failed".into();
+        }
+    }
+}
+
+/// Starts every queued outbox row not yet started on this connection. A row whose stanza was
+/// committed before (a crash or a lost connection) is resent byte-identical.
+fn flush_outbox(
+    conn: &mut Connection,
+    store: &Store,
+    started: &RefCell<HashSet<String>>,
+) -> Result<(), StoreError> {
+    let rows = {
+        let txn = store.begin()?;
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let batch = txn.outbox_scan(after, OUTBOX_BATCH)?;
+            let Some((last, _)) = batch.last() else { break };
+            after = *last;
+            out.extend(
+                batch
+                    .into_iter()
+                    .filter(|(_, r)| r.status == OutboxStatus::Queued),
+            );
+            if out.len() >= OUTBOX_BATCH {
+                break;
+            }
+        }
+        out
+    };
+    let now = wall_ms();
+    for (_, row) in rows {
+        if !started.borrow_mut().insert(row.id.clone()) {
+            continue;
+        }
+        if row.stanza.is_empty() {
+            if let Err(e) = conn.client().send_outbox(&row, now, &mut rand::rng()) {
+                log::warn!("link: message {} not started: {e}", row.id);
+                started.borrow_mut().remove(&row.id);
+            }
+        } else {
+            conn.client().send_committed(row.stanza.clone(), now);
+        }
+    }
+    Ok(())
+}
+
+fn send_read_marks(conn: &mut Connection, store: &Store) -> Result<(), StoreError> {
+    let txn = store.begin()?;
+    let marks = api::inbox::pending_read_marks(&txn, READ_MARK_BATCH)?;
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let now = wall_ms();
+    for m in &marks {
+        conn.client()
+            .mark_read(&m.id, &Jid::whatsapp(m.from.clone(), None), now);
+        api::inbox::read_mark_sent(&txn, m.cursor, now)?;
+    }
+    txn.commit()
+}
+
+/// Moves an outbox row forward (queued → sent → delivered → read, or → failed) and records
+/// the change in the event log in the same transaction.
+fn set_status(
+    store: &Store,
+    bus: &EventBus,
+    id: &str,
+    status: OutboxStatus,
+    error: &str,
+) -> Result<(), StoreError> {
+    let txn = store.begin()?;
+    let Some((seq, mut row)) = txn.outbox_by_id(id)? else {
+        return Ok(());
+    };
+    let rank = |s: OutboxStatus| match s {
+        OutboxStatus::Queued => 0,
+        OutboxStatus::Sent => 1,
+        OutboxStatus::Delivered => 2,
+        OutboxStatus::Read => 3,
+        OutboxStatus::Failed => 4,
+    };
+    if rank(status) <= rank(row.status) || row.status == OutboxStatus::Failed {
+        return Ok(());
+    }
+    row.status = status;
+    row.updated_ms = wall_ms();
+    if status == OutboxStatus::Failed {
+        row.error_code = error.to_owned();
+    }
+    txn.outbox_write(seq, &row)?;
+    bus.record_status(&txn, &row)?;
+    txn.commit()?;
+    bus.publish_status(&row.id, row.status);
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! The daemon's link end to end with the real binaries: `interop-hub --demo-users` on
+//! loopback, `interop-hub provision` for the config, and `interopd run` talking to it, driven
+//! through the local API as a household device would.
+
+mod api_common;
+mod hub_support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use api_common::{Reply, free_port, get, request};
+use hub_support::{HUB, HubProc};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A running `interopd run`; killed on drop.
+struct Daemon {
+    child: Child,
+    api: SocketAddr,
+    token: String,
+}
+
+impl Daemon {
+    fn start(dir: &Path, hub: &HubProc, account: &str) -> Daemon {
+        let out = Command::new(HUB)
+            .arg("provision")
+            .arg("--state")
+            .arg(&hub.state)
+            .args(["--account", account, "--connect", &hub.listen])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = dir.join("interopd.conf");
+        std::fs::write(&conf, &out.stdout).unwrap();
+        let state = dir.join("state");
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_interopd"))
+            .arg("run")
+            .arg("--config")
+            .arg(&conf)
+            .arg("--state")
+            .arg(&state)
+            .args(["--api", &api.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        // The guard exists before any wait, so a failed start still kills the process.
+        let mut d = Daemon {
+            child,
+            api,
+            token: String::new(),
+        };
+        d.token = wait_token(&state, api);
+        d
+    }
+
+    fn send(&self, to: &str, text: &str) -> String {
+        let r = request(
+            self.api,
+            "POST",
+            "/v1/messages",
+            Some(&self.token),
+            &[("Content-Type", "application/json")],
+            json!({"to": to, "text": text}).to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        r.json()["id"].as_str().unwrap().to_owned()
+    }
+
+    fn get(&self, target: &str) -> Reply {
+        get(self.api, target, &self.token)
+    }
+
+    /// Polls message `id` until its status is `want`; returns the last status object.
+    fn wait_status(&self, id: &str, want: &str) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let v = self.get(&format!("/v1/messages/{id}")).json();
+            if v["status"] == want {
+                return v;
+            }
+            assert!(
+                t0.elapsed() < WAIT,
+                "message {id} never reached {want}: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Polls the inbox until it holds `n` messages; returns their texts.
+    fn wait_inbox(&self, n: usize) -> Vec<String> {
+        let t0 = Instant::now();
+        loop {
+            let v = self.get("/v1/inbox?after=0&limit=100").json();
+            let texts: Vec<String> = v["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["text"].as_str().unwrap_or("").to_owned())
+                .collect();
+            if texts.len() >= n {
+                return texts;
+            }
+            assert!(
+                t0.elapsed() < WAIT,
+                "inbox never reached {n} messages: {texts:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the daemon has written its API token and listens; returns the token.
+fn wait_token(state: &Path, api: SocketAddr) -> String {
+    let token_path: PathBuf = state.join("api-token");
+    let t0 = Instant::now();
+    loop {
+        if let Ok(token) = std::fs::read_to_string(&token_path)
+            && std::net::TcpStream::connect(api).is_ok()
+        {
+            return token.trim().to_owned();
+        }
+        assert!(t0.elapsed() < WAIT, "interopd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts a hub on fixed addresses (for a restart on the same ports and state).
+fn hub_at(state: &Path, listen: &str, control: &str) -> Child {
+    let child = Command::new(HUB)
+        .arg("--state")
+        .arg(state)
+        .args(["--listen", listen, "--control", control, "--demo-users"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(control).is_err() {
+        assert!(t0.elapsed() < WAIT, "hub did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn received_texts(hub_control: &str, phone: &str) -> Vec<String> {
+    let mut s = std::net::TcpStream::connect(hub_control).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        s,
+        "GET /users/{phone}/received HTTP/1.1\r\nHost: {hub_control}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("[]");
+    let v: Value = serde_json::from_str(body).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn text_to_echo_contact_is_read_and_the_answer_lands_in_the_inbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(&dir.path().join("hub"), true);
+    let d = Daemon::start(dir.path(), &hub, "acme-home");
+    let id = d.send("+15550100", "Door opened");
+    d.wait_status(&id, "read");
+    let texts = d.wait_inbox(1);
+    assert_eq!(texts, ["echo: Door opened"]);
+    assert_eq!(received_texts(&hub.control, "+15550100"), ["Door opened"]);
+    let health = d.get("/healthz").json();
+    assert_eq!(health["link"], "up");
+}
+
+#[test]
+fn hub_restart_mid_conversation_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub_state = dir.path().join("hub");
+    let (listen, control) = (hub_support::free_addr(), hub_support::free_addr());
+    let mut hub = hub_at(&hub_state, &listen, &control);
+    // Provision through a HubProc-shaped view of the same hub.
+    let out = Command::new(HUB)
+        .arg("provision")
+        .arg("--state")
+        .arg(&hub_state)
+        .args(["--account", "acme-home", "--connect", &listen])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let conf = dir.path().join("interopd.conf");
+    std::fs::write(&conf, &out.stdout).unwrap();
+    let state = dir.path().join("state");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_interopd"))
+        .arg("run")
+        .arg("--config")
+        .arg(&conf)
+        .arg("--state")
+        .arg(&state)
+        .args(["--api", &api.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut d = Daemon {
+        child,
+        api,
+        token: String::new(),
+    };
+    d.token = wait_token(&state, api);
+
+    let first = d.send("+15550100", "one");
+    d.wait_status(&first, "read");
+    d.wait_inbox(1);
+
+    let _ = hub.kill();
+    let _ = hub.wait();
+    // While the hub is down the API still answers and queues.
+    let second = d.send("+15550100", "two");
+    assert_eq!(
+        d.get(&format!("/v1/messages/{second}")).json()["status"],
+        "queued"
+    );
+
+    hub = hub_at(&hub_state, &listen, &control);
+    d.wait_status(&second, "read");
+    let texts = d.wait_inbox(2);
+    assert_eq!(texts, ["echo: one", "echo: two"]);
+    assert_eq!(received_texts(&control, "+15550100"), ["one", "two"]);
+    let _ = hub.kill();
+    let _ = hub.wait();
+}
+
+#[test]
+fn not_opted_in_recipient_fails_with_a_readable_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(&dir.path().join("hub"), true);
+    let (status, _) = hub.control(
+        "POST",
+        "/users",
+        Some(json!({"phone": "+15550199", "devices": 1, "behavior": "not_opted_in"})),
+    );
+    assert!(status == 200 || status == 201, "{status}");
+    let d = Daemon::start(dir.path(), &hub, "acme-home");
+    let id = d.send("+15550199", "hello?");
+    let v = d.wait_status(&id, "failed");
+    assert_eq!(v["error"]["code"], "not_opted_in", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().len() > 10, "{v}");
+}
