@@ -19,6 +19,7 @@
 //! | [`client`]         | a small interop-xml/1 client: login, keys, send, receive      | no   |
 //! | [`hub`]            | the reference gatekeeper `interop-hub`: core, store, sim users | disk |
 //! | [`link`]           | the daemon's gatekeeper connection: login, outbox, receipts  | net  |
+//! | [`demo`]           | `interopd demo`: the hub and the daemon in one process       | net  |
 //! | [`login`]          | the login handshake, both sides, and its proof string        | no   |
 //! | [`tls`]            | the hub's CA files, server pinning, TLS connect and accept   | disk, net |
 //! | [`http`]           | HTTP/1.1 framing core and the server loop for both APIs      | socket |
@@ -35,6 +36,7 @@ pub mod client;
 pub mod config;
 pub mod content;
 pub mod daemon;
+pub mod demo;
 pub mod events;
 pub mod frame;
 pub mod http;

@@ -116,6 +116,27 @@ fn run(config_path: &std::path::Path, state: Option<PathBuf>, api: Option<&str>)
     }
 }
 
+/// `interopd demo`: defaults `--state ./interopd-demo`, `--api 127.0.0.1:8787`.
+fn demo(state: Option<PathBuf>, api: Option<&str>) -> ExitCode {
+    let state = state.unwrap_or_else(|| PathBuf::from("./interopd-demo"));
+    let api = api.unwrap_or(config::DEFAULT_API_ADDR);
+    let Ok(addr) = api.parse::<std::net::SocketAddr>() else {
+        eprintln!("interopd: --api {api:?} must be an IP address and port");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    if !addr.ip().is_loopback() {
+        eprintln!("interopd: the demo listens on loopback only; --api {addr} is not");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match interopd::demo::run(&state, addr) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     interopd::logger::init();
     let args = match parse_args() {
@@ -140,15 +161,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         "run" => run(&config_path, args.state.clone(), args.api.as_deref()),
-        "demo" => {
-            let _ = (&args.state, &args.api);
-            eprintln!(
-                "interopd {}: '{}' needs the daemon's link, which is not built yet (see README, Status)",
-                args.command,
-                env!("CARGO_PKG_VERSION")
-            );
-            ExitCode::from(1)
-        }
+        "demo" => demo(args.state.clone(), args.api.as_deref()),
         "" => {
             eprint!("{USAGE}");
             ExitCode::from(EXIT_USAGE)

@@ -1,0 +1,143 @@
+//! `interopd demo`: the reference hub and the daemon in one process, so a newcomer sees the
+//! whole loop in a minute. The hub (with its simulated WhatsApp users: `+15550100` echoes,
+//! `+15550101` stays silent) runs on loopback on a thread of its own with its own CA under
+//! `<state>/hub`; the daemon keeps its state in `<state>/daemon` and runs exactly as
+//! `interopd run` does, on the main thread. Restarting with the same `--state` keeps the
+//! identity, history and queues on both sides.
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config;
+use crate::daemon::{self, DaemonError};
+use crate::hub::server::{self, HubOptions};
+
+/// How long the demo waits for its hub to listen, in milliseconds.
+pub const HUB_START_TIMEOUT_MS: u64 = 10_000;
+/// The demo's account at its own hub.
+pub const DEMO_ACCOUNT: &str = "demo-home";
+
+/// Why the demo could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum DemoError {
+    /// Environment: no free loopback port, or the state directory is unusable.
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// Environment: the in-process hub did not come up.
+    HubDidNotStart,
+    /// Bug or environment: the hub could not provision the demo account.
+    Provision { detail: String },
+    /// The daemon failed (same causes as `interopd run`).
+    Daemon(DaemonError),
+}
+
+impl std::fmt::Display for DemoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io { what, source } => write!(f, "demo: {what}: {source}"),
+            Self::HubDidNotStart => {
+                write!(
+                    f,
+                    "demo: the hub did not start within {HUB_START_TIMEOUT_MS} ms"
+                )
+            }
+            Self::Provision { detail } => write!(f, "demo: provisioning failed: {detail}"),
+            Self::Daemon(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for DemoError {}
+
+fn free_loopback() -> Result<SocketAddr, DemoError> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|source| DemoError::Io {
+        what: "finding a free loopback port",
+        source,
+    })?;
+    l.local_addr().map_err(|source| DemoError::Io {
+        what: "finding a free loopback port",
+        source,
+    })
+}
+
+/// The curl lines the demo prints; each works as printed in a POSIX shell.
+pub fn curl_lines(api: SocketAddr, token_file: &Path) -> [String; 3] {
+    let auth = format!(
+        "-H \"Authorization: Bearer $(cat '{}')\"",
+        token_file.display()
+    );
+    [
+        format!("curl {auth} -d 'Hello from the demo' 'http://{api}/v1/messages?to=%2B15550100'"),
+        format!("curl {auth} 'http://{api}/v1/inbox?after=0&wait=10'"),
+        format!("curl {auth} 'http://{api}/v1/contacts'"),
+    ]
+}
+
+/// Runs the demo until SIGTERM or SIGINT.
+pub fn run(state: &Path, api: SocketAddr) -> Result<(), DemoError> {
+    crate::store::ensure_state_dir(state).map_err(|e| DemoError::Provision {
+        detail: e.to_string(),
+    })?;
+    let state = std::path::absolute(state).map_err(|source| DemoError::Io {
+        what: "resolving --state",
+        source,
+    })?;
+    let hub_dir = state.join("hub");
+    let daemon_dir = state.join("daemon");
+    let (listen, control) = (free_loopback()?, free_loopback()?);
+    let opts = HubOptions {
+        state_dir: hub_dir.clone(),
+        listen,
+        control,
+        media: None,
+        demo_users: true,
+    };
+    std::thread::Builder::new()
+        .name("demo-hub".into())
+        .spawn(move || {
+            if let Err(e) = smol::block_on(server::run(opts)) {
+                log::error!("demo hub stopped: {e}");
+            }
+        })
+        .map_err(|source| DemoError::Io {
+            what: "starting the hub thread",
+            source,
+        })?;
+    let t0 = Instant::now();
+    while TcpStream::connect(control).is_err() {
+        if t0.elapsed() > Duration::from_millis(HUB_START_TIMEOUT_MS) {
+            return Err(DemoError::HubDidNotStart);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = server::provision(&hub_dir, DEMO_ACCOUNT, &listen.to_string()).map_err(|e| {
+        DemoError::Provision {
+            detail: e.to_string(),
+        }
+    })?;
+    let mut cfg =
+        config::parse(&text, &hub_dir.join("interopd.conf")).map_err(|e| DemoError::Provision {
+            detail: e.to_string(),
+        })?;
+    cfg.state_dir = daemon_dir.clone();
+    cfg.api_addr = api;
+    let token_file: PathBuf = daemon_dir.join("api-token");
+    // The banner is best effort: a closed stdout (a pipe nobody reads) must not stop the demo.
+    let mut banner = format!(
+        "interopd demo: the hub and the daemon are running on loopback.\n  API:          http://{api}\n  token file:   {}\n  contacts:     +15550100 echoes and reads, +15550101 stays silent\n  hub control:  http://{control}/users\n\nTry (Ctrl-C stops the demo):\n",
+        token_file.display()
+    );
+    for line in curl_lines(api, &token_file) {
+        banner.push_str(&format!("  {line}\n"));
+    }
+    banner.push('\n');
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
+    drop(out);
+    daemon::run(cfg, Box::new(crate::link::start)).map_err(DemoError::Daemon)
+}
