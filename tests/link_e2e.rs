@@ -25,11 +25,17 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, hub: &HubProc, account: &str) -> Daemon {
+        Daemon::start_for(dir, &hub.state, &hub.listen, account)
+    }
+
+    /// Provisions `account` at the hub with state `hub_state` listening on `listen`, and
+    /// starts the daemon with that config.
+    fn start_for(dir: &Path, hub_state: &Path, listen: &str, account: &str) -> Daemon {
         let out = Command::new(HUB)
             .arg("provision")
             .arg("--state")
-            .arg(&hub.state)
-            .args(["--account", account, "--connect", &hub.listen])
+            .arg(hub_state)
+            .args(["--account", account, "--connect", listen])
             .output()
             .unwrap();
         assert!(
@@ -197,36 +203,7 @@ fn hub_restart_mid_conversation_loses_nothing() {
     let hub_state = dir.path().join("hub");
     let (listen, control) = (hub_support::free_addr(), hub_support::free_addr());
     let mut hub = hub_at(&hub_state, &listen, &control);
-    // Provision through a HubProc-shaped view of the same hub.
-    let out = Command::new(HUB)
-        .arg("provision")
-        .arg("--state")
-        .arg(&hub_state)
-        .args(["--account", "acme-home", "--connect", &listen])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let conf = dir.path().join("interopd.conf");
-    std::fs::write(&conf, &out.stdout).unwrap();
-    let state = dir.path().join("state");
-    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_interopd"))
-        .arg("run")
-        .arg("--config")
-        .arg(&conf)
-        .arg("--state")
-        .arg(&state)
-        .args(["--api", &api.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut d = Daemon {
-        child,
-        api,
-        token: String::new(),
-    };
-    d.token = wait_token(&state, api);
+    let d = Daemon::start_for(dir.path(), &hub_state, &listen, "acme-home");
 
     let first = d.send("+15550100", "one");
     d.wait_status(&first, "read");
