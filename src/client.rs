@@ -939,12 +939,14 @@ pub struct Connection {
     closed: bool,
 }
 
-/// Milliseconds since the Unix epoch, for the shell.
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+use crate::clock::now_ms as wall_ms;
+
+/// What one read from the server gave.
+enum ReadOutcome {
+    TimedOut,
+    Closed,
+    BadFrame(frame::FrameError),
+    Frames(Vec<Vec<u8>>),
 }
 
 impl Connection {
@@ -995,9 +997,35 @@ impl Connection {
         self.stream.flush().await.is_ok()
     }
 
+    /// Flushes, then waits for bytes until `deadline` and feeds them to the frame reader.
+    /// Shared by [`next_event`](Self::next_event) and [`next_stanza`](Self::next_stanza).
+    async fn read_frames(&mut self, deadline: std::time::Instant) -> ReadOutcome {
+        use futures_lite::{AsyncReadExt as _, FutureExt as _};
+        self.flush().await;
+        let mut buf = vec![0u8; 16 * 1024];
+        let read = async { Some(self.stream.read(&mut buf).await) };
+        let timer = async {
+            smol::Timer::at(deadline).await;
+            None
+        };
+        match read.or(timer).await {
+            None => ReadOutcome::TimedOut,
+            Some(Ok(0)) | Some(Err(_)) => {
+                self.closed = true;
+                ReadOutcome::Closed
+            }
+            Some(Ok(n)) => match self.reader.feed(buf.get(..n).unwrap_or_default()) {
+                Ok(frames) => ReadOutcome::Frames(frames),
+                Err(e) => {
+                    self.closed = true;
+                    ReadOutcome::BadFrame(e)
+                }
+            },
+        }
+    }
+
     /// The next event, reading from the server as needed; `None` after `timeout_ms`.
     pub async fn next_event(&mut self, timeout_ms: u64) -> Option<Event> {
-        use futures_lite::{AsyncReadExt as _, FutureExt as _};
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
         loop {
             if let Some(e) = self.client.poll_event() {
@@ -1006,34 +1034,23 @@ impl Connection {
             if self.closed {
                 return None;
             }
-            self.flush().await;
-            let mut buf = vec![0u8; 16 * 1024];
-            let read = async { Some(self.stream.read(&mut buf).await) };
-            let timer = async {
-                smol::Timer::at(deadline).await;
-                None
-            };
-            match read.or(timer).await {
-                None => return None,
-                Some(Ok(0)) | Some(Err(_)) => {
-                    self.closed = true;
+            match self.read_frames(deadline).await {
+                ReadOutcome::TimedOut => return None,
+                ReadOutcome::Closed => {
                     self.client.disconnected();
                     return Some(Event::Disconnected);
                 }
-                Some(Ok(n)) => match self.reader.feed(buf.get(..n).unwrap_or_default()) {
-                    Ok(frames) => {
-                        let mut rng = rand::rng();
-                        for f in frames {
-                            self.client.handle_frame(&f, wall_ms(), &mut rng);
-                        }
+                ReadOutcome::BadFrame(e) => {
+                    return Some(Event::StreamError {
+                        code: e.reason().to_owned(),
+                    });
+                }
+                ReadOutcome::Frames(frames) => {
+                    let mut rng = rand::rng();
+                    for f in frames {
+                        self.client.handle_frame(&f, wall_ms(), &mut rng);
                     }
-                    Err(e) => {
-                        self.closed = true;
-                        return Some(Event::StreamError {
-                            code: e.reason().to_owned(),
-                        });
-                    }
-                },
+                }
             }
         }
     }
@@ -1065,7 +1082,6 @@ impl Connection {
     /// The next raw stanza from the server, bypassing the client (tests that play a
     /// misbehaving client); `None` on timeout or when the connection ends.
     pub async fn next_stanza(&mut self, timeout_ms: u64) -> Option<Stanza> {
-        use futures_lite::{AsyncReadExt as _, FutureExt as _};
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
         loop {
             if let Some(f) = self.raw.pop_front() {
@@ -1074,26 +1090,11 @@ impl Connection {
             if self.closed {
                 return None;
             }
-            self.flush().await;
-            let mut buf = vec![0u8; 16 * 1024];
-            let read = async { Some(self.stream.read(&mut buf).await) };
-            let timer = async {
-                smol::Timer::at(deadline).await;
-                None
-            };
-            match read.or(timer).await {
-                None => return None,
-                Some(Ok(0)) | Some(Err(_)) => {
-                    self.closed = true;
+            match self.read_frames(deadline).await {
+                ReadOutcome::Frames(frames) => self.raw.extend(frames),
+                ReadOutcome::TimedOut | ReadOutcome::Closed | ReadOutcome::BadFrame(_) => {
                     return None;
                 }
-                Some(Ok(n)) => match self.reader.feed(buf.get(..n).unwrap_or_default()) {
-                    Ok(frames) => self.raw.extend(frames),
-                    Err(_) => {
-                        self.closed = true;
-                        return None;
-                    }
-                },
             }
         }
     }

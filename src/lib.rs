@@ -7,6 +7,7 @@
 //! |--------------------|--------------------------------------------------------------|------|
 //! | [`store`]          | the redb file: tables, schema version, row layouts           | disk |
 //! | [`signal`]         | X3DH + Double Ratchet via the Signal crate, over a store txn | no   |
+//! | [`clock`]          | the wall clock, for shells only (cores take `now_ms`)        | clock |
 //! | [`config`]         | the config file: raw TOML, then validated, errors with lines | no   |
 //! | [`content`]        | the `Message` protobuf subset, padding, message ids          | no   |
 //! | [`media_meta`]     | image size, Ogg/Opus and MP4 durations from a passing stream | no   |
@@ -33,6 +34,7 @@
 
 pub mod api;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod content;
 pub mod daemon;

@@ -99,12 +99,7 @@ pub fn start(rt: &Runtime) -> Rc<dyn LinkControl> {
     link
 }
 
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+use crate::clock::now_ms as wall_ms;
 
 async fn run(link: Rc<Link>, config: Config, store: Rc<Store>, bus: Rc<EventBus>) {
     let pin = match &config.pin {

@@ -498,16 +498,10 @@ impl Txn {
         limit: usize,
     ) -> Result<Vec<(u64, OutboxRow)>, StoreError> {
         let t = self.inner.open_table(OUTBOX)?;
-        let start = after_seq.saturating_add(1).to_be_bytes();
-        let mut out = Vec::new();
-        for item in t.range::<&[u8; 8]>(&start..)? {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item?;
-            out.push((u64::from_be_bytes(*k.value()), decode_outbox(v.value())?));
-        }
-        Ok(out)
+        scan_u64_table(&t, after_seq, limit)?
+            .into_iter()
+            .map(|(seq, v)| Ok((seq, decode_outbox(&v)?)))
+            .collect()
     }
 
     // ---- inbox and dedupe -----------------------------------------------------------------
@@ -543,16 +537,10 @@ impl Txn {
         limit: usize,
     ) -> Result<Vec<(u64, InboxRow)>, StoreError> {
         let t = self.inner.open_table(INBOX)?;
-        let start = after.saturating_add(1).to_be_bytes();
-        let mut out = Vec::new();
-        for item in t.range::<&[u8; 8]>(&start..)? {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item?;
-            out.push((u64::from_be_bytes(*k.value()), decode_inbox(v.value())?));
-        }
-        Ok(out)
+        scan_u64_table(&t, after, limit)?
+            .into_iter()
+            .map(|(seq, v)| Ok((seq, decode_inbox(&v)?)))
+            .collect()
     }
 
     // ---- media index and webhook jobs (rows are opaque to the core; see docs/store.md) ----

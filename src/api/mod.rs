@@ -21,7 +21,6 @@ pub mod webhook;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::daemon::{LinkControl, LinkState};
 use crate::events::EventBus;
@@ -166,12 +165,7 @@ pub fn route(method: &str, path: &str) -> Routed {
     }
 }
 
-/// Milliseconds since the Unix epoch, from the system clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub use crate::clock::now_ms;
 
 /// `ms` since the epoch as RFC 3339 UTC with milliseconds (`2026-11-29T10:32:23.123Z`).
 pub fn rfc3339(ms: u64) -> String {

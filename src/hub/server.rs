@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -52,13 +52,7 @@ pub const SERVER_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1", "interop-hu
 /// closed when it falls this far behind.
 pub const MAX_PENDING_FRAMES: usize = 4096;
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub use crate::clock::now_ms;
 
 /// Provider accounts as files under `<state>/accounts/`.
 pub struct FileAccounts {
