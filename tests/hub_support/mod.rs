@@ -15,6 +15,8 @@ use interopd::tls::Pin;
 
 pub const HUB: &str = env!("CARGO_BIN_EXE_interop-hub");
 pub const WAIT_MS: u64 = 15_000;
+/// Tries at starting a hub on fresh ports before a test gives up.
+pub const START_ATTEMPTS: usize = 5;
 
 pub fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -36,6 +38,17 @@ impl HubProc {
     }
 
     pub fn start_with(state: &Path, demo_users: bool, with_media: bool) -> HubProc {
+        // A port found free by `free_addr` can be taken by another test's socket before the
+        // hub binds it; the hub then says so and exits. Try again on fresh ports.
+        for _ in 0..START_ATTEMPTS {
+            if let Some(hub) = Self::try_start(state, demo_users, with_media) {
+                return hub;
+            }
+        }
+        panic!("interop-hub did not start in {START_ATTEMPTS} attempts");
+    }
+
+    fn try_start(state: &Path, demo_users: bool, with_media: bool) -> Option<HubProc> {
         let listen = free_addr();
         let control = free_addr();
         let media = with_media.then(free_addr);
@@ -52,7 +65,7 @@ impl HubProc {
             cmd.args(["--media", m]);
         }
         let child = cmd.spawn().unwrap();
-        let hub = HubProc {
+        let mut hub = HubProc {
             child,
             state: state.to_path_buf(),
             listen,
@@ -63,11 +76,14 @@ impl HubProc {
         while t0.elapsed() < Duration::from_millis(WAIT_MS) {
             // The TLS listener is bound before the control API, so one probe tells both.
             if TcpStream::connect(&hub.control).is_ok() {
-                return hub;
+                return Some(hub);
+            }
+            if let Ok(Some(_)) = hub.child.try_wait() {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("interop-hub did not start");
+        panic!("interop-hub did not start within {WAIT_MS} ms");
     }
 
     pub fn stop(mut self) {
