@@ -555,6 +555,38 @@ impl Txn {
         Ok(t.get(id)?.map(|v| v.value().to_vec()))
     }
 
+    /// Removes a media row; true if it existed.
+    pub fn remove_media(&self, id: &[u8; 16]) -> Result<bool, StoreError> {
+        Ok(self.inner.open_table(MEDIA)?.remove(id)?.is_some())
+    }
+
+    /// Media rows with ids strictly after `after` (or from the start), in id order, at most
+    /// `limit`.
+    pub fn media_scan(
+        &self,
+        after: Option<&[u8; 16]>,
+        limit: usize,
+    ) -> Result<Vec<([u8; 16], Vec<u8>)>, StoreError> {
+        let t = self.inner.open_table(MEDIA)?;
+        let mut out = Vec::new();
+        let range = match after {
+            Some(a) => t.range::<&[u8; 16]>(a..)?,
+            None => t.range::<&[u8; 16]>(..)?,
+        };
+        for item in range {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let key = *k.value();
+            if after == Some(&key) {
+                continue;
+            }
+            out.push((key, v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     pub fn push_webhook_job(&self, job: &[u8]) -> Result<u64, StoreError> {
         let seq = self.next_seq("webhook_seq")?;
         self.inner
@@ -1002,6 +1034,33 @@ mod tests {
             txn.put_device_list("1555", &big),
             Err(StoreError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn media_rows_scan_in_id_order_from_after_and_can_be_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let txn = s.begin().unwrap();
+        for b in [3u8, 1, 2] {
+            txn.put_media(&[b; 16], &[b]).unwrap();
+        }
+        let all: Vec<u8> = txn
+            .media_scan(None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k[0])
+            .collect();
+        assert_eq!(all, vec![1, 2, 3]);
+        let after: Vec<u8> = txn
+            .media_scan(Some(&[1; 16]), 1)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k[0])
+            .collect();
+        assert_eq!(after, vec![2]);
+        assert!(txn.remove_media(&[2; 16]).unwrap());
+        assert!(!txn.remove_media(&[2; 16]).unwrap());
+        assert_eq!(txn.media_scan(None, 10).unwrap().len(), 2);
     }
 
     #[test]
