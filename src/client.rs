@@ -765,6 +765,12 @@ impl Client {
                     let (Some(j), Some(b)) = (device_jid_of(u, "jid"), parse_bundle(u)) else {
                         continue;
                     };
+                    // Sends to one recipient overlap: the first bundle to arrive starts the
+                    // session, and later ones must not replace it (the peer would be answering
+                    // a session we no longer hold at its head).
+                    if signal::has_session(&txn, &j.address())? {
+                        continue;
+                    }
                     match signal::process_bundle(&txn, &j.address(), &b, rng, now_ms) {
                         Ok(IdentityEvent::Changed) => changed.push(j.to_user()),
                         Ok(_) => {}

@@ -171,8 +171,10 @@ async fn session(link: &Link, conn: &mut Connection, store: &Store, bus: &EventB
     link.woken.set(true);
     loop {
         if link.woken.replace(false) {
-            if let Err(e) = flush_outbox(conn, store, &started) {
-                return format!("store: {e}");
+            match flush_outbox(conn, store, &started) {
+                Ok(true) => link.woken.set(true),
+                Ok(false) => {}
+                Err(e) => return format!("store: {e}"),
             }
             if let Err(e) = send_read_marks(conn, store) {
                 return format!("store: {e}");
@@ -222,47 +224,50 @@ async fn session(link: &Link, conn: &mut Connection, store: &Store, bus: &EventB
     }
 }
 
-/// Starts every queued outbox row not yet started on this connection. A row whose stanza was
-/// committed before (a crash or a lost connection) is resent byte-identical.
+/// Starts queued outbox rows not yet started on this connection, at most [`OUTBOX_BATCH`]
+/// per call; returns whether more may be waiting (the caller calls again). A row whose stanza
+/// was committed before (a crash or a lost connection) is resent byte-identical.
 fn flush_outbox(
     conn: &mut Connection,
     store: &Store,
     started: &RefCell<HashSet<String>>,
-) -> Result<(), StoreError> {
-    let rows = {
+) -> Result<bool, StoreError> {
+    let (rows, more) = {
         let txn = store.begin()?;
         let mut out = Vec::new();
         let mut after = 0;
-        loop {
+        let mut more = false;
+        'scan: loop {
             let batch = txn.outbox_scan(after, OUTBOX_BATCH)?;
             let Some((last, _)) = batch.last() else { break };
             after = *last;
-            out.extend(
-                batch
-                    .into_iter()
-                    .filter(|(_, r)| r.status == OutboxStatus::Queued),
-            );
-            if out.len() >= OUTBOX_BATCH {
-                break;
+            for (_, row) in batch {
+                if row.status != OutboxStatus::Queued || started.borrow().contains(&row.id) {
+                    continue;
+                }
+                if out.len() >= OUTBOX_BATCH {
+                    more = true;
+                    break 'scan;
+                }
+                out.push(row);
             }
         }
-        out
+        (out, more)
     };
     let now = wall_ms();
-    for (_, row) in rows {
-        if !started.borrow_mut().insert(row.id.clone()) {
-            continue;
-        }
+    for row in rows {
+        started.borrow_mut().insert(row.id.clone());
         if row.stanza.is_empty() {
             if let Err(e) = conn.client().send_outbox(&row, now, &mut rand::rng()) {
                 log::warn!("link: message {} not started: {e}", row.id);
                 started.borrow_mut().remove(&row.id);
+                return Ok(false);
             }
         } else {
             conn.client().send_committed(row.stanza.clone(), now);
         }
     }
-    Ok(())
+    Ok(more)
 }
 
 fn send_read_marks(conn: &mut Connection, store: &Store) -> Result<(), StoreError> {

@@ -31,28 +31,19 @@ impl Daemon {
     /// Provisions `account` at the hub with state `hub_state` listening on `listen`, and
     /// starts the daemon with that config.
     fn start_for(dir: &Path, hub_state: &Path, listen: &str, account: &str) -> Daemon {
-        let out = Command::new(HUB)
-            .arg("provision")
-            .arg("--state")
-            .arg(hub_state)
-            .args(["--account", account, "--connect", listen])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let conf = dir.join("interopd.conf");
-        std::fs::write(&conf, &out.stdout).unwrap();
-        let state = dir.join("state");
+        let conf = provision_conf(dir, hub_state, listen, account);
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Daemon::spawn(&conf, &dir.join("state"), api)
+    }
+
+    /// Starts `interopd run` with config `conf`, state `state` and API address `api`.
+    fn spawn(conf: &Path, state: &Path, api: SocketAddr) -> Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_interopd"))
             .arg("run")
             .arg("--config")
-            .arg(&conf)
+            .arg(conf)
             .arg("--state")
-            .arg(&state)
+            .arg(state)
             .args(["--api", &api.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -64,7 +55,7 @@ impl Daemon {
             api,
             token: String::new(),
         };
-        d.token = wait_token(&state, api);
+        d.token = wait_token(state, api);
         d
     }
 
@@ -81,8 +72,15 @@ impl Daemon {
         r.json()["id"].as_str().unwrap().to_owned()
     }
 
+    /// GET with the token; waits out the API's rate limit (429) as a polite client does.
     fn get(&self, target: &str) -> Reply {
-        get(self.api, target, &self.token)
+        loop {
+            let r = get(self.api, target, &self.token);
+            if r.status != 429 {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// Polls message `id` until its status is `want`; returns the last status object.
@@ -101,17 +99,31 @@ impl Daemon {
         }
     }
 
+    /// The whole inbox's texts, in cursor order, page by page.
+    fn inbox_texts(&self) -> Vec<String> {
+        let mut texts = Vec::new();
+        let mut after = 0;
+        loop {
+            let v = self
+                .get(&format!("/v1/inbox?after={after}&limit=100"))
+                .json();
+            let page = v["messages"].as_array().unwrap();
+            if page.is_empty() {
+                return texts;
+            }
+            texts.extend(
+                page.iter()
+                    .map(|m| m["text"].as_str().unwrap_or("").to_owned()),
+            );
+            after = v["next"].as_u64().unwrap();
+        }
+    }
+
     /// Polls the inbox until it holds `n` messages; returns their texts.
     fn wait_inbox(&self, n: usize) -> Vec<String> {
         let t0 = Instant::now();
         loop {
-            let v = self.get("/v1/inbox?after=0&limit=100").json();
-            let texts: Vec<String> = v["messages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["text"].as_str().unwrap_or("").to_owned())
-                .collect();
+            let texts = self.inbox_texts();
             if texts.len() >= n {
                 return texts;
             }
@@ -129,6 +141,51 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends text with the text as its `Idempotency-Key`, as a careful client retries; `None`
+/// when the daemon did not answer 202 (it was killed mid-request).
+fn try_send(api: SocketAddr, token: &str, to: &str, text: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let body = json!({"to": to, "text": text}).to_string();
+    let req = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Idempotency-Key: {text}\r\nContent-Length: {}\r\n\r\n{body}",
+        api,
+        token,
+        body.len()
+    );
+    let mut s = std::net::TcpStream::connect(api).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    if !out.starts_with("HTTP/1.1 202") {
+        return None;
+    }
+    let (_, b) = out.split_once("\r\n\r\n")?;
+    let v: Value = serde_json::from_str(b).ok()?;
+    Some(v["id"].as_str()?.to_owned())
+}
+
+/// Provisions `account` at the hub and writes the printed config to `dir/interopd.conf`.
+fn provision_conf(dir: &Path, hub_state: &Path, listen: &str, account: &str) -> PathBuf {
+    let out = Command::new(HUB)
+        .arg("provision")
+        .arg("--state")
+        .arg(hub_state)
+        .args(["--account", account, "--connect", listen])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conf = dir.join("interopd.conf");
+    std::fs::write(&conf, &out.stdout).unwrap();
+    conf
 }
 
 /// Waits until the daemon has written its API token and listens; returns the token.
@@ -242,4 +299,77 @@ fn not_opted_in_recipient_fails_with_a_readable_reason() {
     let v = d.wait_status(&id, "failed");
     assert_eq!(v["error"]["code"], "not_opted_in", "{v}");
     assert!(v["error"]["message"].as_str().unwrap().len() > 10, "{v}");
+}
+
+#[test]
+fn kill_9_in_the_middle_of_200_sends_loses_and_repeats_nothing() {
+    const TOTAL: usize = 200;
+    const KILLS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(&dir.path().join("hub"), true);
+    let conf = provision_conf(dir.path(), &hub.state, &hub.listen, "acme-home");
+    let state = dir.path().join("state");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut d = Daemon::spawn(&conf, &state, api);
+
+    // Sends run on their own thread while the main thread kills the daemon at uneven points,
+    // so kills land during requests, during encryption and during the outbox flush.
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let token = d.token.clone();
+    let sender = {
+        let (accepted, sent) = (accepted.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while i < TOTAL {
+                let text = format!("m{i:03}");
+                match try_send(api, &token, "+15550100", &text) {
+                    Some(id) => {
+                        accepted.lock().unwrap().push((id, text));
+                        i += 1;
+                        sent.store(i, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    // Killed mid-request or not yet back: the same text is tried again under
+                    // the same idempotency key, so a lost 202 cannot make a second message.
+                    None => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })
+    };
+    for k in 0..KILLS {
+        let target = (k + 1) * TOTAL / (KILLS + 1) + k * 7;
+        let t0 = Instant::now();
+        while sent.load(std::sync::atomic::Ordering::SeqCst) < target {
+            assert!(t0.elapsed() < WAIT * 4, "sends stalled at kill {k}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        d.child.kill().unwrap(); // SIGKILL
+        d.child.wait().unwrap();
+        d = Daemon::spawn(&conf, &state, api);
+    }
+    sender.join().unwrap();
+
+    let accepted = accepted.lock().unwrap().clone();
+    assert_eq!(accepted.len(), TOTAL);
+    for (id, _) in &accepted {
+        d.wait_status(id, "read");
+    }
+    // Every accepted text reached the simulated user exactly once.
+    let received = received_texts(&hub.control, "+15550100");
+    for (_, text) in &accepted {
+        let n = received.iter().filter(|r| *r == text).count();
+        assert_eq!(n, 1, "{text} received {n} times");
+    }
+    let mut unique = received.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), received.len(), "a text arrived twice");
+    // Every echo landed in the inbox exactly once and decrypted.
+    let inbox = d.wait_inbox(received.len());
+    for (_, text) in &accepted {
+        let want = format!("echo: {text}");
+        let n = inbox.iter().filter(|t| **t == want).count();
+        assert_eq!(n, 1, "{want} is in the inbox {n} times");
+    }
+    assert_eq!(inbox.len(), received.len(), "{inbox:?}");
 }
