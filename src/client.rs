@@ -83,6 +83,9 @@ pub enum Event {
     PrekeyCount { count: u64 },
     /// A send could not start: the recipient has no usable devices.
     SendFailed { id: String, reason: String },
+    /// A send is held: a device of `user`, a verified contact, offered a new identity. It
+    /// goes out once the household trusts the contact again.
+    SendHeld { id: String, user: Jid },
     /// A typing indicator.
     ChatState { from: Jid, state: String },
     /// The server closed the stream with `<stream:error>`.
@@ -757,6 +760,7 @@ impl Client {
             Pending::Keys { send } => {
                 let txn = self.store.begin()?;
                 let mut changed = Vec::new();
+                let mut held = None;
                 for u in s
                     .child_named("list")
                     .map(Stanza::children)
@@ -774,13 +778,20 @@ impl Client {
                     match signal::process_bundle(&txn, &j.address(), &b, rng, now_ms) {
                         Ok(IdentityEvent::Changed) => changed.push(j.to_user()),
                         Ok(_) => {}
+                        Err(SignalError::UntrustedIdentity { .. }) => held = Some(j.to_user()),
                         Err(e) => log::warn!("client: bundle of {j} refused: {e}"),
                     }
                 }
+                // The refused key is kept as pending in this transaction.
                 txn.commit()?;
                 changed.dedup();
                 for user in changed {
                     self.events.push_back(Event::IdentityChanged { user });
+                }
+                if let Some(user) = held {
+                    self.sends.remove(&send);
+                    self.events.push_back(Event::SendHeld { id: send, user });
+                    return Ok(());
                 }
                 return self.finish_send(&send, now_ms);
             }
@@ -814,6 +825,14 @@ impl Client {
                     any = true;
                 }
                 Err(SignalError::NoSession { .. }) => {}
+                Err(SignalError::UntrustedIdentity { .. }) => {
+                    drop(txn);
+                    self.events.push_back(Event::SendHeld {
+                        id: send.to_owned(),
+                        user: msg.to.clone(),
+                    });
+                    return Ok(());
+                }
                 Err(e) => return Err(e.into()),
             }
         }

@@ -210,6 +210,16 @@ async fn session(link: &Link, conn: &mut Connection, store: &Store, bus: &EventB
                     return format!("store: {e}");
                 }
             }
+            Some(Event::SendHeld { id, user }) => {
+                log::warn!("link: message {id} held: the verified identity of {user} changed");
+                started.borrow_mut().remove(&id);
+                if let Err(e) = hold(store, bus, &id) {
+                    return format!("store: {e}");
+                }
+            }
+            Some(Event::DecryptFailed { id, from, reason }) => {
+                log::warn!("link: message {id} from {from} cannot be decrypted: {reason}");
+            }
             Some(Event::SendFailed { id, reason }) => {
                 log::warn!("link: message {id} cannot be sent: {reason}");
                 if let Err(e) = set_status(store, bus, &id, OutboxStatus::Failed, "no_devices") {
@@ -237,13 +247,23 @@ fn flush_outbox(
         let mut out = Vec::new();
         let mut after = 0;
         let mut more = false;
+        let mut released = false;
         'scan: loop {
             let batch = txn.outbox_scan(after, OUTBOX_BATCH)?;
             let Some((last, _)) = batch.last() else { break };
             after = *last;
-            for (_, row) in batch {
+            for (seq, mut row) in batch {
                 if row.status != OutboxStatus::Queued || started.borrow().contains(&row.id) {
                     continue;
+                }
+                if row.error_code == HELD_CODE {
+                    if identity_pending(&txn, &row.to)? {
+                        continue;
+                    }
+                    // Trusted again: the row goes out like any queued row.
+                    row.error_code.clear();
+                    txn.outbox_write(seq, &row)?;
+                    released = true;
                 }
                 if out.len() >= OUTBOX_BATCH {
                     more = true;
@@ -251,6 +271,9 @@ fn flush_outbox(
                 }
                 out.push(row);
             }
+        }
+        if released {
+            txn.commit()?;
         }
         (out, more)
     };
@@ -268,6 +291,40 @@ fn flush_outbox(
         }
     }
     Ok(more)
+}
+
+/// The `error_code` of a queued row held for a changed verified identity.
+pub const HELD_CODE: &str = "identity_changed";
+
+/// Whether any device of `user` holds a new identity that awaits the household's trust.
+fn identity_pending(txn: &Txn, user: &str) -> Result<bool, StoreError> {
+    match crate::signal::remote_identities(txn, user) {
+        Ok(ids) => Ok(ids.iter().any(|(_, r)| r.pending.is_some())),
+        Err(crate::signal::SignalError::Store(e)) => Err(e),
+        Err(e) => {
+            log::warn!("link: identity of {user} unreadable: {e}");
+            Ok(true)
+        }
+    }
+}
+
+/// Keeps a row queued with [`HELD_CODE`], and tells consumers why it waits.
+fn hold(store: &Store, bus: &EventBus, id: &str) -> Result<(), StoreError> {
+    let txn = store.begin()?;
+    let Some((seq, mut row)) = txn.outbox_by_id(id)? else {
+        return Ok(());
+    };
+    if row.status != OutboxStatus::Queued {
+        return Ok(());
+    }
+    row.error_code = HELD_CODE.to_owned();
+    row.stanza.clear();
+    row.updated_ms = wall_ms();
+    txn.outbox_write(seq, &row)?;
+    bus.record_status(&txn, &row)?;
+    txn.commit()?;
+    bus.publish_status(&row.id, row.status);
+    Ok(())
 }
 
 fn send_read_marks(conn: &mut Connection, store: &Store) -> Result<(), StoreError> {

@@ -13,6 +13,20 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 
 /// Environment variable that sets the level.
 pub const LOG_ENV: &str = "INTEROPD_LOG";
+/// Log targets that are never printed at any level: the Signal crate's own lines carry
+/// ratchet keys, identity keys and MAC key fingerprints. Our `signal` module reports the same
+/// failures with message ids only.
+pub const SILENCED_TARGETS: &[&str] = &["wacore_libsignal", "libsignal"];
+
+/// Whether a record from `target` may be printed at all.
+pub fn target_allowed(target: &str) -> bool {
+    !SILENCED_TARGETS.iter().any(|t| {
+        target == *t
+            || target
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.starts_with("::"))
+    })
+}
 
 struct Logger;
 
@@ -56,7 +70,7 @@ pub fn parse_level(s: &str) -> Option<LevelFilter> {
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= log::max_level()
+        metadata.level() <= log::max_level() && target_allowed(metadata.target())
     }
 
     fn log(&self, record: &Record) {
@@ -104,6 +118,15 @@ mod tests {
         let l = format_line(Level::Info, "t", "a\nb\rc");
         assert_eq!(l.matches('\n').count(), 1);
         assert!(l.ends_with('\n'));
+    }
+
+    #[test]
+    fn the_signal_crates_lines_are_never_printed() {
+        assert!(!target_allowed("wacore_libsignal"));
+        assert!(!target_allowed("wacore_libsignal::protocol::session_cipher"));
+        assert!(target_allowed("wacore_libsignal_other"));
+        assert!(target_allowed("interopd::link"));
+        assert!(target_allowed("rustls::conn"));
     }
 
     #[test]

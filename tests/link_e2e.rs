@@ -373,3 +373,67 @@ fn kill_9_in_the_middle_of_200_sends_loses_and_repeats_nothing() {
     }
     assert_eq!(inbox.len(), received.len(), "{inbox:?}");
 }
+
+#[test]
+fn a_verified_contacts_new_identity_holds_sends_until_trusted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(&dir.path().join("hub"), true);
+    let d = Daemon::start(dir.path(), &hub, "acme-home");
+    let first = d.send("+15550100", "before");
+    d.wait_status(&first, "read");
+    let trust = |d: &Daemon| {
+        let r = request(
+            d.api,
+            "POST",
+            "/v1/contacts/%2B15550100/trust",
+            Some(&d.token),
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    trust(&d);
+    assert_eq!(d.get("/v1/contacts/%2B15550100").json()["trust"], "verified");
+
+    let (status, _) = hub.control("POST", "/users/+15550100/reinstall", None);
+    assert_eq!(status, 200);
+    // The identity notification may trail the send; either way the send must not go out
+    // under an identity the household has not accepted.
+    let t0 = Instant::now();
+    let held = loop {
+        let id = d.send("+15550100", "after");
+        let v = loop {
+            let v = d.get(&format!("/v1/messages/{id}")).json();
+            if v["status"] != "queued" || v["error"]["code"] == "identity_changed" {
+                break v;
+            }
+            assert!(t0.elapsed() < WAIT, "never held: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if v["error"]["code"] == "identity_changed" {
+            assert_eq!(v["status"], "queued", "{v}");
+            break id;
+        }
+        // Sent before the change was known: only acceptable while the old identity held.
+        assert!(t0.elapsed() < WAIT, "never held: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let v = d.get(&format!("/v1/messages/{held}")).json();
+    assert_eq!(v["status"], "queued", "a held message moved: {v}");
+    assert_eq!(d.get("/v1/contacts/%2B15550100").json()["trust"], "changed");
+    assert!(
+        !received_texts(&hub.control, "+15550100")
+            .iter()
+            .any(|t| t == "after"),
+        "the held text reached the new identity"
+    );
+
+    trust(&d);
+    d.wait_status(&held, "read");
+    assert!(
+        received_texts(&hub.control, "+15550100")
+            .iter()
+            .any(|t| t == "after")
+    );
+}
