@@ -28,6 +28,20 @@ pub const DEFAULT_KEEPALIVE_SECS: u64 = 25;
 /// Longest integrator id or user name, in bytes (the joined account name has its own bound,
 /// `jid::MAX_ACCOUNT_BYTES`).
 pub const MAX_NAME_BYTES: usize = 64;
+/// Default `media.blob_expiry_secs`: our blobs are served for 30 days.
+pub const DEFAULT_MEDIA_BLOB_EXPIRY_SECS: u64 = 30 * 24 * 60 * 60;
+/// Default `media.retention_secs`: received media is kept for 30 days.
+pub const DEFAULT_MEDIA_RETENTION_SECS: u64 = 30 * 24 * 60 * 60;
+/// Default `media.quota_bytes`: 1 GiB for hosted blobs and received media together.
+pub const DEFAULT_MEDIA_QUOTA_BYTES: u64 = 1024 * 1024 * 1024;
+/// Shortest `media.blob_expiry_secs` and `media.retention_secs`, in seconds.
+pub const MIN_MEDIA_LIFETIME_SECS: u64 = 60;
+/// Longest `media.blob_expiry_secs` and `media.retention_secs` (about ten years), in seconds.
+pub const MAX_MEDIA_LIFETIME_SECS: u64 = 3650 * 24 * 60 * 60;
+/// Smallest `media.quota_bytes`, in bytes.
+pub const MIN_MEDIA_QUOTA_BYTES: u64 = 1024 * 1024;
+/// Longest `media.public_url`, in bytes.
+pub const MAX_MEDIA_PUBLIC_URL_BYTES: usize = 256;
 
 /// A bad configuration. The daemon prints it and exits with status 78 (EX_CONFIG).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +92,86 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Where inbound messages and status changes are POSTed, if anywhere.
     pub webhook: Option<WebhookConfig>,
+    /// The `[media]` section (defaults when absent).
+    pub media: MediaConfig,
+}
+
+/// The `[media]` section, validated: `public_url` is set exactly when `listen` is, and
+/// `cert_file` and `key_file` are both set or both absent (and only with `listen`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaConfig {
+    /// Where the HTTPS media host listens; `None`: no media host (sending media is off).
+    pub listen: Option<SocketAddr>,
+    /// `https://host:port` as the gatekeeper reaches the media host, without a trailing
+    /// slash; blob URLs are `{public_url}/m/{id}`.
+    pub public_url: Option<String>,
+    /// The media host's certificate chain (PEM); `None`: a self-signed one is made under
+    /// `<state>/media-host/`.
+    pub cert_file: Option<PathBuf>,
+    /// The private key of `cert_file` (PEM).
+    pub key_file: Option<PathBuf>,
+    /// How long a blob we host is served after it was uploaded, in seconds.
+    pub blob_expiry_secs: u64,
+    /// How long received media is kept, in seconds.
+    pub retention_secs: u64,
+    /// Disk space for hosted blobs and received media together, in bytes.
+    pub quota_bytes: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            listen: None,
+            public_url: None,
+            cert_file: None,
+            key_file: None,
+            blob_expiry_secs: DEFAULT_MEDIA_BLOB_EXPIRY_SECS,
+            retention_secs: DEFAULT_MEDIA_RETENTION_SECS,
+            quota_bytes: DEFAULT_MEDIA_QUOTA_BYTES,
+        }
+    }
+}
+
+impl MediaConfig {
+    /// `blob_expiry_secs` in milliseconds.
+    pub fn blob_expiry_ms(&self) -> u64 {
+        self.blob_expiry_secs.saturating_mul(1000)
+    }
+
+    /// `retention_secs` in milliseconds.
+    pub fn retention_ms(&self) -> u64 {
+        self.retention_secs.saturating_mul(1000)
+    }
+}
+
+/// Splits a media host's public URL, `https://host:port` (a trailing `/` allowed, nothing
+/// else after the port), into host and port. An IPv6 host keeps its brackets. This is the
+/// origin form `interop-hub provision --media-host` registers.
+pub fn parse_media_public_url(url: &str) -> Option<(String, u16)> {
+    if url.len() > MAX_MEDIA_PUBLIC_URL_BYTES {
+        return None;
+    }
+    let authority = url.strip_prefix("https://")?;
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    if authority
+        .bytes()
+        .any(|b| b <= b' ' || b == 0x7f || b"/?#@\\".contains(&b))
+    {
+        return None;
+    }
+    let (host, port) = authority.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    if port.to_string().len() != authority.len() - host.len() - 1 {
+        // A sign or leading zeros: not the canonical form the hub compares.
+        return None;
+    }
+    let ok_host = match host.strip_prefix('[') {
+        Some(v6) => v6
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => !host.is_empty() && !host.contains([':', '[', ']']),
+    };
+    ok_host.then(|| (host.to_string(), port))
 }
 
 /// Longest webhook URL or secret, in bytes.
@@ -185,6 +279,26 @@ impl std::fmt::Display for Config {
             writeln!(f, "url = {}", q(&w.url))?;
             writeln!(f, "secret = {}", q(&w.secret))?;
         }
+        let m = &self.media;
+        if *m != MediaConfig::default() {
+            writeln!(f)?;
+            writeln!(f, "[media]")?;
+            if let Some(l) = &m.listen {
+                writeln!(f, "listen = {}", q(&l.to_string()))?;
+            }
+            if let Some(u) = &m.public_url {
+                writeln!(f, "public_url = {}", q(u))?;
+            }
+            if let Some(p) = &m.cert_file {
+                writeln!(f, "cert_file = {}", q(&p.to_string_lossy()))?;
+            }
+            if let Some(p) = &m.key_file {
+                writeln!(f, "key_file = {}", q(&p.to_string_lossy()))?;
+            }
+            writeln!(f, "blob_expiry_secs = {}", m.blob_expiry_secs)?;
+            writeln!(f, "retention_secs = {}", m.retention_secs)?;
+            writeln!(f, "quota_bytes = {}", m.quota_bytes)?;
+        }
         writeln!(f)?;
         writeln!(f, "[state]")?;
         writeln!(f, "dir = {}", q(&self.state_dir.to_string_lossy()))
@@ -226,6 +340,20 @@ struct Raw {
     #[serde(default)]
     state: RawState,
     webhook: Option<RawWebhook>,
+    #[serde(default)]
+    media: RawMedia,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMedia {
+    listen: Option<S<String>>,
+    public_url: Option<S<String>>,
+    cert_file: Option<S<String>>,
+    key_file: Option<S<String>>,
+    blob_expiry_secs: Option<S<u64>>,
+    retention_secs: Option<S<u64>>,
+    quota_bytes: Option<S<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -437,6 +565,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             })
         }
     };
+    let media = media(&raw.media, text, &resolve)?;
     Ok(Config {
         integrator,
         user,
@@ -449,6 +578,124 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         api_host_names: raw.api.host_names,
         state_dir,
         webhook,
+        media,
+    })
+}
+
+/// Step 2 for `[media]`.
+fn media(
+    raw: &RawMedia,
+    text: &str,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<MediaConfig, ConfigError> {
+    let err = |span: std::ops::Range<usize>, message: String| ConfigError {
+        line: Some(line_of(text, span.start)),
+        message,
+    };
+    let listen = match &raw.listen {
+        None => None,
+        Some(l) => Some(l.get_ref().parse::<SocketAddr>().map_err(|_| {
+            err(
+                l.span(),
+                format!(
+                    "media.listen {:?} must be an IP address and port",
+                    l.get_ref()
+                ),
+            )
+        })?),
+    };
+    let public_url = match (&raw.listen, &raw.public_url) {
+        (Some(l), None) => {
+            return Err(err(
+                l.span(),
+                "media.public_url (https://host:port) is required when media.listen is set".into(),
+            ));
+        }
+        (_, Some(u)) => {
+            if parse_media_public_url(u.get_ref()).is_none() {
+                return Err(err(
+                    u.span(),
+                    format!(
+                        "media.public_url {:?} must be https://host:port (at most {MAX_MEDIA_PUBLIC_URL_BYTES} bytes, no path)",
+                        u.get_ref()
+                    ),
+                ));
+            }
+            let url = u.get_ref();
+            Some(url.strip_suffix('/').unwrap_or(url).to_string())
+        }
+        (None, None) => None,
+    };
+    for (key, value) in [
+        ("public_url", raw.public_url.as_ref().map(|v| v.span())),
+        ("cert_file", raw.cert_file.as_ref().map(|v| v.span())),
+        ("key_file", raw.key_file.as_ref().map(|v| v.span())),
+    ] {
+        if let (None, Some(span)) = (&listen, value) {
+            return Err(err(
+                span,
+                format!("media.{key} has no effect without media.listen"),
+            ));
+        }
+    }
+    let (cert_file, key_file) = match (&raw.cert_file, &raw.key_file) {
+        (Some(c), Some(k)) => {
+            if c.get_ref().is_empty() || k.get_ref().is_empty() {
+                return Err(err(
+                    c.span(),
+                    "media.cert_file and media.key_file must not be empty".into(),
+                ));
+            }
+            (Some(resolve(c.get_ref())), Some(resolve(k.get_ref())))
+        }
+        (None, None) => (None, None),
+        (Some(v), None) | (None, Some(v)) => {
+            return Err(err(
+                v.span(),
+                "set both media.cert_file and media.key_file, or neither (for a self-signed certificate)".into(),
+            ));
+        }
+    };
+    let lifetime = |v: &Option<S<u64>>, key: &str, default: u64| match v {
+        None => Ok(default),
+        Some(s) if (MIN_MEDIA_LIFETIME_SECS..=MAX_MEDIA_LIFETIME_SECS).contains(s.get_ref()) => {
+            Ok(*s.get_ref())
+        }
+        Some(s) => Err(err(
+            s.span(),
+            format!(
+                "media.{key} must be {MIN_MEDIA_LIFETIME_SECS} to {MAX_MEDIA_LIFETIME_SECS} seconds"
+            ),
+        )),
+    };
+    let blob_expiry_secs = lifetime(
+        &raw.blob_expiry_secs,
+        "blob_expiry_secs",
+        DEFAULT_MEDIA_BLOB_EXPIRY_SECS,
+    )?;
+    let retention_secs = lifetime(
+        &raw.retention_secs,
+        "retention_secs",
+        DEFAULT_MEDIA_RETENTION_SECS,
+    )?;
+    let quota_bytes = match &raw.quota_bytes {
+        None => DEFAULT_MEDIA_QUOTA_BYTES,
+        Some(q) if *q.get_ref() >= MIN_MEDIA_QUOTA_BYTES => *q.get_ref(),
+        Some(q) => {
+            return Err(err(
+                q.span(),
+                format!("media.quota_bytes must be at least {MIN_MEDIA_QUOTA_BYTES}"),
+            ));
+        }
+    };
+    Ok(MediaConfig {
+        listen,
+        public_url,
+        cert_file,
+        key_file,
+        blob_expiry_secs,
+        retention_secs,
+        quota_bytes,
     })
 }
 
@@ -653,6 +900,150 @@ ca_file = "ca.pem"
         assert!(p(&text).unwrap_err().message.contains("webhook.secret"));
     }
 
+    const MEDIA: &str = r#"
+[media]
+listen = "0.0.0.0:8443"
+public_url = "https://media.example.net:8443/"
+cert_file = "media.pem"
+key_file = "/etc/interopd/media-key.pem"
+blob_expiry_secs = 86400
+retention_secs = 3600
+quota_bytes = 2000000
+"#;
+
+    #[test]
+    fn media_section_is_optional_and_off_by_default() {
+        let c = p(GOOD).unwrap();
+        assert_eq!(c.media, MediaConfig::default());
+        assert_eq!(c.media.listen, None);
+        assert_eq!(c.media.blob_expiry_secs, DEFAULT_MEDIA_BLOB_EXPIRY_SECS);
+        assert_eq!(c.media.retention_secs, DEFAULT_MEDIA_RETENTION_SECS);
+        assert_eq!(c.media.quota_bytes, DEFAULT_MEDIA_QUOTA_BYTES);
+        let limits_only = format!("{GOOD}\n[media]\nquota_bytes = 5000000\n");
+        let c = p(&limits_only).unwrap();
+        assert_eq!(c.media.listen, None);
+        assert_eq!(c.media.quota_bytes, 5_000_000);
+    }
+
+    #[test]
+    fn media_section_parses_every_key() {
+        let c = p(&format!("{GOOD}{MEDIA}")).unwrap();
+        let m = &c.media;
+        assert_eq!(m.listen, Some("0.0.0.0:8443".parse().unwrap()));
+        assert_eq!(
+            m.public_url.as_deref(),
+            Some("https://media.example.net:8443")
+        );
+        assert_eq!(m.cert_file, Some(PathBuf::from("/etc/interopd/media.pem")));
+        assert_eq!(
+            m.key_file,
+            Some(PathBuf::from("/etc/interopd/media-key.pem"))
+        );
+        assert_eq!(m.blob_expiry_secs, 86_400);
+        assert_eq!(m.blob_expiry_ms(), 86_400_000);
+        assert_eq!(m.retention_secs, 3_600);
+        assert_eq!(m.retention_ms(), 3_600_000);
+        assert_eq!(m.quota_bytes, 2_000_000);
+    }
+
+    #[test]
+    fn media_listen_needs_a_public_url_and_the_url_needs_listen() {
+        let no_url = format!("{GOOD}\n[media]\nlisten = \"0.0.0.0:8443\"\n");
+        let e = p(&no_url).unwrap_err();
+        assert!(e.message.contains("media.public_url"), "{e}");
+        assert_eq!(e.line, Some(13));
+        for key in [
+            "public_url = \"https://h:1\"",
+            "cert_file = \"c.pem\"\nkey_file = \"k.pem\"",
+        ] {
+            let e = p(&format!("{GOOD}\n[media]\n{key}\n")).unwrap_err();
+            assert!(e.message.contains("without media.listen"), "{key}: {e}");
+            assert_eq!(e.line, Some(13), "{key}");
+        }
+    }
+
+    #[test]
+    fn media_values_are_checked_with_reasons_and_lines() {
+        let full = format!("{GOOD}{MEDIA}");
+        for (from, to, needle) in [
+            (
+                "listen = \"0.0.0.0:8443\"",
+                "listen = \"nowhere\"",
+                "media.listen",
+            ),
+            (
+                "public_url = \"https://media.example.net:8443/\"",
+                "public_url = \"http://media.example.net:8443\"",
+                "media.public_url",
+            ),
+            (
+                "cert_file = \"media.pem\"\n",
+                "",
+                "both media.cert_file and media.key_file",
+            ),
+            (
+                "blob_expiry_secs = 86400",
+                "blob_expiry_secs = 59",
+                "blob_expiry_secs",
+            ),
+            (
+                "retention_secs = 3600",
+                "retention_secs = 999999999999",
+                "retention_secs",
+            ),
+            ("quota_bytes = 2000000", "quota_bytes = 1000", "quota_bytes"),
+            ("quota_bytes = 2000000", "quota = 2000000", "quota"),
+        ] {
+            let text = full.replace(from, to);
+            let e = p(&text).unwrap_err();
+            assert!(e.message.contains(needle), "{to}: {e}");
+            assert!(e.line.is_some(), "{to}: {e}");
+        }
+    }
+
+    #[test]
+    fn media_public_urls_must_be_https_origins_with_a_port() {
+        let ok = |u: &str| parse_media_public_url(u).unwrap();
+        assert_eq!(ok("https://h:8443"), ("h".into(), 8443));
+        assert_eq!(ok("https://h:8443/"), ("h".into(), 8443));
+        assert_eq!(ok("https://10.0.0.2:1"), ("10.0.0.2".into(), 1));
+        assert_eq!(ok("https://[::1]:8443"), ("[::1]".into(), 8443));
+        for bad in [
+            "http://h:1",
+            "https://h",
+            "https://h:0",
+            "https://h:08443",
+            "https://h:+1",
+            "https://h:1/m",
+            "https://h:1?x",
+            "https://u@h:1",
+            "https://:1",
+            "https://::1:1",
+            "https://[zz]:1",
+            "https://h h:1",
+        ] {
+            assert!(parse_media_public_url(bad).is_none(), "{bad}");
+        }
+        let long = format!("https://{}:1", "h".repeat(MAX_MEDIA_PUBLIC_URL_BYTES));
+        assert!(parse_media_public_url(&long).is_none());
+    }
+
+    #[test]
+    fn rendered_media_section_parses_back_to_the_same_config() {
+        let mut c = p(&format!("{GOOD}{MEDIA}")).unwrap();
+        assert_eq!(p(&c.to_string()).unwrap(), c);
+        c.media.cert_file = None;
+        c.media.key_file = None;
+        assert_eq!(p(&c.to_string()).unwrap(), c);
+        c.media = MediaConfig {
+            quota_bytes: MIN_MEDIA_QUOTA_BYTES,
+            ..MediaConfig::default()
+        };
+        assert_eq!(p(&c.to_string()).unwrap(), c);
+        c.media = MediaConfig::default();
+        assert!(!c.to_string().contains("[media]"));
+    }
+
     #[test]
     fn oversize_file_is_refused() {
         let big = "#".repeat(MAX_CONFIG_BYTES + 1);
@@ -688,6 +1079,15 @@ ca_file = "ca.pem"
             fn webhook_url_parser_never_panics(url in "http://.{0,60}") {
                 if let Some((host, port, target)) = parse_webhook_url(&url) {
                     prop_assert!(!host.is_empty() && port != 0 && target.starts_with('/'));
+                }
+            }
+
+            #[test]
+            fn media_public_url_parser_never_panics(url in "https://.{0,60}") {
+                if let Some((host, port)) = parse_media_public_url(&url) {
+                    prop_assert!(!host.is_empty() && port != 0);
+                    let origin = format!("{host}:{port}");
+                    prop_assert!(url.contains(&origin));
                 }
             }
 

@@ -33,6 +33,7 @@ use crate::api::webhook::{self, WebhookPolicy};
 use crate::api::{self, Api, ApiLimits, ApiParts};
 use crate::config::Config;
 use crate::events::EventBus;
+use crate::media_store::MediaStore;
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
 use crate::store::{Store, StoreError};
@@ -103,6 +104,8 @@ pub enum DaemonError {
     Bind { addr: SocketAddr, source: io::Error },
     /// Environment: the signal handlers could not be installed.
     Signals(io::Error),
+    /// Environment or operator: the media directory or the media host's certificate.
+    Media { detail: String },
 }
 
 impl fmt::Display for DaemonError {
@@ -113,6 +116,7 @@ impl fmt::Display for DaemonError {
             Self::Identity { detail } => write!(f, "identity: {detail}"),
             Self::Bind { addr, source } => write!(f, "API address {addr}: {source}"),
             Self::Signals(e) => write!(f, "signal handlers: {e}"),
+            Self::Media { detail } => write!(f, "media: {detail}"),
         }
     }
 }
@@ -136,6 +140,8 @@ pub struct Runtime {
     /// The API bearer token (from `<state>/api-token`).
     pub token: String,
     pub tuning: Tuning,
+    /// Blob files: sent blobs we host, received media we keep for the API.
+    pub media: Rc<MediaStore>,
 }
 
 impl Runtime {
@@ -155,6 +161,11 @@ impl Runtime {
             }
         })?;
         txn.commit().map_err(DaemonError::Store)?;
+        let media = MediaStore::open(&config.state_dir, config.media.quota_bytes).map_err(|e| {
+            DaemonError::Media {
+                detail: e.to_string(),
+            }
+        })?;
         let metrics = Rc::new(Metrics::default());
         let bus = EventBus::new(config.webhook.is_some(), Rc::clone(&metrics));
         Ok(Runtime {
@@ -165,6 +176,7 @@ impl Runtime {
             executor,
             token,
             tuning: Tuning::default(),
+            media: Rc::new(media),
         })
     }
 
@@ -204,10 +216,16 @@ pub async fn serve(
         metrics: Rc::clone(&rt.metrics),
         link,
         limits: rt.tuning.api.clone(),
+        media: Rc::clone(&rt.media),
+        media_public_url: rt.config.media.public_url.clone(),
+        media_blob_expiry_ms: rt.config.media.blob_expiry_secs.saturating_mul(1000),
     });
-    let http = crate::http::serve(listener, crate::http::ServeOptions::default(), move |req| {
-        Rc::clone(&api).handle(req)
-    });
+    let options = crate::http::ServeOptions {
+        // Media uploads stream; every other route caps its own body far lower.
+        max_body_bytes: api::media::MAX_MEDIA_BODY_BYTES,
+        ..crate::http::ServeOptions::default()
+    };
+    let http = crate::http::serve(listener, options, move |req| Rc::clone(&api).handle(req));
     let hooks: Pin<Box<dyn Future<Output = ()>>> = match &rt.config.webhook {
         Some(w) => Box::pin(webhook::run(
             Rc::clone(&rt.store),
@@ -220,6 +238,52 @@ pub async fn serve(
     };
     log::info!("API listening on http://{listen}");
     http.or(hooks).or(stop).await;
+    Ok(())
+}
+
+/// How often expired and orphaned blobs are swept, in milliseconds.
+pub const MEDIA_SWEEP_INTERVAL_MS: u64 = 60_000;
+
+/// Sweeps the media store now and every [`MEDIA_SWEEP_INTERVAL_MS`], and starts the HTTPS
+/// media host when `[media] listen` is set.
+pub async fn start_media(rt: &Runtime) -> Result<(), DaemonError> {
+    let (store, media) = (Rc::clone(&rt.store), Rc::clone(&rt.media));
+    rt.executor
+        .spawn(async move {
+            loop {
+                match media.sweep(&store, crate::clock::now_ms()) {
+                    Ok(r) if r.expired_rows + r.orphan_files > 0 => log::info!(
+                        "media: swept {} expired rows and {} orphan files ({} bytes)",
+                        r.expired_rows,
+                        r.orphan_files,
+                        r.freed_bytes
+                    ),
+                    Ok(_) => {}
+                    Err(e) => log::warn!("media: sweep failed: {e}"),
+                }
+                smol::Timer::after(Duration::from_millis(MEDIA_SWEEP_INTERVAL_MS)).await;
+            }
+        })
+        .detach();
+    let Some(addr) = rt.config.media.listen else {
+        return Ok(());
+    };
+    let (tls, pin) =
+        crate::media_host::load_or_create_identity(&rt.config.state_dir, &rt.config.media)
+            .map_err(|e| DaemonError::Media {
+                detail: e.to_string(),
+            })?;
+    let listener = bind(addr)?;
+    log::info!("media host on https://{addr} (pin {pin})");
+    rt.executor
+        .spawn(crate::media_host::serve(
+            listener,
+            tls,
+            Rc::clone(&rt.store),
+            Rc::clone(&rt.media),
+            crate::media_host::serve_options(),
+        ))
+        .detach();
     Ok(())
 }
 
@@ -237,6 +301,7 @@ pub fn run(config: Config, start_link: LinkStarter) -> Result<(), DaemonError> {
         let mut signals =
             async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
                 .map_err(DaemonError::Signals)?;
+        start_media(&rt).await?;
         let link = start_link(&rt);
         let notifier = Rc::new(Notifier::from_env());
         let status = format!("API on http://{api_addr}");

@@ -12,6 +12,10 @@
 //! | [`content`]        | the `Message` protobuf subset, padding, message ids          | no   |
 //! | [`media_meta`]     | image size, Ogg/Opus and MP4 durations from a passing stream | no   |
 //! | [`media_crypto`]   | streaming media encryption and verification                  | no   |
+//! | [`media_store`]    | blob files, their `media` rows, the quota, expiry sweeps     | disk |
+//! | [`media_host`]     | the HTTPS host the gatekeeper's proxy fetches our blobs from | net  |
+//! | [`media_pipe`]     | media through encryption, WhatsApp media fields, downloads   | disk, net |
+//! | [`retry`]          | retry receipts: build and read `<receipt type="retry">`      | no   |
 //! | [`logger`]         | one line per event on stderr with journald `<N>` priorities    | stderr |
 //! | [`notify`]         | sd_notify over `NOTIFY_SOCKET` (READY, WATCHDOG, STOPPING)   | socket |
 //! | [`frame`]          | 3-byte length framing and the reassembly buffer              | no   |
@@ -48,9 +52,13 @@ pub mod link;
 pub mod logger;
 pub mod login;
 pub mod media_crypto;
+pub mod media_host;
 pub mod media_meta;
+pub mod media_pipe;
+pub mod media_store;
 pub mod metrics;
 pub mod notify;
+pub mod retry;
 pub mod signal;
 pub mod stanza;
 pub mod store;

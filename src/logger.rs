@@ -123,7 +123,9 @@ mod tests {
     #[test]
     fn the_signal_crates_lines_are_never_printed() {
         assert!(!target_allowed("wacore_libsignal"));
-        assert!(!target_allowed("wacore_libsignal::protocol::session_cipher"));
+        assert!(!target_allowed(
+            "wacore_libsignal::protocol::session_cipher"
+        ));
         assert!(target_allowed("wacore_libsignal_other"));
         assert!(target_allowed("interopd::link"));
         assert!(target_allowed("rustls::conn"));

@@ -31,6 +31,9 @@ pub const MAX_ADDRESS_KEY_BYTES: usize = 256;
 pub const MAX_DEVICES_PER_USER: usize = 64;
 
 // Tables. Keys and values are raw bytes with the layouts documented in docs/store.md.
+/// A `media` row with its id, as [`Txn::media_scan`] returns it.
+pub type MediaEntry = ([u8; 16], Vec<u8>);
+
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const LOCAL_IDENTITY: TableDefinition<&str, &[u8]> =
     TableDefinition::new("local_identity");
@@ -566,7 +569,7 @@ impl Txn {
         &self,
         after: Option<&[u8; 16]>,
         limit: usize,
-    ) -> Result<Vec<([u8; 16], Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<MediaEntry>, StoreError> {
         let t = self.inner.open_table(MEDIA)?;
         let mut out = Vec::new();
         let range = match after {

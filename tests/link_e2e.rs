@@ -393,7 +393,10 @@ fn a_verified_contacts_new_identity_holds_sends_until_trusted_again() {
         assert_eq!(r.status, 200, "{}", r.body);
     };
     trust(&d);
-    assert_eq!(d.get("/v1/contacts/%2B15550100").json()["trust"], "verified");
+    assert_eq!(
+        d.get("/v1/contacts/%2B15550100").json()["trust"],
+        "verified"
+    );
 
     let (status, _) = hub.control("POST", "/users/+15550100/reinstall", None);
     assert_eq!(status, 200);

@@ -21,6 +21,8 @@ use super::{Api, now_ms, rfc3339, store_error};
 use crate::content::{ContentKind, Message};
 use crate::events::Event;
 use crate::http::{Body, Request, Response};
+use crate::media_pipe::{self, MediaFailure, MediaInfo};
+use crate::media_store;
 use crate::store::{InboxRow, Reader, StoreError, Txn};
 
 /// Messages per inbox page when `limit` is absent.
@@ -32,8 +34,13 @@ pub const SSE_BATCH_EVENTS: usize = 100;
 /// Row version of a `read_marks` value (docs/store.md).
 pub const READ_MARK_ROW_VERSION: u8 = 1;
 
-/// The message object of the inbox, SSE and webhooks.
-pub fn message_json(cursor: u64, row: &InboxRow) -> serde_json::Value {
+/// The message object of the inbox, SSE and webhooks. `txn` is read for the `media` object of
+/// a media message.
+pub fn message_json(
+    txn: &Txn,
+    cursor: u64,
+    row: &InboxRow,
+) -> Result<serde_json::Value, StoreError> {
     let msg: Option<Message> = prost::Message::decode(row.content.as_slice()).ok();
     let kind = msg.as_ref().map_or(ContentKind::Unknown, Message::kind);
     let mut v = serde_json::json!({
@@ -58,14 +65,74 @@ pub fn message_json(cursor: u64, row: &InboxRow) -> serde_json::Value {
                 obj.insert("reply_to".into(), id.as_str().into());
             }
         }
+        if let Some(info) = media_pipe::media_info(m) {
+            if let Some(caption) = &info.caption {
+                obj.insert("text".into(), caption.as_str().into());
+            }
+            obj.insert("media".into(), media_json(txn, row, &info, now_ms())?);
+        }
     }
-    v
+    Ok(v)
+}
+
+/// The `media` object of a received media message: where to fetch it once its download
+/// finished, or why it never will be (`error`).
+///
+/// The link puts a media message in the inbox only after its blob was verified and stored
+/// (an Incoming media row under [`media_pipe::incoming_media_id`]) or failed for good (a
+/// [`media_pipe::record_media_failure`] note; none means "unavailable").
+pub fn media_json(
+    txn: &Txn,
+    row: &InboxRow,
+    info: &MediaInfo,
+    now_ms: u64,
+) -> Result<serde_json::Value, StoreError> {
+    let id = media_pipe::incoming_media_id(&row.from, &row.id);
+    let stored =
+        media_store::get_row(txn, &id)?.filter(|r| r.direction == media_store::Direction::Incoming);
+    let mut v = serde_json::Map::new();
+    let failure = match &stored {
+        Some(r) if r.expires_ms > now_ms => {
+            v.insert("url".into(), format!("/v1/media/{}", id.to_hex()).into());
+            None
+        }
+        Some(_) => Some((
+            "media_expired",
+            "the media passed its retention time and was deleted",
+        )),
+        None => {
+            let f = media_pipe::media_failure(txn, &id)?.unwrap_or(MediaFailure::Unavailable);
+            Some((f.code(), f.message()))
+        }
+    };
+    let (mimetype, size) = match &stored {
+        Some(r) => (r.mimetype.as_str(), r.len),
+        None => (info.mimetype.as_str(), info.file_length),
+    };
+    v.insert("mimetype".into(), mimetype.into());
+    v.insert("size".into(), size.into());
+    if let Some(f) = &info.filename {
+        v.insert("filename".into(), f.as_str().into());
+    }
+    if let Some(s) = info.seconds {
+        v.insert("seconds".into(), s.into());
+    }
+    if let Some((code, message)) = failure {
+        v.insert(
+            "error".into(),
+            serde_json::json!({"code": code, "message": message}),
+        );
+    }
+    Ok(serde_json::Value::Object(v))
 }
 
 /// The JSON data of a logged event, or `None` if what it names is gone.
 pub fn event_json(txn: &Txn, event: &Event) -> Result<Option<serde_json::Value>, StoreError> {
     match event {
-        Event::Message { cursor } => Ok(txn.inbox_get(*cursor)?.map(|r| message_json(*cursor, &r))),
+        Event::Message { cursor } => match txn.inbox_get(*cursor)? {
+            Some(r) => message_json(txn, *cursor, &r).map(Some),
+            None => Ok(None),
+        },
         Event::Status {
             id,
             status,
@@ -130,17 +197,24 @@ pub async fn long_poll(api: &Rc<Api>, req: &Request) -> Response {
     let deadline = Instant::now() + Duration::from_secs(wait);
     loop {
         let listener = api.bus.listen();
-        let rows = match api.store.begin().and_then(|t| t.inbox_after(after, limit)) {
-            Ok(r) => r,
-            Err(e) => return store_error(&e),
-        };
-        if !rows.is_empty() || Instant::now() >= deadline {
+        let page = api.store.begin().and_then(|txn| {
+            let rows = txn.inbox_after(after, limit)?;
+            if rows.is_empty() && Instant::now() < deadline {
+                return Ok(None);
+            }
             let next = rows.last().map_or(after, |(c, _)| *c);
-            let messages: Vec<_> = rows.iter().map(|(c, r)| message_json(*c, r)).collect();
-            return Response::json(
-                200,
-                &serde_json::json!({"messages": messages, "next": next}),
-            );
+            let messages = rows
+                .iter()
+                .map(|(c, r)| message_json(&txn, *c, r))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(
+                serde_json::json!({"messages": messages, "next": next}),
+            ))
+        });
+        match page {
+            Ok(Some(body)) => return Response::json(200, &body),
+            Ok(None) => {}
+            Err(e) => return store_error(&e),
         }
         async {
             listener.await;
@@ -392,6 +466,96 @@ fn next_frames(api: &Api, after: u64) -> Result<(Vec<Vec<u8>>, u64), StoreError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media_pipe::{SendKind, UploadFacts};
+    use crate::media_store::{Direction, MediaRow};
+
+    fn temp_store() -> (tempfile::TempDir, crate::store::Store) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(tmp.path()).unwrap();
+        (tmp, store)
+    }
+
+    fn media_row(msg: &Message) -> InboxRow {
+        InboxRow {
+            id: "3EB0MEDIA".into(),
+            from: "15550100".into(),
+            t_secs: 5,
+            received_ms: 6,
+            content: prost::Message::encode_to_vec(msg),
+        }
+    }
+
+    fn document() -> Message {
+        let facts = UploadFacts {
+            media_key: [1; 32],
+            file_sha256: [2; 32],
+            file_enc_sha256: [3; 32],
+            file_length: 1234,
+            blob_len: 1258,
+            width: None,
+            height: None,
+            seconds: None,
+        };
+        media_pipe::media_message(
+            SendKind::File,
+            &facts,
+            "application/pdf",
+            "https://mmg.example/d/1",
+            "/d/1",
+            Some("minutes"),
+            Some("minutes.pdf"),
+            0,
+        )
+    }
+
+    #[test]
+    fn downloaded_media_renders_its_local_url_and_the_stored_size() {
+        let (_tmp, store) = temp_store();
+        let txn = store.begin().unwrap();
+        let row = media_row(&document());
+        let id = media_pipe::incoming_media_id(&row.from, &row.id);
+        let stored = MediaRow {
+            direction: Direction::Incoming,
+            len: 1234,
+            created_ms: 1,
+            expires_ms: u64::MAX,
+            mimetype: "application/pdf".into(),
+            message_id: row.id.clone(),
+        };
+        media_store::put_row(&txn, &id, &stored).unwrap();
+        let v = message_json(&txn, 9, &row).unwrap();
+        assert_eq!(v["kind"], "document");
+        assert_eq!(v["text"], "minutes");
+        let m = &v["media"];
+        assert_eq!(m["url"], format!("/v1/media/{}", id.to_hex()));
+        assert_eq!(m["mimetype"], "application/pdf");
+        assert_eq!(m["size"], 1234);
+        assert_eq!(m["filename"], "minutes.pdf");
+        assert!(m.get("error").is_none());
+    }
+
+    #[test]
+    fn media_without_a_stored_file_renders_an_error_and_no_url() {
+        let (_tmp, store) = temp_store();
+        let txn = store.begin().unwrap();
+        let row = media_row(&document());
+        let v = message_json(&txn, 9, &row).unwrap();
+        assert!(v["media"].get("url").is_none());
+        assert_eq!(v["media"]["error"]["code"], "media_unavailable");
+        assert_eq!(v["media"]["size"], 1234);
+        let id = media_pipe::incoming_media_id(&row.from, &row.id);
+        media_pipe::record_media_failure(&txn, &id, MediaFailure::VerificationFailed).unwrap();
+        let v = message_json(&txn, 9, &row).unwrap();
+        assert_eq!(v["media"]["error"]["code"], "media_verification_failed");
+    }
+
+    #[test]
+    fn text_messages_have_no_media_object() {
+        let (_tmp, store) = temp_store();
+        let row = media_row(&Message::text("hi"));
+        let v = message_json(&store.begin().unwrap(), 1, &row).unwrap();
+        assert!(v.get("media").is_none());
+    }
 
     #[test]
     fn message_object_renders_text_and_reply() {
@@ -403,7 +567,8 @@ mod tests {
             received_ms: 6,
             content: prost::Message::encode_to_vec(&msg),
         };
-        let v = message_json(3, &row);
+        let (_tmp, store) = temp_store();
+        let v = message_json(&store.begin().unwrap(), 3, &row).unwrap();
         assert_eq!(v["cursor"], 3);
         assert_eq!(v["from"], "+15550100");
         assert_eq!(v["kind"], "text");
@@ -420,7 +585,8 @@ mod tests {
             received_ms: 0,
             content: vec![0xff, 0xff, 0xff],
         };
-        let v = message_json(1, &row);
+        let (_tmp, store) = temp_store();
+        let v = message_json(&store.begin().unwrap(), 1, &row).unwrap();
         assert_eq!(v["kind"], "unknown");
         assert!(v.get("text").is_none());
     }

@@ -14,7 +14,7 @@ use super::{Api, MAX_JSON_BODY_BYTES, body_error, now_ms, rfc3339, store_error};
 use crate::content::{self, ContentKind, Message};
 use crate::http::{Request, Response};
 use crate::metrics::Counter;
-use crate::store::{OutboxRow, OutboxStatus};
+use crate::store::{OutboxRow, OutboxStatus, StoreError, Txn};
 
 /// Longest `Idempotency-Key`, in bytes (visible ASCII only).
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
@@ -32,7 +32,7 @@ struct SendJson {
     reply_to: Option<String>,
 }
 
-fn bad(code: &str, message: &str) -> Response {
+pub(crate) fn bad(code: &str, message: &str) -> Response {
     Response::json_error(400, code, message)
 }
 
@@ -52,21 +52,9 @@ pub fn error_message(code: &str) -> String {
 
 /// `POST /v1/messages`.
 pub async fn send(api: &Rc<Api>, req: Request) -> Response {
-    let key = match req.header("idempotency-key") {
-        None => None,
-        Some(k)
-            if !k.is_empty()
-                && k.len() <= MAX_IDEMPOTENCY_KEY_BYTES
-                && k.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            Some(k.to_string())
-        }
-        Some(_) => {
-            return bad(
-                "bad_idempotency_key",
-                "Idempotency-Key must be 1 to 128 visible ASCII characters",
-            );
-        }
+    let key = match idempotency_key(&req) {
+        Ok(k) => k,
+        Err(r) => return r,
     };
     let content_type = req.head.content_type();
     let (to, text, reply_to) = match content_type.as_deref() {
@@ -124,6 +112,92 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
     queue_text(api, key, &digits, text, reply_to)
 }
 
+/// The `Idempotency-Key` header: absent, or 1 to [`MAX_IDEMPOTENCY_KEY_BYTES`] visible ASCII
+/// characters (else the 400 to answer).
+pub(crate) fn idempotency_key(req: &Request) -> Result<Option<String>, Response> {
+    match req.header("idempotency-key") {
+        None => Ok(None),
+        Some(k)
+            if !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY_BYTES
+                && k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(k.to_string()))
+        }
+        Some(_) => Err(bad(
+            "bad_idempotency_key",
+            "Idempotency-Key must be 1 to 128 visible ASCII characters",
+        )),
+    }
+}
+
+/// The answer for a retry: `Some(202 with the first id)` when `key` was used before (or the
+/// 503 if its record is unreadable), `None` when the send is new.
+pub(crate) fn replayed(api: &Api, txn: &Txn, key: Option<&str>) -> Option<Response> {
+    let k = key?;
+    match txn.idempotency(k) {
+        Ok(Some(row)) => Some(match decode_idempotency(&row) {
+            Some(id) => accepted(&id, existing_status(api, txn, &id)),
+            None => store_error(&crate::store::StoreError::Corrupt {
+                table: "idempotency",
+                detail: "bad row",
+            }),
+        }),
+        Ok(None) => None,
+        Err(e) => Some(store_error(&e)),
+    }
+}
+
+/// A fresh message id for a message we send at `now_ms`.
+pub(crate) fn new_message_id(api: &Api, now_ms: u64) -> String {
+    let mut random = [0u8; 16];
+    rand::rng().fill_bytes(&mut random);
+    content::message_id(now_ms / 1000, &api.account, &random)
+        .as_str()
+        .to_string()
+}
+
+/// A `queued` outbox row for `content` (the unpadded protobuf) to `digits`.
+pub(crate) fn queued_row(
+    id: String,
+    digits: &str,
+    kind: ContentKind,
+    now_ms: u64,
+    content: Vec<u8>,
+) -> OutboxRow {
+    OutboxRow {
+        id,
+        to: digits.to_string(),
+        kind: kind.to_byte(),
+        status: OutboxStatus::Queued,
+        created_ms: now_ms,
+        updated_ms: now_ms,
+        error_code: String::new(),
+        content,
+        stanza: Vec::new(),
+    }
+}
+
+/// Writes `row`, whatever `also` adds, and the idempotency record in `txn`, commits, wakes
+/// the link, and answers 202. Every send route ends here, so a send is one transaction.
+pub(crate) fn commit_queued(
+    api: &Api,
+    txn: Txn,
+    key: Option<&str>,
+    row: &OutboxRow,
+    also: impl FnOnce(&Txn) -> Result<(), StoreError>,
+) -> Result<Response, StoreError> {
+    txn.outbox_insert(row)?;
+    also(&txn)?;
+    if let Some(k) = key {
+        txn.put_idempotency(k, &encode_idempotency(&row.id))?;
+    }
+    api.metrics.commit(txn)?;
+    api.metrics.inc(Counter::MessageOut(OutboxStatus::Queued));
+    api.link.wake();
+    Ok(accepted(&row.id, OutboxStatus::Queued))
+}
+
 fn queue_text(
     api: &Rc<Api>,
     key: Option<String>,
@@ -135,20 +209,8 @@ fn queue_text(
         Ok(t) => t,
         Err(e) => return store_error(&e),
     };
-    if let Some(k) = &key {
-        match txn.idempotency(k) {
-            Ok(Some(row)) => {
-                return match decode_idempotency(&row) {
-                    Some(id) => accepted(&id, existing_status(api, &txn, &id)),
-                    None => store_error(&crate::store::StoreError::Corrupt {
-                        table: "idempotency",
-                        detail: "bad row",
-                    }),
-                };
-            }
-            Ok(None) => {}
-            Err(e) => return store_error(&e),
-        }
+    if let Some(r) = replayed(api, &txn, key.as_deref()) {
+        return r;
     }
     let now = now_ms();
     let msg = match &reply_to {
@@ -175,43 +237,24 @@ fn queue_text(
             ),
         );
     }
-    let mut random = [0u8; 16];
-    rand::rng().fill_bytes(&mut random);
-    let id = content::message_id(now / 1000, &api.account, &random);
-    let row = OutboxRow {
-        id: id.as_str().to_string(),
-        to: digits.to_string(),
-        kind: ContentKind::Text.to_byte(),
-        status: OutboxStatus::Queued,
-        created_ms: now,
-        updated_ms: now,
-        error_code: String::new(),
-        content: bytes,
-        stanza: Vec::new(),
-    };
-    let written = txn.outbox_insert(&row).and_then(|_| match &key {
-        Some(k) => txn.put_idempotency(k, &encode_idempotency(&row.id)),
-        None => Ok(()),
-    });
-    if let Err(e) = written {
-        return store_error(&e);
-    }
-    if let Err(e) = api.metrics.commit(txn) {
-        return store_error(&e);
-    }
-    api.metrics.inc(Counter::MessageOut(OutboxStatus::Queued));
-    api.link.wake();
-    accepted(&row.id, OutboxStatus::Queued)
+    let row = queued_row(
+        new_message_id(api, now),
+        digits,
+        ContentKind::Text,
+        now,
+        bytes,
+    );
+    commit_queued(api, txn, key.as_deref(), &row, |_| Ok(())).unwrap_or_else(|e| store_error(&e))
 }
 
-fn existing_status(_api: &Api, txn: &crate::store::Txn, id: &str) -> OutboxStatus {
+fn existing_status(_api: &Api, txn: &Txn, id: &str) -> OutboxStatus {
     match txn.outbox_by_id(id) {
         Ok(Some((_, row))) => row.status,
         _ => OutboxStatus::Queued,
     }
 }
 
-fn accepted(id: &str, status: OutboxStatus) -> Response {
+pub(crate) fn accepted(id: &str, status: OutboxStatus) -> Response {
     Response::json(
         202,
         &serde_json::json!({"id": id, "status": status.as_str()}),

@@ -10,11 +10,12 @@
 //!
 //! Submodules: [`auth`] (token file, host check, rate limit), [`messages`] (send, status),
 //! [`inbox`] (long-poll, read marks, SSE, the message object), [`contacts`] (contacts, trust,
-//! identity), [`webhook`] (the delivery worker).
+//! identity), [`media`] (send media, fetch received media), [`webhook`] (the delivery worker).
 
 pub mod auth;
 pub mod contacts;
 pub mod inbox;
+pub mod media;
 pub mod messages;
 pub mod webhook;
 
@@ -25,6 +26,7 @@ use std::rc::Rc;
 use crate::daemon::{LinkControl, LinkState};
 use crate::events::EventBus;
 use crate::http::{HttpError, Request, Response, percent_decode};
+use crate::media_store::MediaStore;
 use crate::metrics::{Gauge, Metrics};
 use crate::store::{Store, StoreError};
 
@@ -42,6 +44,8 @@ pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024;
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/messages"),
     ("GET", "/v1/messages/{id}"),
+    ("POST", "/v1/media"),
+    ("GET", "/v1/media/{id}"),
     ("GET", "/v1/inbox"),
     ("POST", "/v1/inbox/{cursor}/read"),
     ("GET", "/v1/events"),
@@ -89,6 +93,14 @@ pub struct ApiParts {
     pub metrics: Rc<Metrics>,
     pub link: Rc<dyn LinkControl>,
     pub limits: ApiLimits,
+    /// Blob files: outgoing blobs written by `POST /v1/media`, received plaintext read by
+    /// `GET /v1/media/{id}`.
+    pub media: Rc<MediaStore>,
+    /// `[media] public_url` (`https://host:port`, no trailing slash needed): the origin of the
+    /// URL put in sent media messages. `None` (media host off) makes `POST /v1/media` 503.
+    pub media_public_url: Option<String>,
+    /// `[media] blob_expiry_secs` in milliseconds: how long a sent blob is hosted.
+    pub media_blob_expiry_ms: u64,
 }
 
 /// The API's shared state. One per daemon, shared as `Rc<Api>`.
@@ -103,6 +115,9 @@ pub struct Api {
     pub(crate) limits: ApiLimits,
     rate: RefCell<auth::RateLimiter>,
     pub(crate) sse_clients: Rc<Cell<usize>>,
+    pub(crate) media: Rc<MediaStore>,
+    pub(crate) media_public_url: Option<String>,
+    pub(crate) media_blob_expiry_ms: u64,
 }
 
 /// A matched route, with its decoded path parameter.
@@ -110,6 +125,8 @@ pub struct Api {
 pub enum Route {
     Send,
     Status(String),
+    SendMedia,
+    Media(String),
     Inbox,
     MarkRead(String),
     Events,
@@ -137,6 +154,10 @@ pub fn route(method: &str, path: &str) -> Routed {
         ["v1", "messages"] => ((method == "POST").then_some(Route::Send), "POST"),
         ["v1", "messages", id] if !id.is_empty() => {
             ((method == "GET").then(|| Route::Status(param(id))), "GET")
+        }
+        ["v1", "media"] => ((method == "POST").then_some(Route::SendMedia), "POST"),
+        ["v1", "media", id] if !id.is_empty() => {
+            ((method == "GET").then(|| Route::Media(param(id))), "GET")
         }
         ["v1", "inbox"] => ((method == "GET").then_some(Route::Inbox), "GET"),
         ["v1", "inbox", c, "read"] if !c.is_empty() => (
@@ -220,6 +241,9 @@ impl Api {
             link: parts.link,
             limits: parts.limits,
             sse_clients: Rc::new(Cell::new(0)),
+            media: parts.media,
+            media_public_url: parts.media_public_url,
+            media_blob_expiry_ms: parts.media_blob_expiry_ms,
         })
     }
 
@@ -275,6 +299,8 @@ impl Api {
         match route {
             Route::Send => messages::send(self, req).await,
             Route::Status(id) => messages::status(self, &id),
+            Route::SendMedia => media::send(self, req).await,
+            Route::Media(id) => media::fetch(self, &req, &id),
             Route::Inbox => inbox::long_poll(self, &req).await,
             Route::MarkRead(cursor) => inbox::mark_read(self, &cursor),
             Route::Events => inbox::events(self, &req),
@@ -349,6 +375,14 @@ mod tests {
         assert_eq!(
             route("GET", "/v1/contacts/%2B49151"),
             Routed::Found(Route::Contact("+49151".into()))
+        );
+        assert_eq!(
+            route("GET", "/v1/media/00ff"),
+            Routed::Found(Route::Media("00ff".into()))
+        );
+        assert_eq!(
+            route("GET", "/v1/media"),
+            Routed::WrongMethod { allow: "POST" }
         );
     }
 

@@ -18,6 +18,18 @@ usage:
       create provider account NAME ({integrator}-{user}) and print an interopd.conf for it;
       optionally register a media host the proxy may fetch from, pinned to its key
   interop-hub --version
+
+control API (plain HTTP on the loopback --control address; docs/protocol.md section 19):
+  GET  /users                          list simulated users
+  POST /users                          {\"phone\", \"devices\"?, \"behavior\"?} create one
+  POST /users/{phone}/send             {\"to\", \"text\"} or {\"to\", \"media\": {...}};
+                                       to: an account, or +phone of a simulated user
+  GET  /users/{phone}/received         what that user decrypted (media: checked sha256)
+  POST /users/{phone}/reinstall        new identities; body {\"notify\": false} tells no
+                                       contact (they learn only from retry receipts)
+  POST /users/{phone}/behavior         {\"behavior\"}
+  POST /connections/drop               close every client connection
+  GET  /stats                          counters
 ";
 
 const EXIT_USAGE: u8 = 2;

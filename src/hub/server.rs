@@ -27,7 +27,7 @@ use smol::channel::{Receiver, Sender};
 
 use super::media::MediaStore;
 use super::proxy;
-use super::state::{AccountBook, ConnId, ControlError, Hub, Output};
+use super::state::{AccountBook, ConnId, ControlError, Hub, MediaFetch, Output};
 use crate::client::{FrameReader, framed};
 use crate::content::Message;
 use crate::http::{self, Request, Response, ServeOptions};
@@ -175,6 +175,8 @@ struct Shell {
     state_dir: PathBuf,
     conns: HashMap<ConnId, Sender<ToConn>>,
     wake_timer: Option<Sender<()>>,
+    /// Blobs simulated users need, for the fetcher task.
+    fetches: Option<Sender<MediaFetch>>,
 }
 
 type Shared = Rc<RefCell<Shell>>;
@@ -202,9 +204,48 @@ fn pump(shared: &Shared) {
             }
         }
     }
+    while let Some(f) = sh.hub.poll_media_fetch() {
+        // The channel is unbounded; the core bounds how many fetches wait
+        // (MAX_PENDING_MEDIA_FETCHES).
+        if let Some(tx) = &sh.fetches {
+            let _ = tx.try_send(f);
+        }
+    }
     if let Some(w) = &sh.wake_timer {
         let _ = w.try_send(());
     }
+}
+
+/// Fetches `url` for provider `account` exactly as `GET /proxy/{account}?url=` does: only
+/// from a media host registered for that provider, pinned to its key, within the proxy's
+/// bounds.
+pub async fn proxy_fetch(
+    state_dir: &Path,
+    account: &str,
+    url: &str,
+) -> Result<Vec<u8>, proxy::ProxyError> {
+    let hosts = proxy::load_hosts(state_dir, account)?;
+    let (host, path) = proxy::check_url(&hosts, url)?;
+    proxy::fetch(host, &path).await
+}
+
+/// Performs one simulated user's media fetch and hands the result to the core.
+async fn fetch_for_sim(shared: Shared, f: MediaFetch) {
+    let state_dir = shared.borrow().state_dir.clone();
+    let got = proxy_fetch(&state_dir, &f.account, &f.url).await;
+    if let Err(e) = &got {
+        log::warn!(
+            "hub: media fetch for a simulated user from {}: {e}",
+            f.account
+        );
+    }
+    let blob = got.map_err(|e| e.status_code().1.to_owned());
+    {
+        let mut sh = shared.borrow_mut();
+        let Shell { hub, media, .. } = &mut *sh;
+        hub.media_fetched(f.ticket, blob, media.as_ref(), now_ms(), &mut rand::rng());
+    }
+    pump(&shared);
 }
 
 /// Runs the hub until the process is stopped.
@@ -278,12 +319,14 @@ pub async fn run(opts: HubOptions) -> Result<(), ServeError> {
         MediaStore::new(&opts.state_dir, &format!("https://{host}:{}", addr.port()))
     });
     let (wake_tx, wake_rx) = smol::channel::bounded(1);
+    let (fetch_tx, fetch_rx) = smol::channel::unbounded();
     let shared: Shared = Rc::new(RefCell::new(Shell {
         hub,
         media,
         state_dir: opts.state_dir.clone(),
         conns: HashMap::new(),
         wake_timer: Some(wake_tx),
+        fetches: Some(fetch_tx),
     }));
     pump(&shared);
     let ex = Rc::new(smol::LocalExecutor::new());
@@ -389,8 +432,18 @@ pub async fn run(opts: HubOptions) -> Result<(), ServeError> {
             }
         }
     };
+    let fetcher = {
+        let shared = Rc::clone(&shared);
+        let ex2 = Rc::clone(&ex);
+        async move {
+            while let Ok(f) = fetch_rx.recv().await {
+                ex2.spawn(fetch_for_sim(Rc::clone(&shared), f)).detach();
+            }
+        }
+    };
     ex.run(async {
         ex.spawn(timers).detach();
+        ex.spawn(fetcher).detach();
         ex.spawn(control_api).detach();
         ex.spawn(media_api).detach();
         accept.await
@@ -413,13 +466,7 @@ async fn handle_media(shared: &Shared, req: &Request) -> Response {
             let Some(url) = req.query_param("url") else {
                 return Response::json_error(400, "bad_url", "give ?url=");
             };
-            let fetched = match proxy::load_hosts(&state_dir, account)
-                .and_then(|hosts| proxy::check_url(&hosts, &url).map(|(h, p)| (h.clone(), p)))
-            {
-                Ok((host, path)) => proxy::fetch(&host, &path).await,
-                Err(e) => Err(e),
-            };
-            return match fetched {
+            return match proxy_fetch(&state_dir, account, &url).await {
                 Ok(blob) => {
                     shared.borrow_mut().hub.count_media_proxied();
                     Response::bytes(200, "application/octet-stream", blob)
@@ -550,6 +597,17 @@ struct BehaviorBody {
     behavior: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReinstallBody {
+    #[serde(default = "yes")]
+    notify: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 fn control_error(e: ControlError) -> Response {
     match e {
         ControlError::UnknownUser => Response::json_error(404, "unknown_user", &e.to_string()),
@@ -674,14 +732,27 @@ async fn handle_control(shared: &Shared, req: Request) -> Response {
         },
         ("POST", ["users", phone, "reinstall"]) => {
             let phone = phone.to_string();
+            // The body is optional: none (or an empty one) means {"notify": true}.
+            let body = match req.body.read_to_vec(MAX_CONTROL_BODY_BYTES).await {
+                Ok(b) => b,
+                Err(e) => return Response::json_error(400, "bad_request", &e.to_string()),
+            };
+            let notify = if body.iter().all(u8::is_ascii_whitespace) {
+                true
+            } else {
+                match serde_json::from_slice::<ReinstallBody>(&body) {
+                    Ok(b) => b.notify,
+                    Err(e) => return Response::json_error(400, "bad_request", &e.to_string()),
+                }
+            };
             let done = shared
                 .borrow_mut()
                 .hub
-                .reinstall(&phone, now, &mut rand::rng());
+                .reinstall(&phone, notify, now, &mut rand::rng());
             match done {
                 Ok(()) => Response::json(
                     200,
-                    &serde_json::json!({"phone": phone, "reinstalled": true}),
+                    &serde_json::json!({"phone": phone, "reinstalled": true, "notified": notify}),
                 ),
                 Err(e) => control_error(e),
             }
@@ -720,6 +791,8 @@ async fn handle_control(shared: &Shared, req: Request) -> Response {
                     "offline_queue_depth": sh.hub.queue_depth(),
                     "prekeys_handed_out": s.prekeys_handed_out,
                     "media_proxied": s.media_proxied,
+                    "retry_receipts_routed": s.retry_receipts_routed,
+                    "resends_routed": s.resends_routed,
                     "connections": sh.hub.connection_count(),
                 }),
             )
@@ -819,6 +892,7 @@ pub fn provision(state_dir: &Path, name: &str, connect: &str) -> Result<String, 
         api_host_names: Vec::new(),
         state_dir: PathBuf::from(crate::config::DEFAULT_STATE_DIR),
         webhook: None,
+        media: crate::config::MediaConfig::default(),
     };
     Ok(config.to_string())
 }

@@ -23,8 +23,9 @@ use std::path::{Path, PathBuf};
 
 use rand::{CryptoRng, Rng};
 
+use super::media::MediaStore;
 use super::store::{DeviceRecord, HubStore, UserRecord};
-use super::users::{Behavior, Directory, SimAction, SimError, SimUser, SimUsers};
+use super::users::{Behavior, Directory, PendingMedia, SimAction, SimError, SimUser, SimUsers};
 use crate::content::{self, Message};
 use crate::jid::{self, Jid, Server};
 use crate::login::{self, AccountRecord, LoginFailure, ServerLogin, ServerStep};
@@ -50,6 +51,9 @@ pub const MAX_PARTICIPANTS: usize = 64;
 pub const MAX_IQ_ID_BYTES: usize = 64;
 /// Most simulated users one hub hosts.
 pub const MAX_SIM_USERS: usize = 256;
+/// Most media blobs waiting to be fetched for simulated users at once; a media message
+/// beyond it is recorded with the error `busy`.
+pub const MAX_PENDING_MEDIA_FETCHES: usize = 64;
 
 /// A connection, numbered by the core.
 pub type ConnId = u64;
@@ -61,6 +65,18 @@ pub enum Output {
     Send { conn: ConnId, payload: Vec<u8> },
     /// Close the connection after writing what was sent before.
     Close { conn: ConnId },
+}
+
+/// A blob the shell fetches through the media proxy for a simulated user (the same path as
+/// `GET /proxy/{account}?url=`), then hands back with [`Hub::media_fetched`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaFetch {
+    /// Names this fetch in [`Hub::media_fetched`].
+    pub ticket: u64,
+    /// The provider account whose registered media hosts may serve the blob.
+    pub account: String,
+    /// The blob's URL, from the media message.
+    pub url: String,
 }
 
 /// Looks up provider accounts. The shell's book reads `<state>/accounts/`, so an account
@@ -144,6 +160,10 @@ pub struct Stats {
     pub stanzas_routed: u64,
     pub prekeys_handed_out: u64,
     pub media_proxied: u64,
+    /// `<receipt type="retry">`s routed.
+    pub retry_receipts_routed: u64,
+    /// `<message count>`s (resends after a retry receipt) routed.
+    pub resends_routed: u64,
 }
 
 /// A simulated user as the control API lists it.
@@ -227,6 +247,13 @@ pub struct Hub {
     low_notified: HashSet<String>,
     /// Stanzas for simulated devices, handled after the stanza that caused them is acked.
     sim_inbox: VecDeque<(Jid, Stanza)>,
+    /// Media messages of simulated users waiting for their blobs, by ticket.
+    pending_media: BTreeMap<u64, PendingMedia>,
+    /// Media messages refused a fetch slot, to record as `busy` at the next drain.
+    busy_media: Vec<PendingMedia>,
+    /// Fetches for the shell to start ([`Hub::poll_media_fetch`]).
+    media_fetches: VecDeque<MediaFetch>,
+    next_ticket: u64,
     stats: Stats,
 }
 
@@ -405,6 +432,10 @@ impl Hub {
             next_timer: 0,
             low_notified: HashSet::new(),
             sim_inbox: VecDeque::new(),
+            pending_media: BTreeMap::new(),
+            busy_media: Vec::new(),
+            media_fetches: VecDeque::new(),
+            next_ticket: 0,
             stats: Stats::default(),
         };
         for (phone, rec) in hub.store.users()? {
@@ -422,6 +453,64 @@ impl Hub {
     /// The counters.
     pub fn stats(&self) -> Stats {
         self.stats.clone()
+    }
+
+    /// The next blob to fetch for a simulated user; the shell fetches it through the proxy and
+    /// answers with [`media_fetched`](Self::media_fetched).
+    pub fn poll_media_fetch(&mut self) -> Option<MediaFetch> {
+        self.media_fetches.pop_front()
+    }
+
+    /// The shell fetched the blob of fetch `ticket` (`Ok`), or could not (`Err` with the
+    /// proxy's error code). The simulated user verifies it, records it, and the echo user
+    /// answers, with a fresh blob in `media_store` when there is one. A fetched blob counts in
+    /// `media_proxied`.
+    pub fn media_fetched<R: Rng + CryptoRng>(
+        &mut self,
+        ticket: u64,
+        blob: Result<Vec<u8>, String>,
+        media_store: Option<&MediaStore>,
+        now_ms: u64,
+        rng: &mut R,
+    ) {
+        let Some(pending) = self.pending_media.remove(&ticket) else {
+            return;
+        };
+        if blob.is_ok() {
+            self.stats.media_proxied += 1;
+        }
+        self.sim_media_done(&pending, blob, media_store, now_ms, rng);
+        self.drain_sims(now_ms, rng);
+    }
+
+    fn sim_media_done<R: Rng + CryptoRng>(
+        &mut self,
+        pending: &PendingMedia,
+        blob: Result<Vec<u8>, String>,
+        media_store: Option<&MediaStore>,
+        now_ms: u64,
+        rng: &mut R,
+    ) {
+        let Hub {
+            sims, store, stats, ..
+        } = self;
+        let Some(user) = sims.users.get_mut(&pending.phone) else {
+            return;
+        };
+        let mut dir = SimDirectory {
+            store,
+            stats,
+            drained: Vec::new(),
+        };
+        let result = user.media_fetched(pending, blob, media_store, &mut dir, now_ms, rng);
+        let drained = dir.drained;
+        match result {
+            Ok(actions) => self.run_actions(actions, now_ms),
+            Err(e) => log::warn!("hub: simulated {}: {e}", pending.phone),
+        }
+        for d in drained {
+            self.prekeys_low(&d, now_ms, rng);
+        }
     }
 
     /// Counts one blob served by the media proxy.
@@ -1039,6 +1128,9 @@ impl Hub {
             self.deliver(&target, out, &ack_key("message", id, ""))?;
         }
         self.stats.stanzas_routed += 1;
+        if s.attr_value("count").is_some() {
+            self.stats.resends_routed += 1;
+        }
         if let Err(e) = self
             .store
             .add_contact(&from.to_user().to_string(), &to.to_string())
@@ -1085,6 +1177,9 @@ impl Hub {
             )?;
         }
         self.stats.stanzas_routed += 1;
+        if kind == "retry" {
+            self.stats.retry_receipts_routed += 1;
+        }
         Ok(to.to_string())
     }
 
@@ -1176,8 +1271,14 @@ impl Hub {
 
     /// Lets simulated users handle what was delivered to them, and what their answers cause.
     fn drain_sims<R: Rng + CryptoRng>(&mut self, now_ms: u64, rng: &mut R) {
-        while let Some((device, s)) = self.sim_inbox.pop_front() {
-            self.sim_receive(&device, &s, now_ms, rng);
+        loop {
+            if let Some((device, s)) = self.sim_inbox.pop_front() {
+                self.sim_receive(&device, &s, now_ms, rng);
+            } else if let Some(p) = self.busy_media.pop() {
+                self.sim_media_done(&p, Err("busy".into()), None, now_ms, rng);
+            } else {
+                return;
+            }
         }
     }
 
@@ -1188,7 +1289,8 @@ impl Hub {
         now_ms: u64,
         rng: &mut R,
     ) {
-        if s.tag != "message" {
+        let retry = s.tag == "receipt" && s.attr_value("type") == Some("retry");
+        if s.tag != "message" && !retry {
             return;
         }
         let Hub {
@@ -1202,7 +1304,12 @@ impl Hub {
             stats,
             drained: Vec::new(),
         };
-        let result = user.receive(device.device.unwrap_or(0), s, &mut dir, now_ms, rng);
+        let d = device.device.unwrap_or(0);
+        let result = if retry {
+            user.receive_retry(d, s, &mut dir, now_ms, rng)
+        } else {
+            user.receive(d, s, &mut dir, now_ms, rng)
+        };
         let drained = dir.drained;
         match result {
             Ok(actions) => self.run_actions(actions, now_ms),
@@ -1257,6 +1364,24 @@ impl Hub {
                     if let Err(e) = self.store.push_received(&phone, &bytes) {
                         log::error!("hub: {e}");
                     }
+                }
+                SimAction::FetchMedia(pending) => {
+                    if self.pending_media.len() >= MAX_PENDING_MEDIA_FETCHES {
+                        log::warn!(
+                            "hub: too many media fetches waiting; {} not fetched",
+                            pending.id
+                        );
+                        self.busy_media.push(*pending);
+                        continue;
+                    }
+                    self.next_ticket += 1;
+                    let ticket = self.next_ticket;
+                    self.media_fetches.push_back(MediaFetch {
+                        ticket,
+                        account: pending.from.user.clone(),
+                        url: pending.url.clone(),
+                    });
+                    self.pending_media.insert(ticket, *pending);
                 }
             }
         }
@@ -1396,8 +1521,8 @@ impl Hub {
         })
     }
 
-    /// Makes a simulated user send `message` to an interop account (`POST /users/{p}/send`).
-    /// Returns the message id.
+    /// Makes a simulated user send `message` to an interop account, or to another simulated
+    /// user named by its `+phone` (`POST /users/{p}/send`). Returns the message id.
     pub fn sim_send<R: Rng + CryptoRng>(
         &mut self,
         phone: &str,
@@ -1407,11 +1532,15 @@ impl Hub {
         rng: &mut R,
     ) -> Result<String, ControlError> {
         let digits = self.sim_phone(phone)?;
-        let to_user = to_account.split(['@', ':']).next().unwrap_or(to_account);
-        jid::check_account(to_user).map_err(|e| ControlError::BadRequest {
-            detail: e.to_string(),
-        })?;
-        let to = Jid::interop(to_user.to_owned(), None);
+        let to = if to_account.starts_with('+') {
+            Jid::whatsapp(self.sim_phone(to_account)?, None)
+        } else {
+            let to_user = to_account.split(['@', ':']).next().unwrap_or(to_account);
+            jid::check_account(to_user).map_err(|e| ControlError::BadRequest {
+                detail: e.to_string(),
+            })?;
+            Jid::interop(to_user.to_owned(), None)
+        };
         let Hub {
             sims, store, stats, ..
         } = self;
@@ -1455,22 +1584,42 @@ impl Hub {
             .collect())
     }
 
-    /// Gives a simulated user new identities (`POST /users/{p}/reinstall`) and tells its
-    /// contacts.
+    /// Gives a simulated user new identities (`POST /users/{p}/reinstall`). With `notify`,
+    /// its contacts are told (an `identity` notification; other simulated users drop their
+    /// sessions with it); without, they learn only from retry receipts, as when the
+    /// notification is lost.
     pub fn reinstall<R: Rng + CryptoRng>(
         &mut self,
         phone: &str,
+        notify: bool,
         now_ms: u64,
         rng: &mut R,
     ) -> Result<(), ControlError> {
         let digits = self.sim_phone(phone)?;
         let root = self.sim_root.clone();
-        let actions = match self.sims.users.get_mut(&digits) {
-            Some(u) => u.reinstall(&root, now_ms, rng)?,
+        let (actions, devices) = match self.sims.users.get_mut(&digits) {
+            Some(u) => {
+                let actions = u.reinstall(&root, now_ms, rng)?;
+                let devices: Vec<u32> = u.devices.iter().map(|d| d.device).collect();
+                (actions, devices)
+            }
             None => return Err(ControlError::UnknownUser),
         };
         self.run_actions(actions, now_ms);
         self.drain_sims(now_ms, rng);
+        if !notify {
+            return Ok(());
+        }
+        for (phone, u) in self.sims.users.iter_mut() {
+            if *phone == digits {
+                continue;
+            }
+            for d in &devices {
+                if let Err(e) = u.forget_device(&Jid::whatsapp(digits.clone(), Some(*d))) {
+                    log::error!("hub: {e}");
+                }
+            }
+        }
         let user = Jid::whatsapp(digits, None);
         let n = Stanza::new("notification")
             .attr("type", "identity")

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 
+use super::media::MediaStore;
 use super::state::{AccountBook, ConnId, Hub, Output};
 use crate::client::{Client, Event};
 use crate::content::Message;
@@ -43,6 +44,8 @@ struct Peer {
     client: Client,
     conn: Option<ConnId>,
     events: Vec<Event>,
+    /// Every stanza the hub wrote to this peer.
+    wire: Vec<Stanza>,
 }
 
 /// Two kinds of endpoint, one wire, one clock.
@@ -52,6 +55,8 @@ struct Net {
     peers: Vec<Peer>,
     now: u64,
     rng: StdRng,
+    /// The hub's media store, as the shell would hold it (`--media`).
+    media: Option<MediaStore>,
 }
 
 fn wa(phone: &str) -> Jid {
@@ -69,7 +74,12 @@ impl Net {
             peers: Vec::new(),
             now: T0,
             rng,
+            media: None,
         }
+    }
+
+    fn hub_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("hub")
     }
 
     fn restart_hub(&mut self) {
@@ -108,6 +118,7 @@ impl Net {
             client,
             conn: None,
             events: Vec::new(),
+            wire: Vec::new(),
         });
         self.peers.len() - 1
     }
@@ -136,6 +147,9 @@ impl Net {
                 match out {
                     Output::Send { conn, payload } => {
                         if let Some(p) = self.peers.iter_mut().find(|p| p.conn == Some(conn)) {
+                            if let Ok(s) = crate::stanza::parse(&payload) {
+                                p.wire.push(s);
+                            }
                             p.client.handle_frame(&payload, self.now, &mut self.rng);
                         }
                     }
@@ -146,6 +160,18 @@ impl Net {
                         }
                     }
                 }
+            }
+            // What the shell does for simulated users' media: the proxy's own fetch.
+            while let Some(f) = self.hub.poll_media_fetch() {
+                moved = true;
+                let got = smol::block_on(super::server::proxy_fetch(
+                    &self.hub_dir(),
+                    &f.account,
+                    &f.url,
+                ))
+                .map_err(|e| e.status_code().1.to_owned());
+                self.hub
+                    .media_fetched(f.ticket, got, self.media.as_ref(), self.now, &mut self.rng);
             }
             for p in &mut self.peers {
                 while let Some(e) = p.client.poll_event() {
@@ -388,7 +414,7 @@ fn reinstall_is_seen_as_identity_change_and_new_session_works() {
     net.send_text(a, &wa("15550100"), "before");
     assert_eq!(texts(&net.take_events(a)), vec!["echo: before".to_owned()]);
     net.hub
-        .reinstall("+15550100", net.now, &mut net.rng)
+        .reinstall("+15550100", true, net.now, &mut net.rng)
         .unwrap();
     net.run();
     let ev = net.take_events(a);
@@ -562,4 +588,413 @@ fn second_login_of_same_device_replaces_the_first() {
     net.connect(a, TOKEN);
     assert_ne!(net.peers[a].conn, Some(old));
     assert_eq!(net.hub.connection_count(), 1);
+}
+
+// ---- retry receipts ---------------------------------------------------------------------
+
+/// The retry receipts peer `i` got, read back.
+fn retry_receipts(net: &Net, i: usize) -> Vec<crate::retry::RetryReceipt> {
+    net.peers[i]
+        .wire
+        .iter()
+        .filter(|s| s.tag == "receipt" && s.attr_value("type") == Some("retry"))
+        .map(|s| crate::retry::parse_retry_receipt(s).unwrap())
+        .collect()
+}
+
+/// A `<message>` to `to`'s device 0 whose `msg` no session can open.
+fn undecryptable(id: &str, to: &str) -> Stanza {
+    Stanza::new("message")
+        .attr("id", id)
+        .attr("to", format!("{to}@s.whatsapp.net"))
+        .attr("type", "text")
+        .child(
+            Stanza::new("participants").child(
+                Stanza::new("to")
+                    .attr("jid", format!("{to}:0@s.whatsapp.net"))
+                    .child(
+                        Stanza::new("enc")
+                            .attr("v", "2")
+                            .attr("type", "msg")
+                            .bytes(vec![0x33; 60]),
+                    ),
+            ),
+        )
+}
+
+#[test]
+fn undecryptable_message_gets_five_retry_receipts_with_keys_from_the_second() {
+    let mut net = Net::new();
+    net.user("+15550100", "silent");
+    let a = net.online("acme-home");
+    let id = "3EB0000000000000000001";
+    for _ in 0..7 {
+        let s = undecryptable(id, "15550100");
+        net.peers[a].client.send_raw(&s, net.now);
+        net.run();
+    }
+    let ev = net.take_events(a);
+    // Every copy was taken by the server (acked without error).
+    assert_eq!(
+        acks(&ev),
+        vec![(id.to_owned(), None); 7],
+        "the hub took every copy"
+    );
+    let got = retry_receipts(&net, a);
+    assert_eq!(
+        got.iter().map(|r| r.count).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5],
+        "at most MAX_RETRY_RECEIPTS"
+    );
+    assert!(got.iter().all(|r| r.id.as_str() == id));
+    assert!(got[0].keys.is_none(), "count 1 has no keys");
+    assert_eq!(net.hub.stats().retry_receipts_routed, 5);
+    let sim = Jid::whatsapp("15550100", Some(0));
+    let mut prekeys = std::collections::HashSet::new();
+    for r in &got[1..] {
+        let k = r.keys.as_ref().unwrap();
+        assert_eq!(k.registration_id, got[0].registration_id);
+        let mut spk = vec![crate::signal::KEY_TYPE_DJB];
+        spk.extend_from_slice(&k.signed_prekey.public);
+        assert!(crate::signal::verify_signature(
+            &k.identity,
+            &spk,
+            &k.signed_prekey.signature
+        ));
+        assert!(
+            prekeys.insert(k.prekey.unwrap().id),
+            "a fresh prekey each time"
+        );
+    }
+    // The receipts came from the device that failed.
+    assert!(net.peers[a].wire.iter().any(|s| s.tag == "receipt"
+        && s.attr_value("type") == Some("retry")
+        && s.attr_value("from") == Some(sim.to_string().as_str())));
+    assert!(net.hub.received("+15550100").unwrap().is_empty());
+}
+
+#[test]
+fn reinstall_without_notification_recovers_through_retry_receipts() {
+    let mut net = Net::new();
+    net.user("+15550200", "silent");
+    net.user("+15550201", "silent");
+    let before = Message::text("before");
+    net.hub
+        .sim_send("+15550200", "+15550201", &before, net.now, &mut net.rng)
+        .unwrap();
+    net.hub
+        .reinstall("+15550201", false, net.now, &mut net.rng)
+        .unwrap();
+    // The sender still holds the old session; the reinstalled device cannot open what it
+    // makes, asks again, and the sender rebuilds the session and resends under the same id.
+    let after = Message::text("after");
+    let id = net
+        .hub
+        .sim_send("+15550200", "+15550201", &after, net.now, &mut net.rng)
+        .unwrap();
+    let got = net.hub.received("+15550201").unwrap();
+    let texts: Vec<&str> = got.iter().filter_map(|r| r["text"].as_str()).collect();
+    assert_eq!(texts, vec!["before", "after"], "{got:?}");
+    assert_eq!(got.iter().filter(|r| r["id"] == id.as_str()).count(), 1);
+    let stats = net.hub.stats();
+    assert_eq!(
+        (stats.retry_receipts_routed, stats.resends_routed),
+        (1, 1),
+        "one retry receipt, one resend"
+    );
+    // The next message rides the rebuilt session without another retry.
+    let again = Message::text("again");
+    net.hub
+        .sim_send("+15550200", "+15550201", &again, net.now, &mut net.rng)
+        .unwrap();
+    assert_eq!(net.hub.received("+15550201").unwrap().len(), 3);
+}
+
+#[test]
+fn reinstall_without_notification_reaches_the_client_only_as_a_retry_receipt() {
+    let mut net = Net::new();
+    net.user("+15550100", "silent");
+    let a = net.online("acme-home");
+    net.send_text(a, &wa("15550100"), "before");
+    net.take_events(a);
+    net.hub
+        .reinstall("+15550100", false, net.now, &mut net.rng)
+        .unwrap();
+    net.run();
+    let ev = net.take_events(a);
+    assert!(
+        !ev.iter()
+            .any(|e| matches!(e, Event::IdentityChanged { .. })),
+        "{ev:?}"
+    );
+    let id = net.send_text(a, &wa("15550100"), "after");
+    let got = retry_receipts(&net, a);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].id.as_str(), got[0].count), (id.as_str(), 1));
+    assert!(net.hub.received("+15550100").unwrap().len() == 1);
+}
+
+#[test]
+fn retry_receipt_with_keys_gets_the_same_message_resent_once_per_count() {
+    let mut net = Net::new();
+    net.user("+15550100", "silent");
+    let a = net.online("acme-home");
+    let id = net
+        .hub
+        .sim_send(
+            "+15550100",
+            "acme-home",
+            &Message::text("hi"),
+            net.now,
+            &mut net.rng,
+        )
+        .unwrap();
+    net.run();
+    assert_eq!(texts(&net.take_events(a)), vec!["hi".to_owned()]);
+    // The client asks again with its keys, as a device that lost its session would.
+    let keys = {
+        let txn = net.peers[a].client.store().begin().unwrap();
+        let prekey = crate::signal::prekey_ids(&txn, 1).unwrap()[0];
+        crate::signal::own_bundle(&txn, Some(prekey)).unwrap()
+    };
+    let receipt = crate::retry::RetryReceipt {
+        id: crate::content::MessageId::parse(&id).unwrap(),
+        count: 2,
+        t_secs: net.now / 1000,
+        registration_id: keys.registration_id,
+        keys: Some(keys),
+    };
+    let sim = Jid::whatsapp("15550100", Some(0));
+    let s = crate::retry::retry_receipt_stanza(&sim, &receipt);
+    for _ in 0..2 {
+        net.peers[a].client.send_raw(&s, net.now);
+        net.run();
+    }
+    let resent: Vec<&Stanza> = net.peers[a]
+        .wire
+        .iter()
+        .filter(|m| m.tag == "message" && m.attr_value("id") == Some(id.as_str()))
+        .collect();
+    assert_eq!(resent.len(), 2, "the original and one resend");
+    let again = resent[1];
+    assert_eq!(again.attr_value("count"), Some("2"));
+    let enc = again.child_named("enc").unwrap();
+    assert_eq!(enc.attr_value("type"), Some("pkmsg"), "a new session");
+    let ev = net.take_events(a);
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::DecryptFailed { .. })),
+        "{ev:?}"
+    );
+    // A retry receipt for a message never sent is ignored.
+    let unknown = crate::retry::RetryReceipt {
+        id: crate::content::MessageId::parse("3EB0000000000000000009").unwrap(),
+        count: 1,
+        ..receipt
+    };
+    let before = net.peers[a].wire.len();
+    net.peers[a]
+        .client
+        .send_raw(&crate::retry::retry_receipt_stanza(&sim, &unknown), net.now);
+    net.run();
+    assert!(
+        net.peers[a].wire[before..]
+            .iter()
+            .all(|m| m.tag != "message"),
+        "nothing resent"
+    );
+}
+
+// ---- media through the proxy --------------------------------------------------------------
+
+/// A provider's media host: HTTPS with its own key, serving `blobs` by path. Returns its
+/// origin and SPKI pin.
+fn blob_host(dir: &std::path::Path, blobs: HashMap<String, Vec<u8>>) -> (String, String) {
+    let tls = crate::tls::ensure_hub_ca(dir, &["localhost"]).unwrap();
+    let pin = crate::tls::spki_pin_to_string(&tls.server_spki_sha256());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = tls.server_config();
+    std::thread::spawn(move || {
+        smol::block_on(async move {
+            use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _};
+            let listener = smol::net::TcpListener::try_from(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(mut s) = crate::tls::accept(config.clone(), tcp).await else {
+                    continue;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                let path = text.split(' ').nth(1).unwrap_or("").to_owned();
+                let reply = match blobs.get(&path) {
+                    Some(b) => {
+                        let mut r =
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len())
+                                .into_bytes();
+                        r.extend_from_slice(b);
+                        r
+                    }
+                    None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                };
+                let _ = s.write_all(&reply).await;
+                let _ = s.flush().await;
+                let _ = s.close().await;
+            }
+        })
+    });
+    (format!("https://localhost:{port}"), pin)
+}
+
+fn image_message(url: &str, key: &[u8; 32], plain: &[u8]) -> (Message, Vec<u8>) {
+    let (blob, sum) =
+        crate::media_crypto::encrypt_all(key, crate::media_crypto::MediaKind::Image, plain);
+    let m = Message {
+        image_message: Some(crate::content::ImageMessage {
+            url: Some(url.to_owned()),
+            mimetype: Some("image/png".into()),
+            file_sha256: Some(sum.file_sha256.to_vec()),
+            file_length: Some(sum.file_length),
+            media_key: Some(key.to_vec()),
+            file_enc_sha256: Some(sum.file_enc_sha256.to_vec()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    (m, blob)
+}
+
+#[test]
+fn media_from_a_provider_is_fetched_through_the_proxy_and_checked() {
+    let mut net = Net::new();
+    net.media = Some(MediaStore::new(&net.hub_dir(), "https://127.0.0.1:9"));
+    net.user("+15550100", "echo");
+    let plain: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
+    let key = [7u8; 32];
+    let (host_dir, hub_dir) = (net.dir.path().join("provider"), net.hub_dir());
+    // The host is registered before its origin is known, so make the blobs first.
+    let (good, good_blob) = image_message("https://placeholder/good", &key, &plain);
+    let mut tampered_blob = good_blob.clone();
+    tampered_blob[100] ^= 1;
+    let blobs = HashMap::from([
+        ("/good".to_owned(), good_blob),
+        ("/bad".to_owned(), tampered_blob),
+    ]);
+    let (origin, pin) = blob_host(&host_dir, blobs);
+    super::proxy::register_host(&hub_dir, "acme-home", &origin, &pin).unwrap();
+    let with_url = |m: &Message, path: &str| {
+        let mut m = m.clone();
+        if let Some(img) = &mut m.image_message {
+            img.url = Some(format!("{origin}{path}"));
+        }
+        m
+    };
+    let a = net.online("acme-home");
+    let to = wa("15550100");
+    let good_id = net.peers[a]
+        .client
+        .send_message(&to, &with_url(&good, "/good"), net.now, &mut net.rng)
+        .unwrap();
+    net.run();
+    let bad_id = net.peers[a]
+        .client
+        .send_message(&to, &with_url(&good, "/bad"), net.now, &mut net.rng)
+        .unwrap();
+    net.run();
+    let mut unregistered = good.clone();
+    if let Some(img) = &mut unregistered.image_message {
+        img.url = Some("https://localhost:1/x".into());
+    }
+    let unregistered_id = net.peers[a]
+        .client
+        .send_message(&to, &unregistered, net.now, &mut net.rng)
+        .unwrap();
+    net.run();
+
+    let got = net.hub.received("+15550100").unwrap();
+    let media_of = |id: &str| {
+        got.iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["media"].clone())
+            .unwrap()
+    };
+    let m = media_of(&good_id);
+    assert_eq!(m["sha256_hex"], super::users::sha256_hex(&plain), "{m}");
+    assert_eq!(m["size"], plain.len());
+    assert_eq!(m["mimetype"], "image/png");
+    assert_eq!(
+        media_of(&bad_id),
+        serde_json::json!({"error": "enc_sha256_mismatch"})
+    );
+    assert_eq!(
+        media_of(&unregistered_id),
+        serde_json::json!({"error": "host_not_registered"})
+    );
+    assert_eq!(net.hub.stats().media_proxied, 2, "two blobs were fetched");
+
+    // The echo answers the good one with a fresh blob of the same plaintext in the hub's
+    // store, and the others with the same message back.
+    let echoed: Vec<crate::content::ImageMessage> = net
+        .take_events(a)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message { message, .. } => message.image_message,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(echoed.len(), 3);
+    let fresh = &echoed[0];
+    let url = fresh.url.clone().unwrap();
+    let blob_id = url.strip_prefix("https://127.0.0.1:9/media/").unwrap();
+    assert_ne!(
+        fresh.media_key.as_deref(),
+        Some(&key[..]),
+        "a new media key"
+    );
+    let blob = std::fs::read(net.media.as_ref().unwrap().path(blob_id).unwrap()).unwrap();
+    let k: [u8; 32] = fresh.media_key.clone().unwrap().try_into().unwrap();
+    let enc: [u8; 32] = fresh.file_enc_sha256.clone().unwrap().try_into().unwrap();
+    let sha: [u8; 32] = fresh.file_sha256.clone().unwrap().try_into().unwrap();
+    let again = crate::media_crypto::decrypt_all(
+        &k,
+        crate::media_crypto::MediaKind::Image,
+        &blob,
+        &enc,
+        &sha,
+    )
+    .unwrap();
+    assert_eq!(again, plain);
+    assert_eq!(echoed[1].url, Some(format!("{origin}/bad")));
+}
+
+#[test]
+fn without_a_media_store_the_echo_sends_the_same_media_back() {
+    let mut net = Net::new();
+    net.user("+15550100", "echo");
+    let a = net.online("acme-home");
+    let (m, _) = image_message("https://localhost:1/none", &[3; 32], b"tiny");
+    net.peers[a]
+        .client
+        .send_message(&wa("15550100"), &m, net.now, &mut net.rng)
+        .unwrap();
+    net.run();
+    let back: Vec<Message> = net
+        .take_events(a)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message { message, .. } => Some(*message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(back, vec![m]);
+    let got = net.hub.received("+15550100").unwrap();
+    assert_eq!(got[0]["media"]["error"], "host_not_registered");
 }
