@@ -15,6 +15,9 @@ commands:
   run [--config FILE] [--state DIR] [--api ADDR]
                                        run the daemon (default config /etc/interopd/interopd.conf)
   check-config [--config FILE]         validate a config file; exit 0 if OK, 78 if not
+  media-pin [--config FILE] [--state DIR]
+                                       print the media host's TLS pin (sha256//BASE64) for
+                                       the gatekeeper's registration, making its key if needed
   --version                            print the version
 ";
 
@@ -73,24 +76,58 @@ fn check_config(path: &std::path::Path) -> ExitCode {
 }
 
 /// `interopd run`: the config file, with `--state` and `--api` overriding it, then the daemon.
-fn run(config_path: &std::path::Path, state: Option<PathBuf>, api: Option<&str>) -> ExitCode {
+/// Reads and validates the config file, applying `--state`; the exit code on failure.
+fn load_config(
+    config_path: &std::path::Path,
+    state: Option<PathBuf>,
+) -> Result<config::Config, ExitCode> {
     let text = match std::fs::read_to_string(config_path) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("{}: {e}", config_path.display());
-            return ExitCode::from(EXIT_CONFIG);
+            return Err(ExitCode::from(EXIT_CONFIG));
         }
     };
     let mut config = match config::parse(&text, config_path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{}: {e}", config_path.display());
-            return ExitCode::from(EXIT_CONFIG);
+            return Err(ExitCode::from(EXIT_CONFIG));
         }
     };
     if let Some(dir) = state {
         config.state_dir = dir;
     }
+    Ok(config)
+}
+
+/// `interopd media-pin`: the pin the gatekeeper needs to fetch from our media host.
+fn media_pin(config_path: &std::path::Path, state: Option<PathBuf>) -> ExitCode {
+    let config = match load_config(config_path, state) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Err(e) = interopd::store::ensure_state_dir(&config.state_dir) {
+        eprintln!("interopd: {e}");
+        return ExitCode::FAILURE;
+    }
+    match interopd::media_host::load_or_create_identity(&config.state_dir, &config.media) {
+        Ok((_, pin)) => {
+            println!("{pin}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("interopd: media host identity: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn run(config_path: &std::path::Path, state: Option<PathBuf>, api: Option<&str>) -> ExitCode {
+    let mut config = match load_config(config_path, state) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
     if let Some(addr) = api {
         let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
             eprintln!("interopd: --api {addr:?} must be an IP address and port");
@@ -161,6 +198,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         "run" => run(&config_path, args.state.clone(), args.api.as_deref()),
+        "media-pin" => media_pin(&config_path, args.state.clone()),
         "demo" => demo(args.state.clone(), args.api.as_deref()),
         "" => {
             eprint!("{USAGE}");
