@@ -30,7 +30,7 @@ use crate::signal::{
     self, Ciphertext, EncType, IdentityEvent, SignalError, WireBundle, WirePreKey, WireSignedPreKey,
 };
 use crate::stanza::{self, Stanza};
-use crate::store::{InboxRow, OutboxRow, Store, StoreError, Txn};
+use crate::store::{InboxRow, OutboxRow, PendingInbox, Store, StoreError, Txn};
 
 /// Interval between keepalive pings, in milliseconds (the hub closes after
 /// [`crate::hub::state::IDLE_TIMEOUT_MS`] of silence).
@@ -55,6 +55,9 @@ pub enum Event {
         cursor: u64,
         message: Box<Message>,
     },
+    /// A media message was decrypted and committed as pending (then acked); its blob must
+    /// be downloaded before it enters the inbox ([`Client::set_hold_media`]).
+    MediaPending { id: String, from: Jid },
     /// A message could not be decrypted (acked anyway).
     DecryptFailed {
         id: String,
@@ -170,6 +173,7 @@ pub trait Journal {
 pub struct Client {
     store: Rc<Store>,
     journal: Option<Rc<dyn Journal>>,
+    hold_media: bool,
     hello: Hello,
     phase: Phase,
     out: VecDeque<Vec<u8>>,
@@ -200,6 +204,7 @@ impl Client {
         Ok(Client {
             store,
             journal: None,
+            hold_media: false,
             hello: Hello {
                 account: account.to_owned(),
                 device,
@@ -237,6 +242,12 @@ impl Client {
     /// Records inbound messages through `journal` as they commit.
     pub fn set_journal(&mut self, journal: Rc<dyn Journal>) {
         self.journal = Some(journal);
+    }
+
+    /// Keeps received media messages out of the inbox as pending rows until a downloader
+    /// releases them (the daemon does; tests and the hub's tools take them as they come).
+    pub fn set_hold_media(&mut self, hold: bool) {
+        self.hold_media = hold;
     }
 
     /// Queues exact frame payload bytes (a stanza committed earlier, resent byte-identical).
@@ -658,6 +669,31 @@ impl Client {
             content: prost::Message::encode_to_vec(&message),
         };
         let dedupe = format!("{}|{id}", from.to_user());
+        if self.hold_media && crate::media_pipe::media_ref(&message).is_some() {
+            // Committed with its session like any message, but kept out of the inbox until
+            // the blob is downloaded and verified (the daemon's media worker releases it).
+            let pending = PendingInbox {
+                attempts: 0,
+                next_ms: now_ms,
+                row,
+            };
+            let fresh = txn.pending_inbox_insert(&dedupe, &pending)?;
+            txn.commit()?;
+            self.push(&ack, now_ms);
+            let receipt = Stanza::new("receipt")
+                .attr("id", id.clone())
+                .attr("to", from.to_user().to_string());
+            self.push(&receipt, now_ms);
+            if plain.identity == IdentityEvent::Changed {
+                self.events.push_back(Event::IdentityChanged {
+                    user: from.to_user(),
+                });
+            }
+            if fresh {
+                self.events.push_back(Event::MediaPending { id, from });
+            }
+            return Ok(());
+        }
         let cursor = txn.inbox_insert(&dedupe, &row)?;
         if let (Some(j), Some(c)) = (&self.journal, cursor) {
             j.inbound(&txn, c, now_ms)?;

@@ -370,7 +370,7 @@ impl ContentKind {
             Self::Audio => "audio",
             Self::Voice => "voice",
             Self::Video => "video",
-            Self::Document => "document",
+            Self::Document => "file",
             Self::Reaction => "reaction",
             Self::Unknown => "unknown",
         }

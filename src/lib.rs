@@ -14,6 +14,7 @@
 //! | [`media_crypto`]   | streaming media encryption and verification                  | no   |
 //! | [`media_store`]    | blob files, their `media` rows, the quota, expiry sweeps     | disk |
 //! | [`media_host`]     | the HTTPS host the gatekeeper's proxy fetches our blobs from | net  |
+//! | [`inbound_media`]  | received media: download, verify, then release into the inbox | disk, net |
 //! | [`media_pipe`]     | media through encryption, WhatsApp media fields, downloads   | disk, net |
 //! | [`retry`]          | retry receipts: build and read `<receipt type="retry">`      | no   |
 //! | [`logger`]         | one line per event on stderr with journald `<N>` priorities    | stderr |
@@ -47,6 +48,7 @@ pub mod events;
 pub mod frame;
 pub mod http;
 pub mod hub;
+pub mod inbound_media;
 pub mod jid;
 pub mod link;
 pub mod logger;

@@ -25,6 +25,7 @@ use crate::client::{Client, Connection, Event, Journal};
 use crate::config::{Config, ServerPin};
 use crate::daemon::{LinkControl, LinkState, Runtime};
 use crate::events::EventBus;
+use crate::inbound_media::{self, InboundMedia};
 use crate::jid::Jid;
 use crate::store::{OutboxStatus, Store, StoreError, Txn};
 
@@ -89,23 +90,51 @@ pub fn start(rt: &Runtime) -> Rc<dyn LinkControl> {
         reconnects: Cell::new(0),
         woken: Cell::new(true),
     });
+    let inbound = Rc::new(InboundMedia::default());
+    match crate::tls::client_config(&pin_of(&rt.config)) {
+        Ok(tls) => {
+            let parts = inbound_media::Parts {
+                store: rt.store.clone(),
+                media: rt.media.clone(),
+                bus: rt.bus.clone(),
+                tls,
+                retention_ms: rt.config.media.retention_secs.saturating_mul(1000),
+            };
+            rt.executor
+                .spawn(inbound_media::run(inbound.clone(), parts))
+                .detach();
+        }
+        // The link's own dial reports the same pin problem, once per attempt.
+        Err(e) => log::error!("media: no downloads: the gatekeeper pin is unusable: {e}"),
+    }
     let task = run(
         link.clone(),
         rt.config.clone(),
         rt.store.clone(),
         rt.bus.clone(),
+        inbound,
     );
     rt.executor.spawn(task).detach();
     link
 }
 
-use crate::clock::now_ms as wall_ms;
-
-async fn run(link: Rc<Link>, config: Config, store: Rc<Store>, bus: Rc<EventBus>) {
-    let pin = match &config.pin {
+fn pin_of(config: &Config) -> crate::tls::Pin {
+    match &config.pin {
         ServerPin::CaFile(p) => crate::tls::Pin::CaFile(p.clone()),
         ServerPin::SpkiSha256(h) => crate::tls::Pin::Spki(*h),
-    };
+    }
+}
+
+use crate::clock::now_ms as wall_ms;
+
+async fn run(
+    link: Rc<Link>,
+    config: Config,
+    store: Rc<Store>,
+    bus: Rc<EventBus>,
+    inbound: Rc<InboundMedia>,
+) {
+    let pin = pin_of(&config);
     let mut backoff_ms = RECONNECT_MIN_MS;
     let mut connected_before = false;
     loop {
@@ -123,6 +152,7 @@ async fn run(link: Rc<Link>, config: Config, store: Rc<Store>, bus: Rc<EventBus>
             }
         };
         client.set_journal(Rc::new(BusJournal(bus.clone())));
+        client.set_hold_media(true);
         match Connection::open(
             client,
             &config.server_addr,
@@ -151,7 +181,7 @@ async fn run(link: Rc<Link>, config: Config, store: Rc<Store>, bus: Rc<EventBus>
                     );
                     link.state.set(LinkState::Up);
                     backoff_ms = RECONNECT_MIN_MS;
-                    let why = session(&link, &mut conn, &store, &bus).await;
+                    let why = session(&link, &mut conn, &store, &bus, &inbound).await;
                     link.state.set(LinkState::Down);
                     log::warn!("link: down: {why}");
                 }
@@ -166,7 +196,13 @@ async fn run(link: Rc<Link>, config: Config, store: Rc<Store>, bus: Rc<EventBus>
 }
 
 /// One logged-in connection: returns why it ended.
-async fn session(link: &Link, conn: &mut Connection, store: &Store, bus: &EventBus) -> String {
+async fn session(
+    link: &Link,
+    conn: &mut Connection,
+    store: &Store,
+    bus: &EventBus,
+    inbound: &InboundMedia,
+) -> String {
     let started: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
     link.woken.set(true);
     loop {
@@ -217,6 +253,7 @@ async fn session(link: &Link, conn: &mut Connection, store: &Store, bus: &EventB
                     return format!("store: {e}");
                 }
             }
+            Some(Event::MediaPending { .. }) => inbound.wake(),
             Some(Event::DecryptFailed { id, from, reason }) => {
                 log::warn!("link: message {id} from {from} cannot be decrypted: {reason}");
             }

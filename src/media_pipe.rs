@@ -921,7 +921,7 @@ pub fn media_failure(txn: &Txn, id: &MediaId) -> Result<Option<MediaFailure>, St
 // ---- download -----------------------------------------------------------------------------
 
 /// Splits `https://host[:port]/path` into host, port and path (`/` when absent).
-fn split_https_url(url: &str) -> Option<(&str, u16, &str)> {
+pub fn split_https_url(url: &str) -> Option<(&str, u16, &str)> {
     if url.len() > MAX_MEDIA_URL_BYTES || url.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return None;
     }

@@ -53,6 +53,10 @@ const WEBHOOK_JOBS: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("web
 const EVENTS: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("events");
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
 const READ_MARKS: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("read_marks");
+/// Received media messages waiting for their blob, by dedupe key (docs/store.md).
+const PENDING_INBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_inbox");
+/// Row version of a `pending_inbox` value.
+pub const PENDING_INBOX_ROW_VERSION: u8 = 1;
 
 const META_SCHEMA_VERSION: &str = "schema_version";
 
@@ -307,6 +311,16 @@ pub struct OutboxRow {
 }
 
 /// One inbound message, decrypted and committed before the server is acked.
+/// A received message held out of the inbox until its media is downloaded and verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingInbox {
+    /// Download attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due (wall clock, ms).
+    pub next_ms: u64,
+    pub row: InboxRow,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxRow {
     pub id: String,
@@ -517,12 +531,88 @@ impl Txn {
         row: &InboxRow,
     ) -> Result<Option<u64>, StoreError> {
         check_key(dedupe_key)?;
-        {
-            let dedupe = self.inner.open_table(DEDUPE)?;
-            if dedupe.get(dedupe_key)?.is_some() {
-                return Ok(None);
-            }
+        if self.seen(dedupe_key)? {
+            return Ok(None);
         }
+        self.inbox_append(dedupe_key, row).map(Some)
+    }
+
+    /// Whether a message with this dedupe key is in the inbox or pending.
+    fn seen(&self, dedupe_key: &str) -> Result<bool, StoreError> {
+        Ok(self.inner.open_table(DEDUPE)?.get(dedupe_key)?.is_some()
+            || self
+                .inner
+                .open_table(PENDING_INBOX)?
+                .get(dedupe_key)?
+                .is_some())
+    }
+
+    /// Holds a received message out of the inbox until its media is ready. `false` (nothing
+    /// stored) for a message already in the inbox or pending.
+    pub fn pending_inbox_insert(
+        &self,
+        dedupe_key: &str,
+        pending: &PendingInbox,
+    ) -> Result<bool, StoreError> {
+        check_key(dedupe_key)?;
+        if self.seen(dedupe_key)? {
+            return Ok(false);
+        }
+        self.pending_inbox_put(dedupe_key, pending)?;
+        Ok(true)
+    }
+
+    /// Rewrites a pending message (attempt count, next attempt time).
+    pub fn pending_inbox_put(
+        &self,
+        dedupe_key: &str,
+        pending: &PendingInbox,
+    ) -> Result<(), StoreError> {
+        check_key(dedupe_key)?;
+        let mut v = vec![PENDING_INBOX_ROW_VERSION];
+        v.extend_from_slice(&pending.attempts.to_be_bytes());
+        v.extend_from_slice(&pending.next_ms.to_be_bytes());
+        put_bytes(&mut v, "pending inbox row", &encode_inbox(&pending.row)?)?;
+        self.inner
+            .open_table(PENDING_INBOX)?
+            .insert(dedupe_key, v.as_slice())?;
+        Ok(())
+    }
+
+    /// Pending messages in dedupe-key order, at most `limit`.
+    pub fn pending_inbox(&self, limit: usize) -> Result<Vec<(String, PendingInbox)>, StoreError> {
+        let t = self.inner.open_table(PENDING_INBOX)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            out.push((k.value().to_owned(), decode_pending(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Moves a pending message into the inbox; its cursor, or `None` if it was not pending.
+    pub fn pending_inbox_release(&self, dedupe_key: &str) -> Result<Option<u64>, StoreError> {
+        let Some(bytes) = self
+            .inner
+            .open_table(PENDING_INBOX)?
+            .remove(dedupe_key)?
+            .map(|v| v.value().to_vec())
+        else {
+            return Ok(None);
+        };
+        let pending = decode_pending(&bytes)?;
+        self.inbox_append(dedupe_key, &pending.row).map(Some)
+    }
+
+    /// How many messages wait for their media.
+    pub fn pending_inbox_count(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.open_table(PENDING_INBOX)?.len()?)
+    }
+
+    fn inbox_append(&self, dedupe_key: &str, row: &InboxRow) -> Result<u64, StoreError> {
         let cursor = self.next_seq("inbox_seq")?;
         let bytes = encode_inbox(row)?;
         self.inner
@@ -531,7 +621,7 @@ impl Txn {
         self.inner
             .open_table(DEDUPE)?
             .insert(dedupe_key, &cursor.to_be_bytes())?;
-        Ok(Some(cursor))
+        Ok(cursor)
     }
 
     pub fn inbox_after(
@@ -817,6 +907,20 @@ fn encode_inbox(r: &InboxRow) -> Result<Vec<u8>, StoreError> {
     Ok(v)
 }
 
+fn decode_pending(b: &[u8]) -> Result<PendingInbox, StoreError> {
+    let mut r = Reader::new(b, "pending_inbox");
+    r.version(PENDING_INBOX_ROW_VERSION)?;
+    let attempts = r.u32()?;
+    let next_ms = r.u64()?;
+    let row = decode_inbox(r.bytes()?)?;
+    r.end()?;
+    Ok(PendingInbox {
+        attempts,
+        next_ms,
+        row,
+    })
+}
+
 fn decode_inbox(b: &[u8]) -> Result<InboxRow, StoreError> {
     let mut r = Reader::new(b, "inbox");
     r.version(INBOX_ROW_VERSION)?;
@@ -1064,6 +1168,41 @@ mod tests {
         assert!(txn.remove_media(&[2; 16]).unwrap());
         assert!(!txn.remove_media(&[2; 16]).unwrap());
         assert_eq!(txn.media_scan(None, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_pending_message_enters_the_inbox_once_on_release() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let txn = s.begin().unwrap();
+        let row = InboxRow {
+            id: "3EB0AA".into(),
+            from: "15550100".into(),
+            t_secs: 1,
+            received_ms: 2,
+            content: vec![1, 2, 3],
+        };
+        let p = PendingInbox {
+            attempts: 0,
+            next_ms: 5,
+            row: row.clone(),
+        };
+        assert!(txn.pending_inbox_insert("k", &p).unwrap());
+        // A redelivery while pending, or a plain insert, stores nothing.
+        assert!(!txn.pending_inbox_insert("k", &p).unwrap());
+        assert_eq!(txn.inbox_insert("k", &row).unwrap(), None);
+        assert_eq!(txn.inbox_after(0, 10).unwrap().len(), 0);
+        let again = PendingInbox { attempts: 3, ..p };
+        txn.pending_inbox_put("k", &again).unwrap();
+        assert_eq!(
+            txn.pending_inbox(10).unwrap(),
+            vec![("k".to_owned(), again)]
+        );
+        let cursor = txn.pending_inbox_release("k").unwrap().unwrap();
+        assert_eq!(txn.inbox_get(cursor).unwrap(), Some(row.clone()));
+        assert_eq!(txn.pending_inbox_release("k").unwrap(), None);
+        assert_eq!(txn.pending_inbox_count().unwrap(), 0);
+        assert_eq!(txn.inbox_insert("k", &row).unwrap(), None);
     }
 
     #[test]

@@ -440,3 +440,55 @@ fn a_verified_contacts_new_identity_holds_sends_until_trusted_again() {
             .any(|t| t == "after")
     );
 }
+
+#[test]
+fn media_from_a_whatsapp_user_is_downloaded_verified_and_served() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProc::start_with(&dir.path().join("hub"), true, true);
+    let d = Daemon::start(dir.path(), &hub, "acme-home");
+    // Text, so the test's string-bodied HTTP helper can compare it byte for byte.
+    let data: Vec<u8> = (0..20_000u32)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
+    let (status, body) = hub.control(
+        "POST",
+        "/users/+15550100/send",
+        Some(json!({"to": "acme-home", "media": {
+            "kind": "file", "mimetype": "application/pdf", "filename": "bill.pdf",
+            "data_base64": base64::engine::general_purpose::STANDARD.encode(&data)}})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let t0 = Instant::now();
+    let m = loop {
+        let v = d.get("/v1/inbox?after=0").json();
+        if let Some(m) = v["messages"].as_array().and_then(|a| a.first()) {
+            break m.clone();
+        }
+        assert!(t0.elapsed() < WAIT, "no media message arrived");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(m["kind"], "file", "{m}");
+    assert_eq!(m["media"]["mimetype"], "application/pdf", "{m}");
+    assert_eq!(m["media"]["size"], data.len(), "{m}");
+    assert_eq!(m["media"]["filename"], "bill.pdf", "{m}");
+    let url = m["media"]["url"].as_str().unwrap();
+    let r = d.get(url);
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(
+        r.head.contains("content-type: application/pdf"),
+        "{}",
+        r.head
+    );
+    assert_eq!(r.body.as_bytes(), data.as_slice());
+    let part = request(
+        d.api,
+        "GET",
+        url,
+        Some(&d.token),
+        &[("Range", "bytes=100-199")],
+        b"",
+    );
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body.as_bytes(), &data[100..200]);
+}

@@ -524,7 +524,7 @@ mod tests {
         };
         media_store::put_row(&txn, &id, &stored).unwrap();
         let v = message_json(&txn, 9, &row).unwrap();
-        assert_eq!(v["kind"], "document");
+        assert_eq!(v["kind"], "file");
         assert_eq!(v["text"], "minutes");
         let m = &v["media"];
         assert_eq!(m["url"], format!("/v1/media/{}", id.to_hex()));
