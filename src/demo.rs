@@ -3,7 +3,10 @@
 //! `+15550101` stays silent) runs on loopback on a thread of its own with its own CA under
 //! `<state>/hub`; the daemon keeps its state in `<state>/daemon` and runs exactly as
 //! `interopd run` does, on the main thread. Restarting with the same `--state` keeps the
-//! identity, history and queues on both sides.
+//! identity, history and queues on both sides. Media works both ways too: the hub runs its
+//! media store, and the daemon's media host listens on loopback, registered with its pin
+//! as the demo account's media host, so the echo contact fetches what we send through the
+//! hub's proxy and answers with a blob of its own.
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -78,6 +81,54 @@ pub fn curl_lines(api: SocketAddr, token_file: &Path) -> [String; 3] {
     ]
 }
 
+/// File under the demo's state that remembers the daemon's media host port, so a restart
+/// keeps the origin registered at the hub (and the URLs in sent messages) valid.
+pub const MEDIA_PORT_FILE: &str = "media-port";
+
+/// Turns on the daemon's media host on loopback and registers it, with its pin, as the demo
+/// account's media host at the hub, so the echo contact can fetch what we send.
+fn enable_media_host(
+    state: &Path,
+    hub_dir: &Path,
+    cfg: &mut config::Config,
+) -> Result<(), DemoError> {
+    let port_file = state.join(MEDIA_PORT_FILE);
+    let remembered = std::fs::read_to_string(&port_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<u16>().ok())
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+        .filter(|a| TcpListener::bind(a).is_ok());
+    let addr = match remembered {
+        Some(a) => a,
+        None => {
+            let a = free_loopback()?;
+            std::fs::write(&port_file, a.port().to_string()).map_err(|source| DemoError::Io {
+                what: "writing the media port file",
+                source,
+            })?;
+            a
+        }
+    };
+    let origin = format!("https://{addr}");
+    cfg.media.listen = Some(addr);
+    cfg.media.public_url = Some(origin.clone());
+    crate::store::ensure_state_dir(&cfg.state_dir).map_err(|e| DemoError::Provision {
+        detail: e.to_string(),
+    })?;
+    let (_, pin) =
+        crate::media_host::load_or_create_identity(&cfg.state_dir, &cfg.media).map_err(|e| {
+            DemoError::Provision {
+                detail: format!("media host identity: {e}"),
+            }
+        })?;
+    crate::hub::proxy::register_host(hub_dir, DEMO_ACCOUNT, &origin, &pin).map_err(|e| {
+        DemoError::Provision {
+            detail: format!("media host registration: {e}"),
+        }
+    })?;
+    Ok(())
+}
+
 /// Runs the demo until SIGTERM or SIGINT.
 pub fn run(state: &Path, api: SocketAddr) -> Result<(), DemoError> {
     crate::store::ensure_state_dir(state).map_err(|e| DemoError::Provision {
@@ -89,12 +140,12 @@ pub fn run(state: &Path, api: SocketAddr) -> Result<(), DemoError> {
     })?;
     let hub_dir = state.join("hub");
     let daemon_dir = state.join("daemon");
-    let (listen, control) = (free_loopback()?, free_loopback()?);
+    let (listen, control, hub_media) = (free_loopback()?, free_loopback()?, free_loopback()?);
     let opts = HubOptions {
         state_dir: hub_dir.clone(),
         listen,
         control,
-        media: None,
+        media: Some(hub_media),
         demo_users: true,
     };
     std::thread::Builder::new()
@@ -126,6 +177,7 @@ pub fn run(state: &Path, api: SocketAddr) -> Result<(), DemoError> {
         })?;
     cfg.state_dir = daemon_dir.clone();
     cfg.api_addr = api;
+    enable_media_host(&state, &hub_dir, &mut cfg)?;
     let token_file: PathBuf = daemon_dir.join("api-token");
     // The banner is best effort: a closed stdout (a pipe nobody reads) must not stop the demo.
     let mut banner = format!(
