@@ -35,6 +35,10 @@ use crate::store::{InboxRow, OutboxRow, PendingInbox, Store, StoreError, Txn};
 /// Interval between keepalive pings, in milliseconds (the hub closes after
 /// [`crate::hub::state::IDLE_TIMEOUT_MS`] of silence).
 pub const KEEPALIVE_INTERVAL_MS: u64 = 30_000;
+/// How long a keepalive ping may go unanswered before the connection counts as dead, in
+/// milliseconds. A half-open TCP connection (a router rebooted, NAT state lost) is noticed
+/// within interval + deadline.
+pub const KEEPALIVE_DEADLINE_MS: u64 = 10_000;
 /// Most sends waiting for their device list or bundles at once.
 pub const MAX_PENDING_SENDS: usize = 256;
 
@@ -93,6 +97,9 @@ pub enum Event {
     ChatState { from: Jid, state: String },
     /// The server closed the stream with `<stream:error>`.
     StreamError { code: String },
+    /// A keepalive ping went unanswered past [`KEEPALIVE_DEADLINE_MS`]; the connection is
+    /// dead and the caller closes it.
+    KeepaliveTimeout,
     /// The transport ended ([`Connection`] only).
     Disconnected,
 }
@@ -174,6 +181,9 @@ pub struct Client {
     store: Rc<Store>,
     journal: Option<Rc<dyn Journal>>,
     hold_media: bool,
+    keepalive_ms: u64,
+    /// When the unanswered keepalive ping went out.
+    ping_sent_ms: Option<u64>,
     hello: Hello,
     phase: Phase,
     out: VecDeque<Vec<u8>>,
@@ -205,6 +215,8 @@ impl Client {
             store,
             journal: None,
             hold_media: false,
+            keepalive_ms: KEEPALIVE_INTERVAL_MS,
+            ping_sent_ms: None,
             hello: Hello {
                 account: account.to_owned(),
                 device,
@@ -301,6 +313,7 @@ impl Client {
     pub fn start(&mut self, token: &str, now_ms: u64) {
         let (login, first) = ClientLogin::start(self.hello.clone(), token.to_owned());
         self.phase = Phase::Login(login);
+        self.ping_sent_ms = None;
         self.pending.clear();
         self.sends.clear();
         self.push(&first, now_ms);
@@ -327,17 +340,35 @@ impl Client {
         self.events.pop_front()
     }
 
-    /// When [`handle_timeout`](Self::handle_timeout) should run (the next keepalive).
+    /// Sets the keepalive interval (the config's `gatekeeper.keepalive_secs`).
+    pub fn set_keepalive_interval(&mut self, interval_ms: u64) {
+        self.keepalive_ms = interval_ms;
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should run: the next keepalive, or the
+    /// deadline of the one in flight.
     pub fn poll_timeout(&self) -> Option<u64> {
-        match self.phase {
-            Phase::Ready => Some(self.last_tx_ms.saturating_add(KEEPALIVE_INTERVAL_MS)),
+        match (&self.phase, self.ping_sent_ms) {
+            (Phase::Ready, Some(sent)) => Some(sent.saturating_add(KEEPALIVE_DEADLINE_MS)),
+            (Phase::Ready, None) => Some(self.last_tx_ms.saturating_add(self.keepalive_ms)),
             _ => None,
         }
     }
 
-    /// Sends a keepalive ping if one is due.
+    /// Sends a keepalive ping if one is due, or reports [`Event::KeepaliveTimeout`] when the
+    /// last one went unanswered past [`KEEPALIVE_DEADLINE_MS`].
     pub fn handle_timeout(&mut self, now_ms: u64) {
-        if self.poll_timeout().is_some_and(|t| t <= now_ms) {
+        if !self.poll_timeout().is_some_and(|t| t <= now_ms) {
+            return;
+        }
+        if self.ping_sent_ms.is_some() {
+            self.phase = Phase::Closed;
+            self.ping_sent_ms = None;
+            self.events.push_back(Event::KeepaliveTimeout);
+            return;
+        }
+        {
+            self.ping_sent_ms = Some(now_ms);
             let id = self.iq_id(Pending::Ping);
             let s = Stanza::new("iq")
                 .attr("id", id)
@@ -358,6 +389,23 @@ impl Client {
         self.next_iq += 1;
         self.pending.insert(id.clone(), p);
         id
+    }
+
+    /// Rotates our signed prekey if it is older than [`signal::SIGNED_PREKEY_ROTATION_MS`]
+    /// and uploads the new one; returns whether it rotated.
+    pub fn rotate_signed_prekey_if_due<R: Rng + CryptoRng>(
+        &mut self,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<bool, ClientError> {
+        let txn = self.store.begin()?;
+        if !signal::signed_prekey_due(&txn, now_ms)? {
+            return Ok(false);
+        }
+        signal::rotate_signed_prekey(&txn, rng, now_ms)?;
+        txn.commit()?;
+        self.upload_prekeys(0, now_ms, rng)?;
+        Ok(true)
     }
 
     /// Asks the server how many of our one-time prekeys it holds ([`Event::PrekeyCount`]).
@@ -735,7 +783,7 @@ impl Client {
         };
         let ok = s.attr_value("type") == Some("result");
         match p {
-            Pending::Ping => {}
+            Pending::Ping => self.ping_sent_ms = None,
             Pending::Upload => {
                 if ok {
                     self.events.push_back(Event::KeysUploaded);

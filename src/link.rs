@@ -83,6 +83,32 @@ impl Journal for BusJournal {
     }
 }
 
+/// How often a logged-in link checks the key schedule (prekey count, signed prekey age), in
+/// milliseconds; it also checks right after each login.
+pub const KEY_CHECK_INTERVAL_MS: u64 = 3_600_000;
+
+/// Tells systemd what the link is doing (`STATUS=`, shown by `systemctl status`).
+fn status(text: &str) {
+    if let Err(e) = crate::notify::Notifier::from_env().status(text) {
+        log::debug!("sd_notify: {e}");
+    }
+}
+
+/// The key schedule: a prekey count request (the client tops up below
+/// [`crate::signal::PREKEY_REFILL_THRESHOLD`]) and a signed prekey rotation when it is due.
+fn check_keys(conn: &mut Connection) {
+    let now = wall_ms();
+    conn.client().request_count(now);
+    match conn
+        .client()
+        .rotate_signed_prekey_if_due(now, &mut rand::rng())
+    {
+        Ok(true) => log::info!("link: signed prekey rotated"),
+        Ok(false) => {}
+        Err(e) => log::warn!("link: signed prekey rotation failed: {e}"),
+    }
+}
+
 /// Starts the link task on the runtime's executor.
 pub fn start(rt: &Runtime) -> Rc<dyn LinkControl> {
     let link = Rc::new(Link {
@@ -153,6 +179,7 @@ async fn run(
         };
         client.set_journal(Rc::new(BusJournal(bus.clone())));
         client.set_hold_media(true);
+        client.set_keepalive_interval(config.keepalive_secs.saturating_mul(1000));
         match Connection::open(
             client,
             &config.server_addr,
@@ -162,7 +189,13 @@ async fn run(
         )
         .await
         {
-            Err(e) => log::warn!("link: cannot connect to {}: {e}", config.server_addr),
+            Err(e) => {
+                log::warn!("link: cannot connect to {}: {e}", config.server_addr);
+                status(&format!(
+                    "link down: cannot connect to {}",
+                    config.server_addr
+                ));
+            }
             Ok(mut conn) => match conn
                 .wait_for(LOGIN_WAIT_MS, |e| {
                     matches!(e, Event::LoggedIn(_) | Event::LoginFailed(_))
@@ -180,10 +213,12 @@ async fn run(
                         ok.enlisted
                     );
                     link.state.set(LinkState::Up);
+                    status(&format!("link up to {}", config.server_addr));
                     backoff_ms = RECONNECT_MIN_MS;
                     let why = session(&link, &mut conn, &store, &bus, &inbound).await;
                     link.state.set(LinkState::Down);
                     log::warn!("link: down: {why}");
+                    status(&format!("link down: {why}"));
                 }
                 Ok((e, _)) => log::error!("link: login refused: {e:?}"),
                 Err(_) => log::warn!("link: no login answer within {LOGIN_WAIT_MS} ms"),
@@ -205,7 +240,12 @@ async fn session(
 ) -> String {
     let started: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
     link.woken.set(true);
+    let mut keys_checked_ms = 0;
     loop {
+        if wall_ms().saturating_sub(keys_checked_ms) >= KEY_CHECK_INTERVAL_MS {
+            keys_checked_ms = wall_ms();
+            check_keys(conn);
+        }
         if link.woken.replace(false) {
             match flush_outbox(conn, store, &started) {
                 Ok(true) => link.woken.set(true),
@@ -220,6 +260,12 @@ async fn session(
         match conn.next_event(POLL_MS).await {
             None => {}
             Some(Event::Disconnected) => return "connection closed".into(),
+            Some(Event::KeepaliveTimeout) => {
+                return format!(
+                    "no keepalive answer within {} ms",
+                    crate::client::KEEPALIVE_DEADLINE_MS
+                );
+            }
             Some(Event::StreamError { code }) => {
                 return format!("server closed the stream: {code}");
             }

@@ -998,3 +998,61 @@ fn without_a_media_store_the_echo_sends_the_same_media_back() {
     let got = net.hub.received("+15550100").unwrap();
     assert_eq!(got[0]["media"]["error"], "host_not_registered");
 }
+
+#[test]
+fn an_answered_keepalive_keeps_the_link_and_a_silent_server_ends_it() {
+    let mut net = Net::new();
+    let i = net.online("acme-home");
+    // Answered pings: several intervals pass without a timeout.
+    for _ in 0..4 {
+        net.advance(crate::client::KEEPALIVE_INTERVAL_MS);
+    }
+    let ev = net.take_events(i);
+    assert!(!ev.contains(&Event::KeepaliveTimeout), "{ev:?}");
+    assert!(net.peers[i].client.is_ready());
+    // The server goes silent (a half-open connection): the ping goes unanswered.
+    net.peers[i].conn = None;
+    net.advance(crate::client::KEEPALIVE_INTERVAL_MS);
+    assert!(!net.take_events(i).contains(&Event::KeepaliveTimeout));
+    net.advance(crate::client::KEEPALIVE_DEADLINE_MS - 1);
+    assert!(!net.take_events(i).contains(&Event::KeepaliveTimeout));
+    net.advance(1);
+    assert_eq!(net.take_events(i), vec![Event::KeepaliveTimeout]);
+    assert!(!net.peers[i].client.is_ready());
+}
+
+#[test]
+fn a_due_signed_prekey_is_rotated_uploaded_and_used_by_new_senders() {
+    let mut net = Net::new();
+    let i = net.online("acme-home");
+    let now = net.now;
+    assert!(
+        !net.peers[i]
+            .client
+            .rotate_signed_prekey_if_due(now, &mut net.rng)
+            .unwrap()
+    );
+    net.now += crate::signal::SIGNED_PREKEY_ROTATION_MS;
+    let now = net.now;
+    assert!(
+        net.peers[i]
+            .client
+            .rotate_signed_prekey_if_due(now, &mut net.rng)
+            .unwrap()
+    );
+    net.run();
+    assert!(net.take_events(i).contains(&Event::KeysUploaded));
+    // A WhatsApp user who starts a session now uses the new signed prekey, and we decrypt.
+    net.user("+15550140", "silent");
+    let m = crate::content::Message::text("after rotation");
+    net.hub
+        .sim_send("+15550140", "acme-home", &m, net.now, &mut net.rng)
+        .unwrap();
+    net.run();
+    let ev = net.take_events(i);
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::Message { message, .. }
+            if message.text_body() == Some("after rotation"))),
+        "{ev:?}"
+    );
+}
