@@ -358,7 +358,7 @@ impl Client {
     /// Sends a keepalive ping if one is due, or reports [`Event::KeepaliveTimeout`] when the
     /// last one went unanswered past [`KEEPALIVE_DEADLINE_MS`].
     pub fn handle_timeout(&mut self, now_ms: u64) {
-        if !self.poll_timeout().is_some_and(|t| t <= now_ms) {
+        if self.poll_timeout().is_none_or(|t| t > now_ms) {
             return;
         }
         if self.ping_sent_ms.is_some() {
@@ -367,16 +367,14 @@ impl Client {
             self.events.push_back(Event::KeepaliveTimeout);
             return;
         }
-        {
-            self.ping_sent_ms = Some(now_ms);
-            let id = self.iq_id(Pending::Ping);
-            let s = Stanza::new("iq")
-                .attr("id", id)
-                .attr("type", "get")
-                .attr("xmlns", "w:p")
-                .child(Stanza::new("ping"));
-            self.push(&s, now_ms);
-        }
+        self.ping_sent_ms = Some(now_ms);
+        let id = self.iq_id(Pending::Ping);
+        let s = Stanza::new("iq")
+            .attr("id", id)
+            .attr("type", "get")
+            .attr("xmlns", "w:p")
+            .child(Stanza::new("ping"));
+        self.push(&s, now_ms);
     }
 
     fn push(&mut self, s: &Stanza, now_ms: u64) {
