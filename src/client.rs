@@ -39,6 +39,10 @@ pub const KEEPALIVE_INTERVAL_MS: u64 = 30_000;
 /// milliseconds. A half-open TCP connection (a router rebooted, NAT state lost) is noticed
 /// within interval + deadline.
 pub const KEEPALIVE_DEADLINE_MS: u64 = 10_000;
+/// How long a fetched device list is used before it is fetched again, in milliseconds.
+/// Devices and identity notifications drop it at once; this bounds how stale it gets if a
+/// notification is lost.
+pub const DEVICE_LIST_MAX_AGE_MS: u64 = 3_600_000;
 /// Most sends waiting for their device list or bundles at once.
 pub const MAX_PENDING_SENDS: usize = 256;
 
@@ -297,16 +301,7 @@ impl Client {
                 from_outbox: true,
             },
         );
-        let q = self.iq_id(Pending::Devices {
-            send: row.id.clone(),
-        });
-        let s = Stanza::new("iq")
-            .attr("id", q)
-            .attr("type", "get")
-            .attr("xmlns", "devices")
-            .child(Stanza::new("user").attr("jid", to.to_string()));
-        self.push(&s, now_ms);
-        Ok(())
+        self.start_send(row.id.clone(), &to, now_ms)
     }
 
     /// Starts a login on a fresh connection with the provider `token`.
@@ -471,13 +466,7 @@ impl Client {
                 from_outbox: false,
             },
         );
-        let q = self.iq_id(Pending::Devices { send: id.clone() });
-        let s = Stanza::new("iq")
-            .attr("id", q)
-            .attr("type", "get")
-            .attr("xmlns", "devices")
-            .child(Stanza::new("user").attr("jid", to.to_user().to_string()));
-        self.push(&s, now_ms);
+        self.start_send(id.clone(), &to.to_user(), now_ms)?;
         Ok(id)
     }
 
@@ -613,6 +602,7 @@ impl Client {
             }
             "identity" => {
                 if let Some(user) = device_jid_of(s, "from") {
+                    self.forget_devices(&user.user)?;
                     let txn = self.store.begin()?;
                     for (device, _) in signal::remote_identities(&txn, &user.user)? {
                         signal::delete_session(&txn, &user.with_device(device).address())?;
@@ -625,6 +615,7 @@ impl Client {
             }
             "devices" => {
                 if let Some(user) = device_jid_of(s, "from") {
+                    self.forget_devices(&user.user)?;
                     self.events.push_back(Event::DevicesChanged {
                         user: user.to_user(),
                     });
@@ -804,40 +795,18 @@ impl Client {
                     .flat_map(|u| u.children_named("device"))
                     .filter_map(|d| d.attr_value("id")?.parse().ok())
                     .collect();
-                if devices.is_empty() {
-                    // Let the server judge the recipient: a message with no devices still
-                    // gets its ack (unknown_user, not_opted_in) rather than silence.
-                    return self.finish_send(&send, now_ms);
+                if !devices.is_empty()
+                    && let Some(msg) = self.sends.get(&send)
+                {
+                    let list = crate::store::DeviceList {
+                        fetched_ms: now_ms,
+                        devices: devices.clone(),
+                    };
+                    let txn = self.store.begin()?;
+                    txn.put_device_list(&msg.to.user, &list)?;
+                    txn.commit()?;
                 }
-                let Some(msg) = self.sends.get_mut(&send) else {
-                    return Ok(());
-                };
-                msg.devices = devices.clone();
-                let to = msg.to.clone();
-                let txn = self.store.begin()?;
-                let mut missing = Vec::new();
-                for d in devices {
-                    let target = to.with_device(d);
-                    if !signal::has_session(&txn, &target.address())? {
-                        missing.push(target);
-                    }
-                }
-                drop(txn);
-                if missing.is_empty() {
-                    return self.finish_send(&send, now_ms);
-                }
-                let q = self.iq_id(Pending::Keys { send });
-                let key = Stanza::new("key").extend_children(
-                    missing
-                        .iter()
-                        .map(|j| Stanza::new("user").attr("jid", j.to_string())),
-                );
-                let s = Stanza::new("iq")
-                    .attr("id", q)
-                    .attr("type", "get")
-                    .attr("xmlns", "encrypt")
-                    .child(key);
-                self.push(&s, now_ms);
+                self.with_devices(send, devices, now_ms)?;
             }
             Pending::Keys { send } => {
                 let txn = self.store.begin()?;
@@ -878,6 +847,87 @@ impl Client {
                 return self.finish_send(&send, now_ms);
             }
         }
+        Ok(())
+    }
+
+    /// A send's device list is known: fetches bundles for devices without a session, or
+    /// encrypts at once.
+    fn with_devices(
+        &mut self,
+        send: String,
+        devices: Vec<u32>,
+        now_ms: u64,
+    ) -> Result<(), ClientError> {
+        if devices.is_empty() {
+            // Let the server judge the recipient: a message with no devices still gets its
+            // ack (unknown_user, not_opted_in) rather than silence.
+            return self.finish_send(&send, now_ms);
+        }
+        let Some(msg) = self.sends.get_mut(&send) else {
+            return Ok(());
+        };
+        msg.devices = devices.clone();
+        let to = msg.to.clone();
+        let txn = self.store.begin()?;
+        let mut missing = Vec::new();
+        for d in devices {
+            let target = to.with_device(d);
+            if !signal::has_session(&txn, &target.address())? {
+                missing.push(target);
+            }
+        }
+        drop(txn);
+        if missing.is_empty() {
+            return self.finish_send(&send, now_ms);
+        }
+        let q = self.iq_id(Pending::Keys { send });
+        let key = Stanza::new("key").extend_children(
+            missing
+                .iter()
+                .map(|j| Stanza::new("user").attr("jid", j.to_string())),
+        );
+        let s = Stanza::new("iq")
+            .attr("id", q)
+            .attr("type", "get")
+            .attr("xmlns", "encrypt")
+            .child(key);
+        self.push(&s, now_ms);
+        Ok(())
+    }
+
+    /// Starts a send: from the cached device list when it is younger than
+    /// [`DEVICE_LIST_MAX_AGE_MS`], else by asking the server.
+    fn start_send(&mut self, send: String, to: &Jid, now_ms: u64) -> Result<(), ClientError> {
+        let txn = self.store.begin()?;
+        let cached = txn.device_list(&to.user)?;
+        drop(txn);
+        if let Some(list) = cached
+            && !list.devices.is_empty()
+            && now_ms.saturating_sub(list.fetched_ms) < DEVICE_LIST_MAX_AGE_MS
+        {
+            return self.with_devices(send, list.devices, now_ms);
+        }
+        let q = self.iq_id(Pending::Devices { send });
+        let s = Stanza::new("iq")
+            .attr("id", q)
+            .attr("type", "get")
+            .attr("xmlns", "devices")
+            .child(Stanza::new("user").attr("jid", to.to_user().to_string()));
+        self.push(&s, now_ms);
+        Ok(())
+    }
+
+    /// Forgets `user`'s cached device list (a devices or identity notification).
+    fn forget_devices(&self, user: &str) -> Result<(), ClientError> {
+        let txn = self.store.begin()?;
+        txn.put_device_list(
+            user,
+            &crate::store::DeviceList {
+                fetched_ms: 0,
+                devices: Vec::new(),
+            },
+        )?;
+        txn.commit()?;
         Ok(())
     }
 

@@ -1056,3 +1056,32 @@ fn a_due_signed_prekey_is_rotated_uploaded_and_used_by_new_senders() {
         "{ev:?}"
     );
 }
+
+#[test]
+fn device_lists_are_cached_and_dropped_on_a_notification() {
+    let mut net = Net::new();
+    let i = net.online("acme-home");
+    net.user("+15550150", "silent");
+    let to = wa("15550150");
+    net.send_text(i, &to, "one");
+    let cached = |net: &Net| {
+        let txn = net.peers[i].client.store().begin().unwrap();
+        txn.device_list("15550150").unwrap()
+    };
+    let first = cached(&net).unwrap();
+    assert_eq!(first.devices, vec![0]);
+    assert_eq!(first.fetched_ms, net.now);
+    // A second send within the age bound uses the cache: the list is not fetched again.
+    net.now += 1000;
+    net.send_text(i, &to, "two");
+    assert_eq!(cached(&net).unwrap().fetched_ms, first.fetched_ms);
+    // A reinstall's identity notification drops it; the next send fetches it afresh.
+    net.hub
+        .reinstall("+15550150", true, net.now, &mut net.rng)
+        .unwrap();
+    net.run();
+    assert!(cached(&net).unwrap().devices.is_empty());
+    net.now += 1000;
+    net.send_text(i, &to, "three");
+    assert_eq!(cached(&net).unwrap().fetched_ms, net.now);
+}
