@@ -41,6 +41,8 @@ pub const LOGIN_WAIT_MS: u64 = 15_000;
 const POLL_MS: u64 = 200;
 /// Outbox rows started per pass.
 pub const OUTBOX_BATCH: usize = 64;
+/// Most events handled (and status changes committed together) per turn of the session loop.
+pub const EVENT_BATCH: usize = 256;
 /// Read receipts sent per pass.
 pub const READ_MARK_BATCH: usize = 64;
 
@@ -257,59 +259,65 @@ async fn session(
             }
         }
         conn.client().handle_timeout(wall_ms());
-        match conn.next_event(POLL_MS).await {
-            None => {}
-            Some(Event::Disconnected) => return "connection closed".into(),
-            Some(Event::KeepaliveTimeout) => {
-                return format!(
-                    "no keepalive answer within {} ms",
-                    crate::client::KEEPALIVE_DEADLINE_MS
-                );
+        // Group commit: every event already decoded is handled in this turn, and all their
+        // status changes share one store transaction (one fsync instead of one each).
+        let mut events: Vec<Event> = conn.next_event(POLL_MS).await.into_iter().collect();
+        while events.len() < EVENT_BATCH {
+            match conn.client().poll_event() {
+                Some(e) => events.push(e),
+                None => break,
             }
-            Some(Event::StreamError { code }) => {
-                return format!("server closed the stream: {code}");
-            }
-            Some(Event::Acked { class, id, error }) if class == "message" => {
-                let status = if error.is_some() {
-                    OutboxStatus::Failed
-                } else {
-                    OutboxStatus::Sent
-                };
-                if let Err(e) = set_status(store, bus, &id, status, error.as_deref().unwrap_or(""))
-                {
-                    return format!("store: {e}");
+        }
+        let mut statuses: Vec<StatusChange> = Vec::new();
+        let mut ended = None;
+        for event in events {
+            match event {
+                Event::Disconnected => ended = Some("connection closed".to_owned()),
+                Event::KeepaliveTimeout => {
+                    ended = Some(format!(
+                        "no keepalive answer within {} ms",
+                        crate::client::KEEPALIVE_DEADLINE_MS
+                    ));
                 }
-            }
-            Some(Event::Receipt { id, kind, .. }) => {
-                let status = match kind.as_deref() {
-                    None => Some(OutboxStatus::Delivered),
-                    Some("read") => Some(OutboxStatus::Read),
-                    _ => None,
-                };
-                if let Some(status) = status
-                    && let Err(e) = set_status(store, bus, &id, status, "")
-                {
-                    return format!("store: {e}");
+                Event::StreamError { code } => {
+                    ended = Some(format!("server closed the stream: {code}"));
                 }
-            }
-            Some(Event::SendHeld { id, user }) => {
-                log::warn!("link: message {id} held: the verified identity of {user} changed");
-                started.borrow_mut().remove(&id);
-                if let Err(e) = hold(store, bus, &id) {
-                    return format!("store: {e}");
+                Event::Acked { class, id, error } if class == "message" => {
+                    let status = if error.is_some() {
+                        OutboxStatus::Failed
+                    } else {
+                        OutboxStatus::Sent
+                    };
+                    statuses.push((id, status, error.unwrap_or_default()));
                 }
-            }
-            Some(Event::MediaPending { .. }) => inbound.wake(),
-            Some(Event::DecryptFailed { id, from, reason }) => {
-                log::warn!("link: message {id} from {from} cannot be decrypted: {reason}");
-            }
-            Some(Event::SendFailed { id, reason }) => {
-                log::warn!("link: message {id} cannot be sent: {reason}");
-                if let Err(e) = set_status(store, bus, &id, OutboxStatus::Failed, "no_devices") {
-                    return format!("store: {e}");
+                Event::Receipt { id, kind, .. } => match kind.as_deref() {
+                    None => statuses.push((id, OutboxStatus::Delivered, String::new())),
+                    Some("read") => statuses.push((id, OutboxStatus::Read, String::new())),
+                    _ => {}
+                },
+                Event::SendHeld { id, user } => {
+                    log::warn!("link: message {id} held: the verified identity of {user} changed");
+                    started.borrow_mut().remove(&id);
+                    if let Err(e) = hold(store, bus, &id) {
+                        return format!("store: {e}");
+                    }
                 }
+                Event::MediaPending { .. } => inbound.wake(),
+                Event::DecryptFailed { id, from, reason } => {
+                    log::warn!("link: message {id} from {from} cannot be decrypted: {reason}");
+                }
+                Event::SendFailed { id, reason } => {
+                    log::warn!("link: message {id} cannot be sent: {reason}");
+                    statuses.push((id, OutboxStatus::Failed, "no_devices".to_owned()));
+                }
+                _ => {}
             }
-            Some(_) => {}
+        }
+        if let Err(e) = apply_statuses(store, bus, &statuses) {
+            return format!("store: {e}");
+        }
+        if let Some(why) = ended {
+            return why;
         }
         if !conn.flush().await {
             return "write failed".into();
@@ -425,19 +433,19 @@ fn send_read_marks(conn: &mut Connection, store: &Store) -> Result<(), StoreErro
     txn.commit()
 }
 
-/// Moves an outbox row forward (queued → sent → delivered → read, or → failed) and records
-/// the change in the event log in the same transaction.
-fn set_status(
+/// One outbox status change: message id, new status, error code (empty unless failed).
+pub type StatusChange = (String, OutboxStatus, String);
+
+/// Moves outbox rows forward (queued → sent → delivered → read, or → failed) and records
+/// each change in the event log, all in one transaction; then wakes the readers.
+pub fn apply_statuses(
     store: &Store,
     bus: &EventBus,
-    id: &str,
-    status: OutboxStatus,
-    error: &str,
+    changes: &[StatusChange],
 ) -> Result<(), StoreError> {
-    let txn = store.begin()?;
-    let Some((seq, mut row)) = txn.outbox_by_id(id)? else {
+    if changes.is_empty() {
         return Ok(());
-    };
+    }
     let rank = |s: OutboxStatus| match s {
         OutboxStatus::Queued => 0,
         OutboxStatus::Sent => 1,
@@ -445,17 +453,29 @@ fn set_status(
         OutboxStatus::Read => 3,
         OutboxStatus::Failed => 4,
     };
-    if rank(status) <= rank(row.status) || row.status == OutboxStatus::Failed {
-        return Ok(());
+    let txn = store.begin()?;
+    let mut published = Vec::new();
+    for (id, status, error) in changes {
+        let Some((seq, mut row)) = txn.outbox_by_id(id)? else {
+            continue;
+        };
+        if rank(*status) <= rank(row.status) || row.status == OutboxStatus::Failed {
+            continue;
+        }
+        row.status = *status;
+        row.updated_ms = wall_ms();
+        if *status == OutboxStatus::Failed {
+            row.error_code = error.clone();
+        } else if row.error_code == HELD_CODE {
+            row.error_code.clear();
+        }
+        txn.outbox_write(seq, &row)?;
+        bus.record_status(&txn, &row)?;
+        published.push((row.id, row.status));
     }
-    row.status = status;
-    row.updated_ms = wall_ms();
-    if status == OutboxStatus::Failed {
-        row.error_code = error.to_owned();
-    }
-    txn.outbox_write(seq, &row)?;
-    bus.record_status(&txn, &row)?;
     txn.commit()?;
-    bus.publish_status(&row.id, row.status);
+    for (id, status) in published {
+        bus.publish_status(&id, status);
+    }
     Ok(())
 }

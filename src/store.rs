@@ -310,7 +310,6 @@ pub struct OutboxRow {
     pub stanza: Vec<u8>,
 }
 
-/// One inbound message, decrypted and committed before the server is acked.
 /// A received message held out of the inbox until its media is downloaded and verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingInbox {
@@ -321,6 +320,7 @@ pub struct PendingInbox {
     pub row: InboxRow,
 }
 
+/// One inbound message, decrypted and committed before the server is acked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxRow {
     pub id: String,

@@ -492,3 +492,38 @@ fn media_from_a_whatsapp_user_is_downloaded_verified_and_served() {
     assert_eq!(part.status, 206);
     assert_eq!(part.body.as_bytes(), &data[100..200]);
 }
+
+#[test]
+fn a_message_to_an_offline_recipient_is_delivered_when_it_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(&dir.path().join("hub"), true);
+    let (status, _) = hub.control(
+        "POST",
+        "/users",
+        Some(json!({"phone": "+15550160", "devices": 1, "behavior": "offline"})),
+    );
+    assert!(status == 200 || status == 201, "{status}");
+    let d = Daemon::start(dir.path(), &hub, "acme-home");
+    let id = d.send("+15550160", "are you there?");
+    // The gatekeeper takes it (sent) and keeps it while the phone is offline.
+    d.wait_status(&id, "sent");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        d.get(&format!("/v1/messages/{id}")).json()["status"],
+        "sent"
+    );
+    assert!(received_texts(&hub.control, "+15550160").is_empty());
+
+    let (status, body) = hub.control(
+        "POST",
+        "/users/+15550160/behavior",
+        Some(json!({"behavior": "echo"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    d.wait_status(&id, "read");
+    assert_eq!(
+        received_texts(&hub.control, "+15550160"),
+        ["are you there?"]
+    );
+    assert_eq!(d.wait_inbox(1), ["echo: are you there?"]);
+}
