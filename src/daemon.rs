@@ -241,16 +241,32 @@ pub async fn serve(
     Ok(())
 }
 
-/// How often expired and orphaned blobs are swept, in milliseconds.
+/// How often retention runs and expired and orphaned blobs are swept, in milliseconds.
 pub const MEDIA_SWEEP_INTERVAL_MS: u64 = 60_000;
 
-/// Sweeps the media store now and every [`MEDIA_SWEEP_INTERVAL_MS`], and starts the HTTPS
+/// Applies retention ([`crate::retention`]) and sweeps the media store now and every
+/// [`MEDIA_SWEEP_INTERVAL_MS`], and starts the HTTPS
 /// media host when `[media] listen` is set.
 pub async fn start_media(rt: &Runtime) -> Result<(), DaemonError> {
     let (store, media) = (Rc::clone(&rt.store), Rc::clone(&rt.media));
     rt.executor
         .spawn(async move {
             loop {
+                let kept = store.begin().and_then(|txn| {
+                    let r = crate::retention::sweep(&txn, crate::clock::now_ms())?;
+                    txn.commit()?;
+                    Ok(r)
+                });
+                match kept {
+                    Ok(r) if r != crate::retention::RetentionReport::default() => log::info!(
+                        "retention: removed {} outbox rows, {} inbox rows, {} events",
+                        r.outbox_rows,
+                        r.inbox_rows,
+                        r.events
+                    ),
+                    Ok(_) => {}
+                    Err(e) => log::warn!("retention sweep failed: {e}"),
+                }
                 match media.sweep(&store, crate::clock::now_ms()) {
                     Ok(r) if r.expired_rows + r.orphan_files > 0 => log::info!(
                         "media: swept {} expired rows and {} orphan files ({} bytes)",

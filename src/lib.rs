@@ -16,6 +16,7 @@
 //! | [`media_host`]     | the HTTPS host the gatekeeper's proxy fetches our blobs from | net  |
 //! | [`inbound_media`]  | received media: download, verify, then release into the inbox | disk, net |
 //! | [`media_pipe`]     | media through encryption, WhatsApp media fields, downloads   | disk, net |
+//! | [`retention`]      | how long outbox, inbox and event rows are kept; the sweep    | no   |
 //! | [`retry`]          | retry receipts: build and read `<receipt type="retry">`      | no   |
 //! | [`logger`]         | one line per event on stderr with journald `<N>` priorities    | stderr |
 //! | [`notify`]         | sd_notify over `NOTIFY_SOCKET` (READY, WATCHDOG, STOPPING)   | socket |
@@ -60,6 +61,7 @@ pub mod media_pipe;
 pub mod media_store;
 pub mod metrics;
 pub mod notify;
+pub mod retention;
 pub mod retry;
 pub mod signal;
 pub mod stanza;

@@ -485,6 +485,45 @@ impl Txn {
         Ok(seq)
     }
 
+    /// Removes outbox row `seq` (message `id`); retention only.
+    pub fn outbox_remove(&self, seq: u64, id: &str) -> Result<(), StoreError> {
+        self.inner.open_table(OUTBOX)?.remove(&seq.to_be_bytes())?;
+        self.inner.open_table(OUTBOX_BY_ID)?.remove(id)?;
+        Ok(())
+    }
+
+    /// Rows in the outbox (queued and finished).
+    pub fn outbox_len(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.open_table(OUTBOX)?.len()?)
+    }
+
+    /// Removes inbox row `cursor` and its dedupe key; retention only.
+    pub fn inbox_remove(&self, cursor: u64, dedupe_key: &str) -> Result<(), StoreError> {
+        self.inner
+            .open_table(INBOX)?
+            .remove(&cursor.to_be_bytes())?;
+        self.inner.open_table(DEDUPE)?.remove(dedupe_key)?;
+        Ok(())
+    }
+
+    /// Rows in the inbox.
+    pub fn inbox_len(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.open_table(INBOX)?.len()?)
+    }
+
+    /// Removes the oldest events so that at most `keep` remain; returns how many went.
+    pub fn events_trim(&self, keep: u64) -> Result<u64, StoreError> {
+        let mut t = self.inner.open_table(EVENTS)?;
+        let len = t.len()?;
+        let excess = len.saturating_sub(keep);
+        for _ in 0..excess {
+            if t.pop_first()?.is_none() {
+                break;
+            }
+        }
+        Ok(excess)
+    }
+
     /// Rewrites an existing row (status change, new stanza bytes).
     pub fn outbox_write(&self, seq: u64, row: &OutboxRow) -> Result<(), StoreError> {
         let bytes = encode_outbox(row)?;

@@ -345,7 +345,8 @@ fn queue(
         media_store::put_row(txn, media_id, &media_row)
     });
     match committed {
-        Ok(r) => (true, r),
+        // 429 outbox_full commits nothing: the blob is removed like after a failed commit.
+        Ok(r) => (r.status == 202, r),
         Err(e) => (false, store_error(&e)),
     }
 }

@@ -187,6 +187,16 @@ pub(crate) fn commit_queued(
     row: &OutboxRow,
     also: impl FnOnce(&Txn) -> Result<(), StoreError>,
 ) -> Result<Response, StoreError> {
+    if txn.outbox_len()? >= crate::retention::MAX_OUTBOX_ROWS {
+        return Ok(Response::json_error(
+            429,
+            "outbox_full",
+            &format!(
+                "{} messages are waiting to be sent; try again once the link has caught up",
+                crate::retention::MAX_OUTBOX_ROWS
+            ),
+        ));
+    }
     txn.outbox_insert(row)?;
     also(&txn)?;
     if let Some(k) = key {
