@@ -14,6 +14,22 @@
 //!
 //! Receiving follows DESIGN.md section 6: decrypt, commit {session, inbox row, dedupe key},
 //! then `<ack>` and a delivery `<receipt>`.
+//!
+//! Retry receipts (docs/protocol.md section 12) go both ways. A message that does not decrypt
+//! is acked and answered with `<receipt type="retry">`, counted per (sending device, message
+//! id) up to [`MAX_RETRY_RECEIPTS`], with our keys and a fresh one-time prekey from
+//! [`RETRY_KEYS_FROM_COUNT`]. A retry receipt for an outbox row we sent rebuilds the session
+//! with the asking device (from its `<keys>`, else a fetched bundle) and resends the row's
+//! content, freshly padded, to that device alone with `count` on the `<message>`:
+//!
+//! ```text
+//!  <receipt type=retry> ─▶ outbox row by id ─▶ (no <keys>) iq encrypt/key ─▶ <message count>
+//!                                              delete session, process_bundle, encrypt, commit
+//! ```
+//!
+//! Both counters live in the store's `meta` table ([`META_RETRY_SENT`],
+//! [`META_RETRY_ANSWERED`]), each a bounded list, so a restart neither resets them nor lets
+//! them grow.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -21,16 +37,17 @@ use std::rc::Rc;
 
 use rand::{CryptoRng, Rng};
 
-use crate::content::{self, Message};
+use crate::content::{self, Message, MessageId};
 use crate::frame::{self, FrameDecoder};
 use crate::hub::state::{bundle_stanza, parse_bundle};
 use crate::jid::{self, Jid};
 use crate::login::{ClientLogin, ClientStep, Hello, LoggedIn, LoginError};
+use crate::retry::{self, MAX_RETRY_RECEIPTS, RETRY_KEYS_FROM_COUNT, RetryReceipt};
 use crate::signal::{
     self, Ciphertext, EncType, IdentityEvent, SignalError, WireBundle, WirePreKey, WireSignedPreKey,
 };
 use crate::stanza::{self, Stanza};
-use crate::store::{InboxRow, OutboxRow, PendingInbox, Store, StoreError, Txn};
+use crate::store::{InboxRow, META, OutboxRow, OutboxStatus, PendingInbox, Store, StoreError, Txn};
 
 /// Interval between keepalive pings, in milliseconds (the hub closes after
 /// [`crate::hub::state::IDLE_TIMEOUT_MS`] of silence).
@@ -45,6 +62,25 @@ pub const KEEPALIVE_DEADLINE_MS: u64 = 10_000;
 pub const DEVICE_LIST_MAX_AGE_MS: u64 = 3_600_000;
 /// Most sends waiting for their device list or bundles at once.
 pub const MAX_PENDING_SENDS: usize = 256;
+/// Most (device, message id) retry counters kept in each of [`META_RETRY_SENT`] and
+/// [`META_RETRY_ANSWERED`]; the oldest is forgotten first.
+pub const MAX_RETRY_TRACKED: usize = 256;
+/// Most answers to retry receipts in flight at once (bundle fetches plus resends not yet
+/// acked); a retry receipt beyond it is ignored and the peer asks again.
+pub const MAX_PENDING_RETRIES: usize = 64;
+/// Oldest outbox row a retry receipt makes us resend, in milliseconds since it was queued.
+pub const MAX_RETRY_RESEND_AGE_MS: u64 = 24 * 3600 * 1000;
+/// One-time prekeys we may hold (uploaded or made for retry receipts) before a retry
+/// receipt's `<keys>` go without a fresh one (the peer then starts from the signed prekey).
+pub const MAX_PREKEYS_HELD_FOR_RETRY: u64 = 1_000;
+/// Longest key of a retry counter (`DEVICE-JID|MESSAGE-ID`), in bytes: its length is one byte.
+pub const MAX_RETRY_KEY_BYTES: usize = 255;
+/// `meta` key: how many retry receipts we sent, per (sending device, message id).
+pub const META_RETRY_SENT: &str = "retry/sent";
+/// `meta` key: the highest retry count we answered, per (asking device, message id).
+pub const META_RETRY_ANSWERED: &str = "retry/answered";
+/// Layout version of the two retry counter values.
+const RETRY_COUNTS_VERSION: u8 = 1;
 
 /// What happened, for the test or the daemon to act on.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +133,9 @@ pub enum Event {
     /// A send is held: a device of `user`, a verified contact, offered a new identity. It
     /// goes out once the household trusts the contact again.
     SendHeld { id: String, user: Jid },
+    /// A retry receipt was answered: the outbox row `id` went again to the device `to` on a
+    /// rebuilt session, as resend number `count`.
+    Resent { id: String, to: Jid, count: u8 },
     /// A typing indicator.
     ChatState { from: Jid, state: String },
     /// The server closed the stream with `<stream:error>`.
@@ -159,6 +198,7 @@ enum Pending {
     Ping,
     Devices { send: String },
     Keys { send: String },
+    RetryKeys { id: String, device: Jid, count: u8 },
 }
 
 struct OutgoingMessage {
@@ -195,6 +235,9 @@ pub struct Client {
     next_iq: u64,
     pending: HashMap<String, Pending>,
     sends: HashMap<String, OutgoingMessage>,
+    /// Resends after a retry receipt whose server ack is outstanding: message id → how many.
+    /// Their acks are not reported as [`Event::Acked`] (the row's own ack already was).
+    resends: HashMap<String, u32>,
     last_tx_ms: u64,
 }
 
@@ -232,6 +275,7 @@ impl Client {
             next_iq: 1,
             pending: HashMap::new(),
             sends: HashMap::new(),
+            resends: HashMap::new(),
             last_tx_ms: 0,
         })
     }
@@ -311,6 +355,7 @@ impl Client {
         self.ping_sent_ms = None;
         self.pending.clear();
         self.sends.clear();
+        self.resends.clear();
         self.push(&first, now_ms);
     }
 
@@ -554,12 +599,22 @@ impl Client {
                     ack = ack.attr("type", k.clone());
                 }
                 self.push(&ack, now_ms);
+                let retry = kind.as_deref() == Some("retry");
                 if let Some(from) = device_jid_of(s, "from") {
                     self.events.push_back(Event::Receipt { id, from, kind });
+                }
+                if retry {
+                    self.answer_retry(s, now_ms, rng)?;
                 }
                 Ok(())
             }
             "ack" => {
+                if s.attr_value("class") == Some("message")
+                    && let Some(id) = s.attr_value("id")
+                    && self.resend_acked(id, s.attr_value("error"))
+                {
+                    return Ok(());
+                }
                 self.events.push_back(Event::Acked {
                     class: s.attr_value("class").unwrap_or("").to_owned(),
                     id: s.attr_value("id").unwrap_or("").to_owned(),
@@ -674,8 +729,20 @@ impl Client {
                 return Ok(());
             }
             Err(e) => {
-                drop(txn);
+                if matches!(e, SignalError::UntrustedIdentity { .. }) {
+                    // The offered identity is held as pending (signal::decrypt wrote it):
+                    // keep it, so the contact shows `changed` and trust can adopt it.
+                    txn.commit()?;
+                    self.events.push_back(Event::IdentityChanged {
+                        user: from.to_user(),
+                    });
+                } else {
+                    drop(txn);
+                }
                 self.push(&ack, now_ms);
+                if asks_for_retry(&e) {
+                    self.send_retry_receipt(&from, &id, t_secs, now_ms, rng)?;
+                }
                 self.events.push_back(Event::DecryptFailed {
                     id,
                     from,
@@ -846,6 +913,19 @@ impl Client {
                 }
                 return self.finish_send(&send, now_ms);
             }
+            Pending::RetryKeys { id, device, count } => {
+                let bundle = s
+                    .child_named("list")
+                    .map(Stanza::children)
+                    .unwrap_or_default()
+                    .iter()
+                    .find(|u| device_jid_of(u, "jid").as_ref() == Some(&device))
+                    .and_then(parse_bundle);
+                match bundle {
+                    Some(b) => return self.resend(&id, &device, count, &b, now_ms, rng),
+                    None => log::warn!("client: no bundle of {device} to answer retry of {id}"),
+                }
+            }
         }
         Ok(())
     }
@@ -994,6 +1074,370 @@ impl Client {
         txn.commit()?;
         self.send_committed(bytes, now_ms);
         Ok(())
+    }
+}
+
+// ---- retry receipts ----------------------------------------------------------------------
+
+/// Whether a decryption failure is one a retry receipt can mend: the peer's session or keys
+/// disagree with ours. A redelivery (`Duplicate`) is not a failure, a held identity is the
+/// household's decision, and a store error is ours.
+fn asks_for_retry(e: &SignalError) -> bool {
+    !matches!(
+        e,
+        SignalError::Duplicate | SignalError::UntrustedIdentity { .. } | SignalError::Store(_)
+    )
+}
+
+/// The counter key of (`device`, message `id`).
+fn retry_key(device: &Jid, id: &str) -> String {
+    format!("{device}|{id}")
+}
+
+/// Retry counters per (device, message id), oldest first, at most [`MAX_RETRY_TRACKED`]. Kept
+/// as one `meta` value: a version byte ([`RETRY_COUNTS_VERSION`]), then per entry the count
+/// (one byte), the key's length (one byte) and the key (UTF-8).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryCounts {
+    entries: VecDeque<(String, u8)>,
+}
+
+impl RetryCounts {
+    /// Reads the stored form; `None` if it is not one (wrong version, cut short, a bad key,
+    /// or more than [`MAX_RETRY_TRACKED`] entries).
+    pub fn decode(bytes: &[u8]) -> Option<RetryCounts> {
+        let (&version, mut rest) = bytes.split_first()?;
+        if version != RETRY_COUNTS_VERSION {
+            return None;
+        }
+        let mut entries = VecDeque::new();
+        while let Some((&count, tail)) = rest.split_first() {
+            let (&len, tail) = tail.split_first()?;
+            let key = tail.get(..usize::from(len))?;
+            rest = tail.get(usize::from(len)..)?;
+            if entries.len() >= MAX_RETRY_TRACKED {
+                return None;
+            }
+            entries.push_back((std::str::from_utf8(key).ok()?.to_owned(), count));
+        }
+        Some(RetryCounts { entries })
+    }
+
+    /// The stored form.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![RETRY_COUNTS_VERSION];
+        for (key, count) in &self.entries {
+            // `set` keeps every key within MAX_RETRY_KEY_BYTES, so the length fits a byte.
+            let Ok(len) = u8::try_from(key.len()) else {
+                continue;
+            };
+            out.push(*count);
+            out.push(len);
+            out.extend_from_slice(key.as_bytes());
+        }
+        out
+    }
+
+    /// The count kept for `key` (0 when none).
+    pub fn get(&self, key: &str) -> u8 {
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(0, |(_, c)| *c)
+    }
+
+    /// Sets the count for `key`, forgetting the oldest entry beyond [`MAX_RETRY_TRACKED`].
+    /// Returns `false` (and keeps nothing) for a key longer than [`MAX_RETRY_KEY_BYTES`].
+    pub fn set(&mut self, key: &str, count: u8) -> bool {
+        if key.len() > MAX_RETRY_KEY_BYTES {
+            return false;
+        }
+        match self.entries.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = count,
+            None => {
+                self.entries.push_back((key.to_owned(), count));
+                while self.entries.len() > MAX_RETRY_TRACKED {
+                    self.entries.pop_front();
+                }
+            }
+        }
+        true
+    }
+
+    /// How many entries are kept.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none are kept.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The counters under `meta` key `name`. A value that does not read back is logged and
+    /// started afresh: the counts only limit how often we ask or answer.
+    fn load(txn: &Txn, name: &str) -> Result<RetryCounts, StoreError> {
+        let Some(bytes) = txn.get_str_key(META, name)? else {
+            return Ok(RetryCounts::default());
+        };
+        Ok(RetryCounts::decode(&bytes).unwrap_or_else(|| {
+            log::warn!(
+                "client: meta {name} ({} bytes) unreadable; starting afresh",
+                bytes.len()
+            );
+            RetryCounts::default()
+        }))
+    }
+
+    fn save(&self, txn: &Txn, name: &str) -> Result<(), StoreError> {
+        txn.put_str_key(META, name, &self.encode())
+    }
+}
+
+impl Client {
+    /// Answers a message from `from` that did not decrypt with a retry receipt, the next count
+    /// for (`from`, `id`); none once [`MAX_RETRY_RECEIPTS`] were sent. From
+    /// [`RETRY_KEYS_FROM_COUNT`] on it carries our keys and a one-time prekey made for it
+    /// (kept, never uploaded), committed with the count before the receipt is queued.
+    fn send_retry_receipt<R: Rng + CryptoRng>(
+        &mut self,
+        from: &Jid,
+        id: &str,
+        t_secs: u64,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<(), ClientError> {
+        let Ok(message_id) = MessageId::parse(id) else {
+            log::warn!("client: no retry receipt for a message with a malformed id from {from}");
+            return Ok(());
+        };
+        let txn = self.store.begin()?;
+        let mut counts = RetryCounts::load(&txn, META_RETRY_SENT)?;
+        let key = retry_key(from, id);
+        let count = counts.get(&key).saturating_add(1);
+        if count > MAX_RETRY_RECEIPTS || !counts.set(&key, count) {
+            log::warn!("client: no more retry receipts to {from} for {id}");
+            return Ok(());
+        }
+        counts.save(&txn, META_RETRY_SENT)?;
+        let identity = signal::local_identity(&txn)?.ok_or(SignalError::Internal {
+            detail: "no identity".into(),
+        })?;
+        let keys = if count >= RETRY_KEYS_FROM_COUNT {
+            let prekey = if signal::prekey_count(&txn)? < MAX_PREKEYS_HELD_FOR_RETRY {
+                signal::generate_prekeys(&txn, rng, 1)?.into_iter().next()
+            } else {
+                None
+            };
+            let (signed_prekey, _) =
+                signal::current_signed_prekey(&txn)?.ok_or(SignalError::Internal {
+                    detail: "no signed prekey".into(),
+                })?;
+            Some(WireBundle {
+                registration_id: identity.registration_id(),
+                identity: identity.public(),
+                signed_prekey,
+                prekey,
+            })
+        } else {
+            None
+        };
+        txn.commit()?;
+        log::warn!("client: message {id} from {from} did not decrypt; retry receipt {count}");
+        let receipt = RetryReceipt {
+            id: message_id,
+            count,
+            t_secs,
+            registration_id: identity.registration_id(),
+            keys,
+        };
+        let s = retry::retry_receipt_stanza(from, &receipt);
+        self.push(&s, now_ms);
+        Ok(())
+    }
+
+    /// Handles a `<receipt type="retry">` (already acked): for an outbox row we sent to the
+    /// asking device's user, not failed and not older than [`MAX_RETRY_RESEND_AGE_MS`], and a
+    /// count not answered before, rebuilds the session and resends. Anything else is logged
+    /// with the id and ignored.
+    fn answer_retry<R: Rng + CryptoRng>(
+        &mut self,
+        s: &Stanza,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<(), ClientError> {
+        let id = s.attr_value("id").unwrap_or("");
+        let receipt = match retry::parse_retry_receipt(s) {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("client: retry receipt for {id} ignored: {e}");
+                return Ok(());
+            }
+        };
+        let Some(device) = device_jid_of(s, "from").filter(|j| j.device.is_some()) else {
+            log::warn!("client: retry receipt for {id} ignored: no sending device");
+            return Ok(());
+        };
+        let txn = self.store.begin()?;
+        let ignore = match txn.outbox_by_id(id)? {
+            None => Some("not a message we keep"),
+            Some((_, row)) if Jid::whatsapp(row.to.clone(), None) != device.to_user() => {
+                Some("the device is not the recipient's")
+            }
+            Some((_, row)) if row.status == OutboxStatus::Failed => Some("the message failed"),
+            Some((_, row)) if now_ms.saturating_sub(row.created_ms) > MAX_RETRY_RESEND_AGE_MS => {
+                Some("the message is too old")
+            }
+            Some(_) => {
+                let answered = RetryCounts::load(&txn, META_RETRY_ANSWERED)?;
+                (receipt.count <= answered.get(&retry_key(&device, id)))
+                    .then_some("that count was answered")
+            }
+        };
+        drop(txn);
+        if let Some(why) = ignore {
+            log::info!(
+                "client: retry receipt {} for {id} from {device} ignored: {why}",
+                receipt.count
+            );
+            return Ok(());
+        }
+        let in_flight = self.resends.values().map(|n| *n as usize).sum::<usize>()
+            + self
+                .pending
+                .values()
+                .filter(|p| matches!(p, Pending::RetryKeys { .. }))
+                .count();
+        if in_flight >= MAX_PENDING_RETRIES {
+            log::warn!("client: retry receipt for {id} from {device} ignored: too many in flight");
+            return Ok(());
+        }
+        let count = receipt.count;
+        if let Some(bundle) = receipt.keys {
+            return self.resend(id, &device, count, &bundle, now_ms, rng);
+        }
+        let q = self.iq_id(Pending::RetryKeys {
+            id: id.to_owned(),
+            device: device.clone(),
+            count,
+        });
+        let key = Stanza::new("key").child(Stanza::new("user").attr("jid", device.to_string()));
+        let iq = Stanza::new("iq")
+            .attr("id", q)
+            .attr("type", "get")
+            .attr("xmlns", "encrypt")
+            .child(key);
+        self.push(&iq, now_ms);
+        Ok(())
+    }
+
+    /// Rebuilds the session with `device` from `bundle` (the old one is dropped first) and
+    /// sends outbox row `id` to it alone as resend `count`. The new session, the answered
+    /// count and nothing else commit before the bytes are queued; the row's own stanza stays
+    /// the original. A changed identity of a verified contact holds the resend
+    /// ([`Event::SendHeld`]); the dropped session and the pending identity are committed.
+    fn resend<R: Rng + CryptoRng>(
+        &mut self,
+        id: &str,
+        device: &Jid,
+        count: u8,
+        bundle: &WireBundle,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<(), ClientError> {
+        let txn = self.store.begin()?;
+        let Some((_, row)) = txn.outbox_by_id(id)? else {
+            return Ok(());
+        };
+        let key = retry_key(device, id);
+        let mut answered = RetryCounts::load(&txn, META_RETRY_ANSWERED)?;
+        if count <= answered.get(&key) {
+            // A later count overtook this one while its bundle was fetched.
+            return Ok(());
+        }
+        let message = match <Message as prost::Message>::decode(row.content.as_slice()) {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("client: outbox row {id} does not decode: {e}");
+                return Ok(());
+            }
+        };
+        let padded = content::encode_padded(&message, rng).map_err(ClientError::Content)?;
+        let addr = device.address();
+        signal::delete_session(&txn, &addr)?;
+        let changed = match signal::process_bundle(&txn, &addr, bundle, rng, now_ms) {
+            Ok(event) => event == IdentityEvent::Changed,
+            Err(SignalError::UntrustedIdentity { .. }) => {
+                txn.commit()?;
+                self.events.push_back(Event::SendHeld {
+                    id: id.to_owned(),
+                    user: device.to_user(),
+                });
+                return Ok(());
+            }
+            Err(SignalError::Store(e)) => return Err(e.into()),
+            Err(e) => {
+                // Dropping the transaction keeps the old session.
+                log::warn!("client: keys of {device} for the retry of {id} refused: {e}");
+                return Ok(());
+            }
+        };
+        let ct = signal::encrypt(&txn, &addr, &padded, now_ms)?;
+        let kind = message.kind();
+        let mut enc = Stanza::new("enc")
+            .attr("v", "2")
+            .attr("type", ct.kind.as_str());
+        if let Some(mt) = crate::hub::users::media_type(kind) {
+            enc = enc.attr("mediatype", mt);
+        }
+        let m = Stanza::new("message")
+            .attr("id", id)
+            .attr("to", device.to_user().to_string())
+            .attr("type", crate::hub::users::stanza_type(kind))
+            .attr("t", (now_ms / 1000).to_string())
+            .attr("count", count.to_string())
+            .child(
+                Stanza::new("participants").child(
+                    Stanza::new("to")
+                        .attr("jid", device.to_string())
+                        .child(enc.bytes(ct.body)),
+                ),
+            );
+        answered.set(&key, count);
+        answered.save(&txn, META_RETRY_ANSWERED)?;
+        // The rebuilt session and the count commit before the bytes reach the wire.
+        txn.commit()?;
+        self.push(&m, now_ms);
+        *self.resends.entry(id.to_owned()).or_default() += 1;
+        log::warn!("client: resending {id} to {device} (retry {count})");
+        if changed {
+            self.events.push_back(Event::IdentityChanged {
+                user: device.to_user(),
+            });
+        }
+        self.events.push_back(Event::Resent {
+            id: id.to_owned(),
+            to: device.clone(),
+            count,
+        });
+        Ok(())
+    }
+
+    /// Takes the server's ack of a resend (see [`Client::resend`]); `false` if `id` has none
+    /// outstanding. A refused resend is logged: the row keeps the status its own ack gave.
+    fn resend_acked(&mut self, id: &str, error: Option<&str>) -> bool {
+        let Some(n) = self.resends.get_mut(id) else {
+            return false;
+        };
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.resends.remove(id);
+        }
+        match error {
+            Some(e) => log::warn!("client: resend of {id} refused by the server: {e}"),
+            None => log::debug!("client: resend of {id} accepted"),
+        }
+        true
     }
 }
 
@@ -1265,5 +1709,497 @@ impl Connection {
     pub async fn write_raw(&mut self, bytes: &[u8]) -> bool {
         use futures_lite::AsyncWriteExt as _;
         self.stream.write_all(bytes).await.is_ok() && self.stream.flush().await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::SeedableRng as _;
+    use rand::rngs::StdRng;
+
+    const T0: u64 = 1_700_000_000_000;
+    /// The recipient's digits; its device 0 is played by a second [`Client`].
+    const PHONE: &str = "15550100";
+
+    fn peer() -> Jid {
+        Jid::whatsapp(PHONE, Some(0))
+    }
+
+    /// A client with its keys made, on its own store under `dir`.
+    fn device(dir: &tempfile::TempDir, name: &str, rng: &mut StdRng) -> Client {
+        let store = Store::open(&dir.path().join(name)).unwrap();
+        let mut c = Client::new(store, "acme-home", 1, rng).unwrap();
+        c.upload_prekeys(4, T0, rng).unwrap();
+        wire(&mut c);
+        c
+    }
+
+    /// Everything `c` wrote, parsed.
+    fn wire(c: &mut Client) -> Vec<Stanza> {
+        std::iter::from_fn(|| c.poll_transmit())
+            .map(|p| stanza::parse(&p).unwrap())
+            .collect()
+    }
+
+    fn events(c: &mut Client) -> Vec<Event> {
+        std::iter::from_fn(|| c.poll_event()).collect()
+    }
+
+    fn feed(c: &mut Client, s: &Stanza, rng: &mut StdRng) {
+        c.handle_frame(&s.to_xml(), T0, rng);
+    }
+
+    fn texts(ev: &[Event]) -> Vec<String> {
+        ev.iter()
+            .filter_map(|e| match e {
+                Event::Message { message, .. } => message.text_body().map(str::to_owned),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn retry_receipts(out: &[Stanza]) -> Vec<RetryReceipt> {
+        out.iter()
+            .filter(|s| s.tag == "receipt" && s.attr_value("type") == Some("retry"))
+            .map(|s| retry::parse_retry_receipt(s).unwrap())
+            .collect()
+    }
+
+    fn messages(out: &[Stanza]) -> Vec<&Stanza> {
+        out.iter().filter(|s| s.tag == "message").collect()
+    }
+
+    /// `c`'s bundle as the directory would hand it out, with one of its one-time prekeys.
+    fn bundle_of(c: &Client) -> WireBundle {
+        let txn = c.store().begin().unwrap();
+        let prekey = signal::prekey_ids(&txn, 1).unwrap().first().copied();
+        signal::own_bundle(&txn, prekey).unwrap()
+    }
+
+    /// Queues `text` to [`PHONE`] in `a`'s outbox, as the API does.
+    fn queue(a: &Client, text: &str, rng: &mut StdRng) -> OutboxRow {
+        let mut random = [0u8; 16];
+        rng.fill_bytes(&mut random);
+        let id = content::message_id(T0 / 1000, "acme-home", &random);
+        let m = Message::text(text);
+        let row = crate::api::messages::queued_row(
+            id.as_str().to_owned(),
+            PHONE,
+            m.kind(),
+            T0,
+            prost::Message::encode_to_vec(&m),
+        );
+        let txn = a.store().begin().unwrap();
+        txn.outbox_insert(&row).unwrap();
+        txn.commit().unwrap();
+        row
+    }
+
+    fn result(iq: &Stanza) -> Stanza {
+        assert_eq!(iq.tag, "iq", "{iq:?}");
+        Stanza::new("iq")
+            .attr("id", iq.attr_value("id").unwrap())
+            .attr("type", "result")
+    }
+
+    /// The server's answer to a key fetch: `bundle` for [`peer`].
+    fn keys_answer(iq: &Stanza, bundle: &WireBundle) -> Stanza {
+        result(iq).child(Stanza::new("list").child(bundle_stanza(&peer(), bundle)))
+    }
+
+    /// Sends outbox row `row` from `a` to [`peer`], whose bundle is `bundle`, answering the
+    /// iqs as the server would; returns the `<message>`.
+    fn send_row(a: &mut Client, row: &OutboxRow, bundle: &WireBundle, rng: &mut StdRng) -> Stanza {
+        a.send_outbox(row, T0, rng).unwrap();
+        let devices = wire(a).remove(0);
+        let answer = result(&devices).child(
+            Stanza::new("user")
+                .attr("jid", peer().to_user().to_string())
+                .child(Stanza::new("device").attr("id", "0")),
+        );
+        feed(a, &answer, rng);
+        let keys = wire(a).remove(0);
+        feed(a, &keys_answer(&keys, bundle), rng);
+        messages(&wire(a))[0].clone()
+    }
+
+    /// What the server delivers of `m` (sent by `from`) to its first participant.
+    fn delivered(m: &Stanza, from: &Jid) -> Stanza {
+        let to = m.child_named("participants").unwrap().children()[0].clone();
+        let mut out = Stanza::new("message")
+            .attr("id", m.attr_value("id").unwrap())
+            .attr("from", from.to_string())
+            .attr("to", m.attr_value("to").unwrap())
+            .attr("type", m.attr_value("type").unwrap())
+            .attr("t", (T0 / 1000).to_string());
+        if let Some(c) = m.attr_value("count") {
+            out = out.attr("count", c);
+        }
+        out.child(to.child_named("enc").unwrap().clone())
+    }
+
+    /// A stanza as the server delivers it, with `from` added.
+    fn routed(s: &Stanza, from: &Jid) -> Stanza {
+        let mut s = s.clone();
+        s.attrs.push(("from".into(), from.to_string()));
+        s
+    }
+
+    /// A `<message>` from `from` whose `msg` no session can open.
+    fn garbage(id: &str, from: &Jid) -> Stanza {
+        Stanza::new("message")
+            .attr("id", id)
+            .attr("from", from.to_string())
+            .attr("to", "acme-home@interop")
+            .attr("type", "text")
+            .attr("t", "1700000000")
+            .child(
+                Stanza::new("enc")
+                    .attr("v", "2")
+                    .attr("type", "msg")
+                    .bytes(vec![0x33; 60]),
+            )
+    }
+
+    /// `a` sent a row to `b`, which read it; then `b` reinstalled as the returned client,
+    /// which got the same message again and could not open it. Returns (row, message, the
+    /// new `b`, its first retry receipt).
+    fn reinstalled_peer(
+        dir: &tempfile::TempDir,
+        a: &mut Client,
+        rng: &mut StdRng,
+    ) -> (OutboxRow, Stanza, Client, Stanza) {
+        let mut b = device(dir, "b", rng);
+        let row = queue(a, "hello", rng);
+        let m = send_row(a, &row, &bundle_of(&b), rng);
+        feed(&mut b, &delivered(&m, &a.jid()), rng);
+        assert_eq!(texts(&events(&mut b)), ["hello"]);
+        events(a);
+        let mut b2 = device(dir, "b2", rng);
+        feed(&mut b2, &delivered(&m, &a.jid()), rng);
+        let out = wire(&mut b2);
+        let receipt = out
+            .iter()
+            .find(|s| s.attr_value("type") == Some("retry"))
+            .unwrap()
+            .clone();
+        (row, m, b2, routed(&receipt, &peer()))
+    }
+
+    #[test]
+    fn undecryptable_message_is_acked_and_asked_again_five_times_with_keys_from_the_second() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = device(&dir, "c", &mut rng);
+        let sender = Jid::interop("acme-shed", Some(1));
+        let id = "3EB0000000000000000001";
+        let mut got = Vec::new();
+        for _ in 0..7 {
+            feed(&mut c, &garbage(id, &sender), &mut rng);
+            let out = wire(&mut c);
+            assert_eq!(out[0].tag, "ack", "acked first: {out:?}");
+            assert_eq!(out[0].attr_value("id"), Some(id));
+            got.extend(retry_receipts(&out));
+            assert!(out.iter().all(|s| s.tag == "ack"
+                || (s.tag == "receipt"
+                    && s.attr_value("to") == Some(sender.to_string().as_str()))));
+        }
+        assert_eq!(
+            got.iter().map(|r| r.count).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        assert!(
+            got.iter()
+                .all(|r| r.id.as_str() == id && r.t_secs == T0 / 1000)
+        );
+        assert!(got[0].keys.is_none(), "count 1 asks for a plain resend");
+        let own = bundle_of(&c);
+        let mut prekeys = std::collections::HashSet::new();
+        let txn = c.store().begin().unwrap();
+        let held = signal::prekey_ids(&txn, 100).unwrap();
+        for r in &got[1..] {
+            let k = r.keys.as_ref().unwrap();
+            assert_eq!(
+                (k.identity, &k.signed_prekey, k.registration_id),
+                (own.identity, &own.signed_prekey, own.registration_id)
+            );
+            let p = k.prekey.as_ref().unwrap().id;
+            assert!(prekeys.insert(p), "a fresh prekey each time");
+            assert!(held.contains(&p), "the prekey {p} is kept");
+        }
+        drop(txn);
+        let ev = events(&mut c);
+        assert_eq!(
+            ev.iter()
+                .filter(|e| matches!(e, Event::DecryptFailed { .. }))
+                .count(),
+            7
+        );
+    }
+
+    #[test]
+    fn retry_counts_survive_a_restart_and_are_per_sending_device() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = device(&dir, "c", &mut rng);
+        let one = Jid::interop("acme-shed", Some(1));
+        let two = Jid::interop("acme-shed", Some(2));
+        let id = "3EB0000000000000000002";
+        let counts = |c: &mut Client, from: &Jid, n: usize, rng: &mut StdRng| {
+            (0..n)
+                .flat_map(|_| {
+                    feed(c, &garbage(id, from), rng);
+                    retry_receipts(&wire(c))
+                })
+                .map(|r| r.count)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(counts(&mut c, &one, 3, &mut rng), [1, 2, 3]);
+        let mut c = Client::new(c.store.clone(), "acme-home", 1, &mut rng).unwrap();
+        assert_eq!(counts(&mut c, &one, 4, &mut rng), [4, 5]);
+        assert_eq!(counts(&mut c, &two, 1, &mut rng), [1]);
+    }
+
+    #[test]
+    fn a_redelivered_message_gets_no_retry_receipt() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = device(&dir, "a", &mut rng);
+        let mut b = device(&dir, "b", &mut rng);
+        let row = queue(&a, "once", &mut rng);
+        let m = send_row(&mut a, &row, &bundle_of(&b), &mut rng);
+        let d = delivered(&m, &a.jid());
+        feed(&mut b, &d, &mut rng);
+        wire(&mut b);
+        feed(&mut b, &d, &mut rng);
+        let out = wire(&mut b);
+        assert_eq!(out.len(), 1, "only the ack: {out:?}");
+        assert_eq!(out[0].tag, "ack");
+    }
+
+    #[test]
+    fn retry_receipt_without_keys_fetches_a_bundle_and_resends_to_that_device_alone() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = device(&dir, "a", &mut rng);
+        let (row, original, mut b2, receipt) = reinstalled_peer(&dir, &mut a, &mut rng);
+        let r = retry::parse_retry_receipt(&receipt).unwrap();
+        assert_eq!((r.count, r.keys.is_none()), (1, true));
+
+        feed(&mut a, &receipt, &mut rng);
+        let out = wire(&mut a);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(
+            (
+                out[0].tag.as_str(),
+                out[0].attr_value("class"),
+                out[0].attr_value("type")
+            ),
+            ("ack", Some("receipt"), Some("retry"))
+        );
+        let user = out[1].child_named("key").unwrap().children();
+        assert_eq!(out[1].attr_value("xmlns"), Some("encrypt"));
+        assert_eq!(user.len(), 1);
+        assert_eq!(user[0].attr_value("jid"), Some("15550100:0@s.whatsapp.net"));
+        assert!(events(&mut a).contains(&Event::Receipt {
+            id: row.id.clone(),
+            from: peer(),
+            kind: Some("retry".into()),
+        }));
+
+        feed(&mut a, &keys_answer(&out[1], &bundle_of(&b2)), &mut rng);
+        let out = wire(&mut a);
+        let m = messages(&out);
+        assert_eq!(m.len(), 1, "{out:?}");
+        let m = m[0];
+        assert_eq!(m.attr_value("id"), Some(row.id.as_str()));
+        assert_eq!(m.attr_value("to"), Some("15550100@s.whatsapp.net"));
+        assert_eq!(m.attr_value("count"), Some("1"));
+        assert_eq!(m.attr_value("type"), Some("text"));
+        let tos = m.child_named("participants").unwrap().children();
+        assert_eq!(tos.len(), 1);
+        assert_eq!(tos[0].attr_value("jid"), Some("15550100:0@s.whatsapp.net"));
+        let enc = tos[0].child_named("enc").unwrap();
+        assert_eq!(enc.attr_value("type"), Some("pkmsg"), "a new session");
+        let ev = events(&mut a);
+        assert!(ev.contains(&Event::Resent {
+            id: row.id.clone(),
+            to: peer(),
+            count: 1
+        }));
+        assert!(ev.contains(&Event::IdentityChanged {
+            user: peer().to_user()
+        }));
+        // The row keeps its original stanza.
+        let txn = a.store().begin().unwrap();
+        let (_, stored) = txn.outbox_by_id(&row.id).unwrap().unwrap();
+        assert_eq!(stored.stanza, original.to_xml());
+        drop(txn);
+
+        feed(&mut b2, &delivered(m, &a.jid()), &mut rng);
+        assert_eq!(texts(&events(&mut b2)), ["hello"]);
+
+        // The server's ack of the resend does not move the row (even a refusal).
+        let ack = Stanza::new("ack")
+            .attr("class", "message")
+            .attr("id", row.id.as_str())
+            .attr("error", "queue_full");
+        feed(&mut a, &ack, &mut rng);
+        assert!(events(&mut a).is_empty());
+        // A later ack with the same id is the server's again.
+        feed(&mut a, &ack, &mut rng);
+        assert_eq!(events(&mut a).len(), 1);
+    }
+
+    #[test]
+    fn retry_receipt_with_keys_resends_at_once_and_each_count_is_answered_once() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = device(&dir, "a", &mut rng);
+        let (_, original, mut b2, first) = reinstalled_peer(&dir, &mut a, &mut rng);
+        feed(&mut b2, &delivered(&original, &a.jid()), &mut rng);
+        let second = routed(
+            wire(&mut b2)
+                .iter()
+                .find(|s| s.attr_value("type") == Some("retry"))
+                .unwrap(),
+            &peer(),
+        );
+        let r = retry::parse_retry_receipt(&second).unwrap();
+        assert_eq!((r.count, r.keys.is_some()), (2, true));
+
+        feed(&mut a, &second, &mut rng);
+        let out = wire(&mut a);
+        assert!(out.iter().all(|s| s.tag != "iq"), "no fetch: {out:?}");
+        let m = messages(&out);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].attr_value("count"), Some("2"));
+        feed(&mut b2, &delivered(m[0], &a.jid()), &mut rng);
+        assert_eq!(texts(&events(&mut b2)), ["hello"]);
+
+        // The same count again, or a lower one arriving late, is acked and ignored.
+        for again in [&second, &first] {
+            feed(&mut a, again, &mut rng);
+            let out = wire(&mut a);
+            assert_eq!(out.len(), 1, "{out:?}");
+            assert_eq!(out[0].tag, "ack");
+        }
+        // Even after a restart.
+        let mut a = Client::new(a.store.clone(), "acme-home", 1, &mut rng).unwrap();
+        feed(&mut a, &second, &mut rng);
+        assert!(messages(&wire(&mut a)).is_empty());
+        assert!(
+            !events(&mut a)
+                .iter()
+                .any(|e| matches!(e, Event::Resent { .. }))
+        );
+    }
+
+    #[test]
+    fn retry_receipts_for_unknown_or_foreign_messages_are_only_acked() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = device(&dir, "a", &mut rng);
+        let (row, _, _, receipt) = reinstalled_peer(&dir, &mut a, &mut rng);
+        let unknown = RetryReceipt {
+            id: MessageId::parse("3EB0000000000000000009").unwrap(),
+            ..retry::parse_retry_receipt(&receipt).unwrap()
+        };
+        let stranger = Jid::whatsapp("15550999", Some(0));
+        for s in [
+            routed(&retry::retry_receipt_stanza(&a.jid(), &unknown), &peer()),
+            routed(
+                &retry::retry_receipt_stanza(
+                    &a.jid(),
+                    &retry::parse_retry_receipt(&receipt).unwrap(),
+                ),
+                &stranger,
+            ),
+        ] {
+            feed(&mut a, &s, &mut rng);
+            let out = wire(&mut a);
+            assert_eq!(out.len(), 1, "{out:?}");
+            assert_eq!(out[0].tag, "ack");
+        }
+        // A row that failed is not resent either.
+        let txn = a.store().begin().unwrap();
+        let (seq, mut failed) = txn.outbox_by_id(&row.id).unwrap().unwrap();
+        failed.status = OutboxStatus::Failed;
+        txn.outbox_write(seq, &failed).unwrap();
+        txn.commit().unwrap();
+        feed(&mut a, &receipt, &mut rng);
+        assert_eq!(wire(&mut a).len(), 1);
+    }
+
+    #[test]
+    fn a_verified_contacts_new_identity_in_retry_keys_holds_the_resend() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = device(&dir, "a", &mut rng);
+        let (row, original, mut b2, _) = reinstalled_peer(&dir, &mut a, &mut rng);
+        let txn = a.store().begin().unwrap();
+        signal::trust_contact(&txn, PHONE, T0).unwrap();
+        txn.commit().unwrap();
+        feed(&mut b2, &delivered(&original, &a.jid()), &mut rng);
+        let second = wire(&mut b2)
+            .into_iter()
+            .find(|s| s.attr_value("type") == Some("retry"))
+            .unwrap();
+        feed(&mut a, &routed(&second, &peer()), &mut rng);
+        assert!(messages(&wire(&mut a)).is_empty(), "nothing resent");
+        assert!(events(&mut a).contains(&Event::SendHeld {
+            id: row.id.clone(),
+            user: peer().to_user(),
+        }));
+        let txn = a.store().begin().unwrap();
+        assert!(!signal::has_session(&txn, &peer().address()).unwrap());
+        let ids = signal::remote_identities(&txn, PHONE).unwrap();
+        assert_eq!(
+            ids[0].1.pending,
+            Some(bundle_of(&b2).identity),
+            "the new key awaits trust"
+        );
+    }
+
+    #[test]
+    fn retry_counts_keep_the_newest_within_their_bound() {
+        let mut c = RetryCounts::default();
+        for n in 0..MAX_RETRY_TRACKED + 10 {
+            assert!(c.set(&format!("k{n}"), 1));
+        }
+        assert_eq!(c.len(), MAX_RETRY_TRACKED);
+        assert_eq!(c.get("k0"), 0, "the oldest went first");
+        assert_eq!(c.get(&format!("k{}", MAX_RETRY_TRACKED + 9)), 1);
+        assert!(c.set("k20", 3));
+        assert_eq!((c.get("k20"), c.len()), (3, MAX_RETRY_TRACKED));
+        assert!(!c.set(&"x".repeat(MAX_RETRY_KEY_BYTES + 1), 1));
+        assert_eq!(RetryCounts::decode(&c.encode()), Some(c));
+        assert_eq!(RetryCounts::decode(&[]), None);
+        assert_eq!(RetryCounts::decode(&[2]), None, "unknown version");
+        assert_eq!(RetryCounts::decode(&[1, 1, 5, b'a']), None, "cut short");
+    }
+
+    proptest! {
+        #[test]
+        fn retry_counts_read_back_unchanged(
+            entries in proptest::collection::vec(("[ -~]{0,40}", any::<u8>()), 0..40)
+        ) {
+            let mut c = RetryCounts::default();
+            for (k, n) in &entries {
+                c.set(k, *n);
+            }
+            prop_assert_eq!(RetryCounts::decode(&c.encode()), Some(c));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_retry_counts_reader(
+            data in proptest::collection::vec(any::<u8>(), 0..600)
+        ) {
+            if let Some(c) = RetryCounts::decode(&data) {
+                prop_assert!(c.len() <= MAX_RETRY_TRACKED);
+            }
+        }
     }
 }

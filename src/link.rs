@@ -10,8 +10,9 @@
 //!    └──── backoff ◀────────┴─────────────────────────┘◀────────────────────┘
 //! ```
 //!
-//! First version: what it does not do yet is listed in the `link` issue's closing note
-//! (retry receipts, identity policy holds, group commit, key top-up schedule).
+//! The sans-I/O client does the protocol (retry receipts both ways, identity holds, the
+//! device-list cache, keepalive deadlines); this file adds group commit of status changes,
+//! the key schedule, `STATUS=` lines, and hands received media to [`crate::inbound_media`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;

@@ -527,3 +527,93 @@ fn a_message_to_an_offline_recipient_is_delivered_when_it_comes_back() {
     );
     assert_eq!(d.wait_inbox(1), ["echo: are you there?"]);
 }
+
+// ---- retry receipts -----------------------------------------------------------------------
+
+/// The hub's (retry receipts routed, resends routed).
+fn retry_stats(hub: &HubProc) -> (u64, u64) {
+    let (status, v) = hub.control("GET", "/stats", None);
+    assert_eq!(status, 200, "{v}");
+    (
+        v["retry_receipts_routed"].as_u64().unwrap(),
+        v["resends_routed"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn a_contact_that_reinstalled_silently_asks_again_and_gets_the_text_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(&dir.path().join("hub"), true);
+    let d = Daemon::start(dir.path(), &hub, "acme-home");
+    let first = d.send("+15550100", "before");
+    d.wait_status(&first, "read");
+    d.wait_inbox(1);
+
+    // No identity notification: the daemon keeps the old session and learns of the
+    // reinstall only from the contact's retry receipt.
+    let (status, v) = hub.control(
+        "POST",
+        "/users/+15550100/reinstall",
+        Some(json!({"notify": false})),
+    );
+    assert_eq!(status, 200, "{v}");
+    let id = d.send("+15550100", "after");
+    d.wait_status(&id, "read");
+    assert_eq!(d.wait_inbox(2), ["echo: before", "echo: after"]);
+    assert_eq!(
+        received_texts(&hub.control, "+15550100"),
+        ["before", "after"],
+        "each text received exactly once"
+    );
+    let (retries, resends) = retry_stats(&hub);
+    assert!(retries >= 1 && resends >= 1, "({retries}, {resends})");
+    // The rebuilt session carries the next text without another retry.
+    let next = d.send("+15550100", "again");
+    d.wait_status(&next, "read");
+    assert_eq!(
+        d.wait_inbox(3).last().map(String::as_str),
+        Some("echo: again")
+    );
+    assert_eq!(retry_stats(&hub), (retries, resends));
+}
+
+#[test]
+fn the_daemon_asks_again_for_a_message_it_cannot_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(&dir.path().join("hub"), true);
+    let d = Daemon::start(dir.path(), &hub, "acme-home");
+    let first = d.send("+15550100", "one");
+    d.wait_status(&first, "read");
+    d.wait_inbox(1);
+    drop(d);
+
+    // The daemon loses its session with the contact's device while it is stopped; the
+    // contact still holds its own and sends on it.
+    let state = dir.path().join("state");
+    {
+        let store = interopd::store::Store::open(&state).unwrap();
+        let txn = store.begin().unwrap();
+        let addr = interopd::signal::Address::new("15550100", 0);
+        assert!(interopd::signal::has_session(&txn, &addr).unwrap());
+        interopd::signal::delete_session(&txn, &addr).unwrap();
+        txn.commit().unwrap();
+    }
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let d = Daemon::spawn(&dir.path().join("interopd.conf"), &state, api);
+    let before = retry_stats(&hub);
+    let (status, v) = hub.control(
+        "POST",
+        "/users/+15550100/send",
+        Some(json!({"to": "acme-home", "text": "ping"})),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(d.wait_inbox(2), ["echo: one", "ping"]);
+    let after = retry_stats(&hub);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1, 1),
+        "one retry receipt from the daemon, one resend from the contact"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.inbox_texts(), ["echo: one", "ping"], "stored once");
+}
