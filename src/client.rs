@@ -42,7 +42,7 @@ use crate::frame::{self, FrameDecoder};
 use crate::hub::state::{bundle_stanza, parse_bundle};
 use crate::jid::{self, Jid};
 use crate::login::{ClientLogin, ClientStep, Hello, LoggedIn, LoginError};
-use crate::retry::{self, MAX_RETRY_RECEIPTS, RETRY_KEYS_FROM_COUNT, RetryReceipt};
+use crate::retry::{self, MAX_RETRY_RECEIPTS, RetryReceipt};
 use crate::signal::{
     self, Ciphertext, EncType, IdentityEvent, SignalError, WireBundle, WirePreKey, WireSignedPreKey,
 };
@@ -1223,25 +1223,8 @@ impl Client {
         let identity = signal::local_identity(&txn)?.ok_or(SignalError::Internal {
             detail: "no identity".into(),
         })?;
-        let keys = if count >= RETRY_KEYS_FROM_COUNT {
-            let prekey = if signal::prekey_count(&txn)? < MAX_PREKEYS_HELD_FOR_RETRY {
-                signal::generate_prekeys(&txn, rng, 1)?.into_iter().next()
-            } else {
-                None
-            };
-            let (signed_prekey, _) =
-                signal::current_signed_prekey(&txn)?.ok_or(SignalError::Internal {
-                    detail: "no signed prekey".into(),
-                })?;
-            Some(WireBundle {
-                registration_id: identity.registration_id(),
-                identity: identity.public(),
-                signed_prekey,
-                prekey,
-            })
-        } else {
-            None
-        };
+        let with_prekey = signal::prekey_count(&txn)? < MAX_PREKEYS_HELD_FOR_RETRY;
+        let keys = retry::keys_for_receipt(&txn, count, with_prekey, rng)?;
         txn.commit()?;
         log::warn!("client: message {id} from {from} did not decrypt; retry receipt {count}");
         let receipt = RetryReceipt {

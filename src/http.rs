@@ -1721,11 +1721,11 @@ where
         .await
 }
 
-/// Counts an open connection while alive.
-struct ActiveGuard(Rc<Cell<usize>>);
+/// Counts an open connection while alive (also the media host's accept loop).
+pub(crate) struct ActiveGuard(Rc<Cell<usize>>);
 
 impl ActiveGuard {
-    fn enter(active: &Rc<Cell<usize>>) -> Self {
+    pub(crate) fn enter(active: &Rc<Cell<usize>>) -> Self {
         active.set(active.get() + 1);
         ActiveGuard(Rc::clone(active))
     }

@@ -418,7 +418,7 @@ pub async fn serve(
                     );
                     continue;
                 }
-                let slot = ConnectionSlot::take(&active);
+                let slot = crate::http::ActiveGuard::enter(&active);
                 let config = Arc::clone(&tls_config);
                 let store = Rc::clone(&store);
                 let media = Rc::clone(&media);
@@ -450,22 +450,6 @@ async fn serve_one(
             http::serve_connection(stream, peer, options, &handler).await;
         }
         Err(e) => log::debug!("media host: {peer}: TLS handshake failed: {e}"),
-    }
-}
-
-/// Counts an open connection while alive.
-struct ConnectionSlot(Rc<Cell<usize>>);
-
-impl ConnectionSlot {
-    fn take(active: &Rc<Cell<usize>>) -> Self {
-        active.set(active.get() + 1);
-        ConnectionSlot(Rc::clone(active))
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 

@@ -91,6 +91,39 @@ impl fmt::Display for RetryError {
 
 impl std::error::Error for RetryError {}
 
+/// The `<keys>` a retry receipt number `count` carries, from the device's store in `txn`:
+/// none before [`RETRY_KEYS_FROM_COUNT`]; then our identity, the current signed prekey and
+/// one fresh one-time prekey, generated in `txn` (the caller commits before sending) unless
+/// `with_prekey` is false (a device that already holds many unused prekeys).
+pub fn keys_for_receipt<R: rand::Rng + rand::CryptoRng>(
+    txn: &crate::store::Txn,
+    count: u8,
+    with_prekey: bool,
+    rng: &mut R,
+) -> Result<Option<signal::WireBundle>, signal::SignalError> {
+    if count < RETRY_KEYS_FROM_COUNT {
+        return Ok(None);
+    }
+    let identity = signal::local_identity(txn)?.ok_or(signal::SignalError::Internal {
+        detail: "no identity".into(),
+    })?;
+    let prekey = if with_prekey {
+        signal::generate_prekeys(txn, rng, 1)?.into_iter().next()
+    } else {
+        None
+    };
+    let (signed_prekey, _) =
+        signal::current_signed_prekey(txn)?.ok_or(signal::SignalError::Internal {
+            detail: "no signed prekey".into(),
+        })?;
+    Ok(Some(signal::WireBundle {
+        registration_id: identity.registration_id(),
+        identity: identity.public(),
+        signed_prekey,
+        prekey,
+    }))
+}
+
 /// Builds the retry receipt `r` for the device `to` (the device whose message failed).
 /// The caller decides `count` and whether `keys` go along (from [`RETRY_KEYS_FROM_COUNT`]).
 pub fn retry_receipt_stanza(to: &Jid, r: &RetryReceipt) -> Stanza {

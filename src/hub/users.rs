@@ -38,7 +38,7 @@ use super::media::MediaStore;
 use crate::content::{self, ContentKind, Message};
 use crate::jid::{Jid, Server};
 use crate::media_crypto::{self, MEDIA_KEY_BYTES, MediaCryptoError, MediaKind, SHA256_BYTES};
-use crate::retry::{self, MAX_RETRY_RECEIPTS, RETRY_KEYS_FROM_COUNT, RetryReceipt};
+use crate::retry::{self, MAX_RETRY_RECEIPTS, RetryReceipt};
 use crate::signal::{
     self, Ciphertext, EncType, SignalError, WireBundle, WirePreKey, WireSignedPreKey,
 };
@@ -791,21 +791,7 @@ impl SimUser {
         let identity = signal::local_identity(&txn)?.ok_or(SignalError::Internal {
             detail: "simulated device has no identity".into(),
         })?;
-        let keys = if count >= RETRY_KEYS_FROM_COUNT {
-            let prekey = signal::generate_prekeys(&txn, rng, 1)?.into_iter().next();
-            let (signed, _) =
-                signal::current_signed_prekey(&txn)?.ok_or(SignalError::Internal {
-                    detail: "simulated device has no signed prekey".into(),
-                })?;
-            Some(WireBundle {
-                registration_id: identity.registration_id(),
-                identity: identity.public(),
-                signed_prekey: signed,
-                prekey,
-            })
-        } else {
-            None
-        };
+        let keys = retry::keys_for_receipt(&txn, count, true, rng)?;
         txn.commit()?;
         let receipt = RetryReceipt {
             id: message_id,
