@@ -9,19 +9,20 @@
 //! `tests/api_events.rs` shows the same in-process with a fake link.
 
 mod api_common;
+mod daemon_support;
 mod hub_support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use api_common::{Reply, free_port, get, request};
+use api_common::{free_port, get};
+use daemon_support::{Daemon, provision_conf_with};
 use hmac::{Hmac, KeyInit, Mac};
-use hub_support::{HUB, HubProc};
+use hub_support::HubProc;
 use serde_json::{Value, json};
 
 /// How long any one expected thing may take on a loaded machine.
@@ -31,154 +32,22 @@ const SIM: &str = "+15550100";
 /// Our account at the hub.
 const ACCOUNT: &str = "acme-home";
 
-/// A running `interopd run`; killed on drop.
-struct Daemon {
-    child: Child,
-    conf: PathBuf,
-    state: PathBuf,
-    api: SocketAddr,
-    token: String,
+/// Provisions the account at `hub`, appends `extra` to the printed config and starts the
+/// daemon on a free API port; waits until its link is up.
+fn start(dir: &Path, hub: &HubProc, extra: &str) -> Daemon {
+    let conf = provision_conf_with(dir, &hub.state, &hub.listen, ACCOUNT, extra);
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let d = Daemon::spawn(&conf, &dir.join("state"), api);
+    d.wait_link_up();
+    d
 }
 
-impl Daemon {
-    /// Provisions the account at `hub`, appends `extra` to the printed config and starts the
-    /// daemon on a free API port; waits until its link is up.
-    fn start(dir: &Path, hub: &HubProc, extra: &str) -> Daemon {
-        let out = Command::new(HUB)
-            .arg("provision")
-            .arg("--state")
-            .arg(&hub.state)
-            .args(["--account", ACCOUNT, "--connect", &hub.listen])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut text = String::from_utf8(out.stdout).unwrap();
-        text.push_str(extra);
-        let conf = dir.join("interopd.conf");
-        std::fs::write(&conf, text).unwrap();
-        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Daemon::spawn(&conf, &dir.join("state"), api);
-        let mut d = Daemon {
-            child,
-            conf,
-            state: dir.join("state"),
-            api,
-            token: String::new(),
-        };
-        d.wait_ready();
-        d
-    }
-
-    fn spawn(conf: &Path, state: &Path, api: SocketAddr) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_interopd"))
-            .arg("run")
-            .arg("--config")
-            .arg(conf)
-            .arg("--state")
-            .arg(state)
-            .args(["--api", &api.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap()
-    }
-
-    /// SIGKILLs the process (`kill -9`): no shutdown path runs.
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// Starts the daemon again on the same config, state and API address.
-    fn restart(&mut self) {
-        self.child = Daemon::spawn(&self.conf, &self.state, self.api);
-        self.wait_ready();
-    }
-
-    /// Waits for the API token and the listener, then for the link to the hub.
-    fn wait_ready(&mut self) {
-        let t0 = Instant::now();
-        loop {
-            if let Ok(token) = std::fs::read_to_string(self.state.join("api-token"))
-                && TcpStream::connect(self.api).is_ok()
-            {
-                self.token = token.trim().to_owned();
-                break;
-            }
-            assert!(t0.elapsed() < WAIT, "interopd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        wait_until("the link to come up", || {
-            self.get("/healthz").json()["link"] == "up"
-        });
-    }
-
-    /// GET with the token; waits out the API's rate limit (429) as a polite client does.
-    fn get(&self, target: &str) -> Reply {
-        loop {
-            let r = get(self.api, target, &self.token);
-            if r.status != 429 {
-                return r;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
-    /// Sends `text` to `to`; returns the message id.
-    fn send(&self, to: &str, text: &str) -> String {
-        let r = request(
-            self.api,
-            "POST",
-            "/v1/messages",
-            Some(&self.token),
-            &[("Content-Type", "application/json")],
-            json!({"to": to, "text": text}).to_string().as_bytes(),
-        );
-        assert_eq!(r.status, 202, "{}", r.body);
-        r.json()["id"].as_str().unwrap().to_owned()
-    }
-
-    fn wait_status(&self, id: &str, want: &str) {
-        wait_until(&format!("message {id} to be {want}"), || {
-            self.get(&format!("/v1/messages/{id}")).json()["status"] == want
-        });
-    }
-
-    /// The whole inbox's texts, in cursor order.
-    fn inbox_texts(&self) -> Vec<String> {
-        let mut texts = Vec::new();
-        let mut after = 0;
-        loop {
-            let v = self
-                .get(&format!("/v1/inbox?after={after}&limit=100"))
-                .json();
-            let page = v["messages"].as_array().unwrap();
-            if page.is_empty() {
-                return texts;
-            }
-            texts.extend(page.iter().map(|m| m["text"].as_str().unwrap_or("").into()));
-            after = v["next"].as_u64().unwrap();
-        }
-    }
-
-    /// Waits until the inbox holds every text in `want`.
-    fn wait_inbox(&self, want: &[&str]) {
-        wait_until(&format!("the inbox to hold {want:?}"), || {
-            let have = self.inbox_texts();
-            want.iter().all(|w| have.iter().any(|h| h == w))
-        });
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Waits until the inbox holds every text in `want`.
+fn wait_inbox_holds(d: &Daemon, want: &[&str]) {
+    wait_until(&format!("the inbox to hold {want:?}"), || {
+        let have = d.inbox_texts();
+        want.iter().all(|w| have.iter().any(|h| h == w))
+    });
 }
 
 /// The simulated user sends `text` to our account.
@@ -203,7 +72,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 fn long_poll_started_before_a_whatsapp_message_returns_as_soon_as_it_arrives() {
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProc::start(&dir.path().join("hub"), true);
-    let d = Daemon::start(dir.path(), &hub, "");
+    let d = start(dir.path(), &hub, "");
     let empty = d.get("/v1/inbox?after=0");
     assert_eq!(empty.json(), json!({"messages": [], "next": 0}));
 
@@ -320,7 +189,7 @@ fn assert_continues(before: &[Frame], frames: &[Frame]) {
 fn sse_resumes_from_last_event_id_without_gaps_or_duplicates_across_a_daemon_kill() {
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProc::start(&dir.path().join("hub"), true);
-    let mut d = Daemon::start(dir.path(), &hub, "");
+    let mut d = start(dir.path(), &hub, "");
     let mut all: Vec<Frame> = Vec::new();
 
     // Live: two inbound texts and one text to the echo contact (its statuses and its echo).
@@ -341,7 +210,7 @@ fn sse_resumes_from_last_event_id_without_gaps_or_duplicates_across_a_daemon_kil
     let out_b = d.send(SIM, "out-b");
     sim_send(&hub, "b2");
     d.wait_status(&out_b, "read");
-    d.wait_inbox(&["b1", "b2", "echo: out-b"]);
+    wait_inbox_holds(&d, &["b1", "b2", "echo: out-b"]);
     let mut resumed = open_sse(&d, all.last().map(|f| f.0));
     let mut frames = Vec::new();
     read_until(&mut resumed, &mut frames, |f| {
@@ -359,7 +228,7 @@ fn sse_resumes_from_last_event_id_without_gaps_or_duplicates_across_a_daemon_kil
     d.restart();
     let out_d = d.send(SIM, "out-d");
     d.wait_status(&out_d, "read");
-    d.wait_inbox(&["d1", "echo: out-d"]);
+    wait_inbox_holds(&d, &["d1", "echo: out-d"]);
     let mut after_restart = open_sse(&d, all.last().map(|f| f.0));
     let mut frames = Vec::new();
     read_until(&mut after_restart, &mut frames, |f| {
@@ -472,7 +341,7 @@ fn webhook_that_fails_three_times_gets_every_event_once_signed_across_a_kill_9()
     let rx = start_receiver(SECRET, 3);
     let hub = HubProc::start(&dir.path().join("hub"), true);
     let section = format!("\n[webhook]\nurl = \"{}\"\nsecret = \"{SECRET}\"\n", rx.url);
-    let mut d = Daemon::start(dir.path(), &hub, &section);
+    let mut d = start(dir.path(), &hub, &section);
 
     // The first event's delivery fails (at 0 s and 1 s) while later events queue behind it.
     sim_send(&hub, "w1");
@@ -487,7 +356,7 @@ fn webhook_that_fails_three_times_gets_every_event_once_signed_across_a_kill_9()
         d.wait_status(id, "read");
     }
     let texts = ["w1", "w2", "w3", "echo: out-1", "echo: out-2"];
-    d.wait_inbox(&texts);
+    wait_inbox_holds(&d, &texts);
 
     // The event log, as a full SSE replay shows it.
     let mut replay = open_sse(&d, Some(0));
