@@ -148,7 +148,13 @@ pub enum Routed {
 
 /// Matches a method and raw path (query already removed).
 pub fn route(method: &str, path: &str) -> Routed {
-    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    // Only origin-form paths route. The HTTP layer already refuses any other target with
+    // 400, but this function must be right on its own: the fuzzer found that `x/v1/media`
+    // (anything before the first `/`) used to route like `/v1/media`.
+    let Some(rest) = path.strip_prefix('/') else {
+        return Routed::NotFound;
+    };
+    let segs: Vec<&str> = rest.split('/').collect();
     let param = |s: &str| percent_decode(s, false).unwrap_or_default();
     let (found, allow) = match segs.as_slice() {
         ["v1", "messages"] => ((method == "POST").then_some(Route::Send), "POST"),
@@ -386,6 +392,16 @@ mod tests {
         );
     }
 
+    /// Regression: the fuzzer's crash input (tests/data/fuzz-regressions/api_route-prefix)
+    /// routed `POST <NULs>/v1/media` as an upload.
+    #[test]
+    fn only_paths_starting_with_a_slash_route() {
+        assert_eq!(route("POST", "\0\0\0/v1/media"), Routed::NotFound);
+        assert_eq!(route("GET", "x/healthz"), Routed::NotFound);
+        assert_eq!(route("GET", "v1/inbox"), Routed::NotFound);
+        assert_eq!(route("GET", ""), Routed::NotFound);
+    }
+
     mod prop {
         use super::*;
         use proptest::prelude::*;
@@ -394,6 +410,13 @@ mod tests {
             #[test]
             fn routing_arbitrary_paths_never_panics(method in "[A-Z]{0,7}", path in "/[a-z0-9%/+.]{0,40}") {
                 let _ = route(&method, &path);
+            }
+
+            #[test]
+            fn a_path_that_routes_starts_with_a_fixed_prefix(method in "[A-Z]{0,7}", path in "[^/]{0,3}/(v1/)?[a-z]{0,9}(/[a-z0-9%]{0,4}){0,2}") {
+                if let Routed::Found(_) = route(&method, &path) {
+                    prop_assert!(path.starts_with("/v1/") || path == "/healthz" || path == "/metrics", "{}", path);
+                }
             }
 
             #[test]
