@@ -12,7 +12,6 @@
 //! [`crate::media_store`]'s.
 
 use std::cell::Cell;
-use std::io::{Seek as _, SeekFrom};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,14 +176,8 @@ async fn download_verified(
         blob.file(),
     )
     .await?;
-    blob.file()
-        .seek(SeekFrom::Start(0))
-        .map_err(|source| PipeError::File {
-            what: "rewind blob",
-            source,
-        })?;
     let mut plain = parts.media.create_temp(&mut rand::rng()).map_err(io)?;
-    media_pipe::verify_and_decrypt(blob.file(), r, plain.file())?;
+    media_pipe::verify_and_decrypt_async(blob.file(), r, plain.file()).await?;
     drop(blob);
     parts.media.check_quota(r.file_length).map_err(io)?;
     parts

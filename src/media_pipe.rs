@@ -16,8 +16,9 @@
 //! [`MAX_IMAGE_PREFIX_BYTES`](crate::media_meta::MAX_IMAGE_PREFIX_BYTES) for an image).
 //!
 //! Files are written with `std::fs` on the calling thread: writes of one chunk go to the page
-//! cache and return quickly. [`verify_and_decrypt`] reads a whole file twice; for large files
-//! the caller runs it off the executor (`smol::unblock`).
+//! cache and return quickly. [`verify_and_decrypt`] reads a whole file twice; the daemon runs
+//! [`verify_and_decrypt_async`], which yields to the executor after every
+//! [`VERIFY_SLICE_BYTES`], so a 1 GiB video does not stall the link or the API.
 
 use std::fmt;
 use std::fs::File;
@@ -1106,17 +1107,113 @@ async fn fetch_to_file(
 // ---- verify and decrypt -------------------------------------------------------------------
 
 /// Reads `file` from its start in chunks, handing each to `each`.
-fn for_each_chunk(
-    file: &mut File,
-    buf: &mut [u8],
-    mut each: impl FnMut(&[u8]) -> Result<(), PipeError>,
-) -> Result<(), PipeError> {
-    file.seek(SeekFrom::Start(0))
-        .map_err(file_error("seek blob"))?;
+/// Blob bytes [`VerifyJob::step`] reads before it returns, so the async caller can yield to
+/// the executor between slices (about 4 ms of work each on a Raspberry Pi 4).
+pub const VERIFY_SLICE_BYTES: usize = 1024 * 1024;
+
+/// Where a [`VerifyJob`] is.
+enum VerifyStage {
+    /// Pass 1: fileEncSha256 and the MAC, no decryption.
+    Check(Verifier),
+    /// Pass 2: decryption, padding and fileSha256.
+    Decrypt(Decryptor),
+}
+
+/// The two-pass check and decryption of a downloaded blob (DESIGN.md section 5), cut into
+/// slices of at most [`VERIFY_SLICE_BYTES`] so that a large file does not hold the daemon's
+/// single thread: [`verify_and_decrypt_async`] yields between slices, [`verify_and_decrypt`]
+/// runs them back to back.
+pub struct VerifyJob<'a> {
+    blob: &'a mut File,
+    r: &'a MediaRef,
+    plain_out: &'a mut File,
+    /// `None` only while a stage is being replaced, or after an error.
+    stage: Option<VerifyStage>,
+    buf: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+impl<'a> VerifyJob<'a> {
+    /// A job that checks `blob` (read from its start) against `r` and writes the plaintext
+    /// to `plain_out` from its current position.
+    pub fn new(blob: &'a mut File, r: &'a MediaRef, plain_out: &'a mut File) -> VerifyJob<'a> {
+        VerifyJob {
+            blob,
+            r,
+            plain_out,
+            stage: Some(VerifyStage::Check(Verifier::new(
+                &r.media_key,
+                r.media_kind(),
+            ))),
+            buf: vec![0u8; MEDIA_CHUNK_BYTES],
+            plain: Vec::with_capacity(MEDIA_CHUNK_BYTES + AES_BLOCK_BYTES),
+        }
+    }
+
+    /// Does one slice. `Ok(Some(len))` when the blob passed every check (`len` plaintext
+    /// bytes written), `Ok(None)` when there is more to do; an error ends the job.
+    pub fn step(&mut self) -> Result<Option<u64>, PipeError> {
+        let stage = self.stage.take().ok_or(PipeError::File {
+            what: "verify blob",
+            source: io::Error::other("the check already ended"),
+        })?;
+        let mut sliced = 0usize;
+        match stage {
+            VerifyStage::Check(mut verifier) => {
+                while sliced < VERIFY_SLICE_BYTES {
+                    let n = read_some(self.blob, &mut self.buf)?;
+                    if n == 0 {
+                        let verified = verifier
+                            .finish(&self.r.file_enc_sha256)
+                            .map_err(|source| PipeError::Verify { source })?;
+                        self.blob
+                            .seek(SeekFrom::Start(0))
+                            .map_err(file_error("seek blob"))?;
+                        self.stage = Some(VerifyStage::Decrypt(Decryptor::new(verified)));
+                        return Ok(None);
+                    }
+                    verifier.update(self.buf.get(..n).unwrap_or_default());
+                    sliced += n;
+                }
+                self.stage = Some(VerifyStage::Check(verifier));
+                Ok(None)
+            }
+            VerifyStage::Decrypt(mut decryptor) => {
+                while sliced < VERIFY_SLICE_BYTES {
+                    let n = read_some(self.blob, &mut self.buf)?;
+                    self.plain.clear();
+                    if n == 0 {
+                        let len = decryptor
+                            .finish(&self.r.file_sha256, &mut self.plain)
+                            .map_err(|source| PipeError::Verify { source })?;
+                        self.plain_out
+                            .write_all(&self.plain)
+                            .map_err(file_error("write plaintext"))?;
+                        if len != self.r.file_length {
+                            return Err(PipeError::LengthMismatch {
+                                announced: self.r.file_length,
+                                actual: len,
+                            });
+                        }
+                        return Ok(Some(len));
+                    }
+                    decryptor.update(self.buf.get(..n).unwrap_or_default(), &mut self.plain);
+                    self.plain_out
+                        .write_all(&self.plain)
+                        .map_err(file_error("write plaintext"))?;
+                    sliced += n;
+                }
+                self.stage = Some(VerifyStage::Decrypt(decryptor));
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// One `read` of the blob, retried on `Interrupted`; `0` at its end.
+fn read_some(file: &mut File, buf: &mut [u8]) -> Result<usize, PipeError> {
     loop {
-        let n = match file.read(buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
+        match file.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(source) => {
                 return Err(PipeError::File {
@@ -1124,8 +1221,8 @@ fn for_each_chunk(
                     source,
                 });
             }
-        };
-        each(buf.get(..n).unwrap_or_default())?;
+            Ok(n) => return Ok(n),
+        }
     }
 }
 
@@ -1135,45 +1232,39 @@ fn for_each_chunk(
 /// then the length is compared with fileLength. Returns the plaintext length.
 ///
 /// `plain_out` receives plaintext before the last check passes: the caller writes to a
-/// private temporary file and publishes it only on `Ok`.
+/// private temporary file and publishes it only on `Ok`. This runs to the end on the calling
+/// thread; the daemon uses [`verify_and_decrypt_async`].
 pub fn verify_and_decrypt(
     blob: &mut File,
     r: &MediaRef,
     plain_out: &mut File,
 ) -> Result<u64, PipeError> {
-    let mut buf = vec![0u8; MEDIA_CHUNK_BYTES];
-    let mut verifier = Verifier::new(&r.media_key, r.media_kind());
-    for_each_chunk(blob, &mut buf, |chunk| {
-        verifier.update(chunk);
-        Ok(())
-    })?;
-    let verified = verifier
-        .finish(&r.file_enc_sha256)
-        .map_err(|source| PipeError::Verify { source })?;
-
-    let mut decryptor = Decryptor::new(verified);
-    let mut plain = Vec::with_capacity(MEDIA_CHUNK_BYTES + AES_BLOCK_BYTES);
-    for_each_chunk(blob, &mut buf, |chunk| {
-        plain.clear();
-        decryptor.update(chunk, &mut plain);
-        plain_out
-            .write_all(&plain)
-            .map_err(file_error("write plaintext"))
-    })?;
-    plain.clear();
-    let len = decryptor
-        .finish(&r.file_sha256, &mut plain)
-        .map_err(|source| PipeError::Verify { source })?;
-    plain_out
-        .write_all(&plain)
-        .map_err(file_error("write plaintext"))?;
-    if len != r.file_length {
-        return Err(PipeError::LengthMismatch {
-            announced: r.file_length,
-            actual: len,
-        });
+    blob.seek(SeekFrom::Start(0))
+        .map_err(file_error("seek blob"))?;
+    let mut job = VerifyJob::new(blob, r, plain_out);
+    loop {
+        if let Some(len) = job.step()? {
+            return Ok(len);
+        }
     }
-    Ok(len)
+}
+
+/// [`verify_and_decrypt`], yielding to the executor after every [`VERIFY_SLICE_BYTES`] of
+/// blob, so the link's keepalives and the API are served while a large file is checked.
+pub async fn verify_and_decrypt_async(
+    blob: &mut File,
+    r: &MediaRef,
+    plain_out: &mut File,
+) -> Result<u64, PipeError> {
+    blob.seek(SeekFrom::Start(0))
+        .map_err(file_error("seek blob"))?;
+    let mut job = VerifyJob::new(blob, r, plain_out);
+    loop {
+        if let Some(len) = job.step()? {
+            return Ok(len);
+        }
+        futures_lite::future::yield_now().await;
+    }
 }
 
 #[cfg(test)]
@@ -1483,6 +1574,50 @@ mod tests {
         let mut out = temp_file();
         let n = verify_and_decrypt(&mut file_with(&blob), &r, &mut out).unwrap();
         assert_eq!(n, plaintext.len() as u64);
+        assert_eq!(read_all(&mut out), plaintext);
+    }
+
+    /// The async check gives the executor back between slices: a blob of 2.5 slices takes
+    /// three slices per pass (plus the pass change), and ends with the same plaintext as the
+    /// one-shot call.
+    #[test]
+    fn verify_job_works_in_bounded_slices_and_async_yields_between_them() {
+        let plaintext: Vec<u8> = (0..(VERIFY_SLICE_BYTES * 5 / 2) as u32)
+            .map(|i| (i * 13) as u8)
+            .collect();
+        let (blob, r) = media_ref_for(&plaintext, SendKind::File);
+        let mut blob_file = file_with(&blob);
+        blob_file.seek(SeekFrom::Start(0)).unwrap();
+        let mut out = temp_file();
+        let mut job = VerifyJob::new(&mut blob_file, &r, &mut out);
+        let mut steps = 0;
+        let len = loop {
+            steps += 1;
+            if let Some(len) = job.step().unwrap() {
+                break len;
+            }
+        };
+        assert_eq!(len, plaintext.len() as u64);
+        assert!((6..=8).contains(&steps), "{steps} steps");
+        assert!(job.step().is_err(), "a finished job does not run again");
+        assert_eq!(read_all(&mut out), plaintext);
+
+        // The async form: count the polls that returned Pending (each one a yield).
+        let mut out = temp_file();
+        let mut blob_file = file_with(&blob);
+        let mut yields = 0;
+        let len = {
+            let mut fut = std::pin::pin!(verify_and_decrypt_async(&mut blob_file, &r, &mut out));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            loop {
+                match fut.as_mut().poll(&mut cx) {
+                    Poll::Ready(result) => break result.unwrap(),
+                    Poll::Pending => yields += 1,
+                }
+            }
+        };
+        assert_eq!(len, plaintext.len() as u64);
+        assert!(yields >= 5, "{yields} yields");
         assert_eq!(read_all(&mut out), plaintext);
     }
 
