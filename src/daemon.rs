@@ -259,10 +259,11 @@ pub async fn start_media(rt: &Runtime) -> Result<(), DaemonError> {
                 });
                 match kept {
                     Ok(r) if r != crate::retention::RetentionReport::default() => log::info!(
-                        "retention: removed {} outbox rows, {} inbox rows, {} events",
+                        "retention: removed {} outbox rows, {} inbox rows, {} events, {} idempotency keys",
                         r.outbox_rows,
                         r.inbox_rows,
-                        r.events
+                        r.events,
+                        r.idempotency_keys
                     ),
                     Ok(_) => {}
                     Err(e) => log::warn!("retention sweep failed: {e}"),

@@ -19,8 +19,13 @@
 //!   bus.publish_message(cursor)               | bus.publish_status(&row.id, row.status)
 //! ```
 //!
-//! This file owns the `events` and `webhook_jobs` row layouts (docs/store.md). It does no
-//! I/O of its own beyond the caller's store transaction, and reads no clock.
+//! Webhook jobs are bounded here too: at most [`MAX_PENDING_WEBHOOK_JOBS`] wait for delivery
+//! (a new job beyond it dead-letters the oldest), and [`dead_letter`] moves a job that gave
+//! up to the `webhook_dead` table, which keeps the newest [`MAX_DEAD_WEBHOOK_JOBS`].
+//!
+//! This file owns the `events`, `webhook_jobs` and `webhook_dead` row layouts
+//! (docs/store.md). It does no I/O of its own beyond the caller's store transaction (and one
+//! log line), and reads no clock.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -34,6 +39,16 @@ pub const EVENT_ROW_VERSION: u8 = 1;
 pub const WEBHOOK_JOB_ROW_VERSION: u8 = 1;
 /// Longest status error code stored in an event, in bytes.
 pub const MAX_ERROR_CODE_BYTES: usize = 64;
+/// Most webhook jobs waiting for delivery. Recording an event beyond it dead-letters the
+/// oldest waiting job first (counted in `Counter::WebhookDeadLettered`), so a receiver that is
+/// down for long misses the oldest events, as the event log forgets them
+/// (`retention::MAX_EVENT_ROWS`).
+pub const MAX_PENDING_WEBHOOK_JOBS: u64 = 100_000;
+/// Most dead-lettered webhook jobs kept for inspection; the oldest beyond it are dropped.
+pub const MAX_DEAD_WEBHOOK_JOBS: u64 = 1_000;
+/// Most waiting jobs one new job dead-letters, so that a table an older version left over
+/// [`MAX_PENDING_WEBHOOK_JOBS`] shrinks back to it a little per event.
+const MAX_OVERFLOW_PER_JOB: u64 = 2;
 
 const KIND_MESSAGE: u8 = 1;
 const KIND_STATUS: u8 = 2;
@@ -196,6 +211,14 @@ impl WebhookJob {
     }
 }
 
+/// Moves live webhook job `seq` to `webhook_dead`, marked dead, in `txn`, and drops the
+/// oldest dead jobs beyond [`MAX_DEAD_WEBHOOK_JOBS`]. False (nothing written) if the job was
+/// no longer live: delivered, or dead-lettered already.
+pub fn dead_letter(txn: &Txn, seq: u64, job: WebhookJob) -> Result<bool, StoreError> {
+    let dead = WebhookJob { dead: true, ..job };
+    txn.dead_letter_webhook_job(seq, &dead.encode(), MAX_DEAD_WEBHOOK_JOBS)
+}
+
 /// The bus. One per daemon, shared as `Rc<EventBus>` on the daemon's thread.
 #[derive(Debug)]
 pub struct EventBus {
@@ -204,6 +227,8 @@ pub struct EventBus {
     metrics: Rc<Metrics>,
     /// Bumped on every publish, so a waiter can tell that something happened.
     generation: Cell<u64>,
+    /// Whether the "webhook backlog full" warning was logged (once per process).
+    warned_backlog: Cell<bool>,
 }
 
 impl EventBus {
@@ -214,6 +239,7 @@ impl EventBus {
             webhooks,
             metrics,
             generation: Cell::new(0),
+            warned_backlog: Cell::new(false),
         })
     }
 
@@ -244,6 +270,7 @@ impl EventBus {
     fn record(&self, txn: &Txn, event: &Event, now_ms: u64) -> Result<u64, StoreError> {
         let seq = txn.append_event(&event.encode()?)?;
         if self.webhooks {
+            self.make_room_for_webhook_job(txn)?;
             let job = WebhookJob {
                 event_seq: seq,
                 attempts: 0,
@@ -254,6 +281,34 @@ impl EventBus {
             txn.push_webhook_job(&job.encode())?;
         }
         Ok(seq)
+    }
+
+    /// Dead-letters the oldest waiting webhook jobs while one more would exceed
+    /// [`MAX_PENDING_WEBHOOK_JOBS`] (at most [`MAX_OVERFLOW_PER_JOB`] per call).
+    fn make_room_for_webhook_job(&self, txn: &Txn) -> Result<(), StoreError> {
+        let over = (txn.webhook_job_count()? + 1).saturating_sub(MAX_PENDING_WEBHOOK_JOBS);
+        for _ in 0..over.min(MAX_OVERFLOW_PER_JOB) {
+            let Some((seq, bytes)) = txn.first_webhook_job()? else {
+                break;
+            };
+            let job = WebhookJob::decode(&bytes)?;
+            dead_letter(txn, seq, job)?;
+            if job.dead {
+                // Already dead-lettered by an older version; only its table changed.
+                continue;
+            }
+            // Counted before the caller commits: a dropped transaction over-counts by one.
+            self.metrics.inc(Counter::WebhookDeadLettered);
+            if !self.warned_backlog.replace(true) {
+                log::warn!(
+                    "webhook: {MAX_PENDING_WEBHOOK_JOBS} deliveries are waiting; dead-lettering \
+                     the oldest (event {}), and from now on the oldest whenever another event \
+                     comes (logged once per run; see interopd_webhook_dead_lettered_total)",
+                    job.event_seq
+                );
+            }
+        }
+        Ok(())
     }
 
     /// After the commit of a [`EventBus::record_message`]: counts it and wakes the waiters.
@@ -383,6 +438,40 @@ mod tests {
         let (_, job) = &txn.webhook_jobs(0, 10).unwrap()[0];
         assert_eq!(WebhookJob::decode(job).unwrap().event_seq, 2);
         assert_eq!(txn.last_event_seq().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_job_beyond_the_pending_bound_dead_letters_the_oldest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let metrics = Rc::new(Metrics::default());
+        let bus = EventBus::new(true, Rc::clone(&metrics));
+        let txn = store.begin().unwrap();
+        let waiting = |n| WebhookJob {
+            event_seq: n,
+            attempts: 0,
+            created_ms: 0,
+            next_attempt_ms: 0,
+            dead: false,
+        };
+        for n in 1..=MAX_PENDING_WEBHOOK_JOBS {
+            txn.push_webhook_job(&waiting(n).encode()).unwrap();
+        }
+        let event = bus.record_message(&txn, 1, 5).unwrap();
+        assert_eq!(txn.webhook_job_count().unwrap(), MAX_PENDING_WEBHOOK_JOBS);
+        let (first, _) = txn.first_webhook_job().unwrap().unwrap();
+        assert_eq!(first, 2, "the oldest waiting job left the live table");
+        let dead = txn.dead_webhook_jobs(0, 10).unwrap();
+        assert_eq!(dead.len(), 1);
+        let gone = WebhookJob::decode(&dead[0].1).unwrap();
+        assert_eq!((dead[0].0, gone.event_seq, gone.dead), (1, 1, true));
+        assert_eq!(metrics.counter(Counter::WebhookDeadLettered), 1);
+        // The new event's job is the newest live one.
+        let (_, last) = txn
+            .webhook_jobs(MAX_PENDING_WEBHOOK_JOBS, 10)
+            .unwrap()
+            .remove(0);
+        assert_eq!(WebhookJob::decode(&last).unwrap().event_seq, event);
     }
 
     #[test]

@@ -1114,9 +1114,9 @@ pub const VERIFY_SLICE_BYTES: usize = 1024 * 1024;
 /// Where a [`VerifyJob`] is.
 enum VerifyStage {
     /// Pass 1: fileEncSha256 and the MAC, no decryption.
-    Check(Verifier),
+    Check(Box<Verifier>),
     /// Pass 2: decryption, padding and fileSha256.
-    Decrypt(Decryptor),
+    Decrypt(Box<Decryptor>),
 }
 
 /// The two-pass check and decryption of a downloaded blob (DESIGN.md section 5), cut into
@@ -1141,10 +1141,10 @@ impl<'a> VerifyJob<'a> {
             blob,
             r,
             plain_out,
-            stage: Some(VerifyStage::Check(Verifier::new(
+            stage: Some(VerifyStage::Check(Box::new(Verifier::new(
                 &r.media_key,
                 r.media_kind(),
-            ))),
+            )))),
             buf: vec![0u8; MEDIA_CHUNK_BYTES],
             plain: Vec::with_capacity(MEDIA_CHUNK_BYTES + AES_BLOCK_BYTES),
         }
@@ -1169,7 +1169,7 @@ impl<'a> VerifyJob<'a> {
                         self.blob
                             .seek(SeekFrom::Start(0))
                             .map_err(file_error("seek blob"))?;
-                        self.stage = Some(VerifyStage::Decrypt(Decryptor::new(verified)));
+                        self.stage = Some(VerifyStage::Decrypt(Box::new(Decryptor::new(verified))));
                         return Ok(None);
                     }
                     verifier.update(self.buf.get(..n).unwrap_or_default());

@@ -35,7 +35,8 @@ pub enum Counter {
     WebhookDelivered,
     /// A webhook delivery attempt failed (connect error, timeout or non-2xx).
     WebhookFailure,
-    /// A webhook job gave up after its retry window and was dead-lettered.
+    /// A webhook job was dead-lettered: its retry window ran out, or the backlog reached
+    /// `events::MAX_PENDING_WEBHOOK_JOBS` and it was the oldest.
     WebhookDeadLettered,
     /// An identity change was recorded for a contact device.
     IdentityChanged,
@@ -48,9 +49,9 @@ pub enum Gauge {
     LinkUp,
     /// Outbound messages waiting to be sent (status `queued`).
     OutboxQueued,
-    /// Webhook jobs waiting for delivery.
+    /// Webhook jobs waiting for delivery (the `webhook_jobs` table's length).
     WebhookPending,
-    /// Webhook jobs that gave up (kept in the store for inspection).
+    /// Webhook jobs that gave up, kept for inspection (the `webhook_dead` table's length).
     WebhookDeadLetters,
     /// Open SSE streams.
     SseClients,
@@ -240,13 +241,13 @@ impl Metrics {
             (
                 "interopd_webhook_pending",
                 "gauge",
-                "Webhook deliveries waiting (queue depth).",
+                "Webhook deliveries waiting (queue depth, at most 100000).",
                 self.webhook_pending.get(),
             ),
             (
                 "interopd_webhook_dead_letters",
                 "gauge",
-                "Webhook deliveries that gave up after the retry window, kept in the store.",
+                "Webhook deliveries that gave up, kept in the store (the newest 1000).",
                 self.webhook_dead_letters.get(),
             ),
             (
@@ -264,7 +265,7 @@ impl Metrics {
             (
                 "interopd_webhook_dead_lettered_total",
                 "counter",
-                "Webhook jobs dead-lettered since start.",
+                "Webhook jobs dead-lettered since start (retry window or backlog bound).",
                 self.webhook_dead_lettered.get(),
             ),
             (

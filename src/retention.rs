@@ -7,8 +7,10 @@
 //! Finished outbox rows (sent, delivered, read, failed) keep their content because a peer's
 //! retry receipt is answered from it; they go after [`SENT_RETENTION_MS`] or beyond
 //! [`MAX_SENT_RETAINED`]. Inbox rows go after [`INBOX_RETENTION_MS`] or beyond
-//! [`MAX_INBOX_ROWS`], with their dedupe keys. The event log keeps the newest
+//! [`MAX_INBOX_ROWS`], with their dedupe keys and read marks. The event log keeps the newest
 //! [`MAX_EVENT_ROWS`]; an SSE client resuming from an older id starts at the oldest kept.
+//! An API idempotency key lives as long as the message it created: once that message's outbox
+//! row is gone, the key goes too, so there are never many more keys than outbox rows.
 //! No I/O beyond the caller's transaction; the clock comes in as `now_ms`.
 
 use crate::jid::Jid;
@@ -40,6 +42,8 @@ pub struct RetentionReport {
     pub outbox_rows: usize,
     pub inbox_rows: usize,
     pub events: u64,
+    /// Idempotency keys whose message had no outbox row any more.
+    pub idempotency_keys: usize,
 }
 
 /// Removes what is past its retention (call inside a transaction, then commit).
@@ -110,6 +114,14 @@ pub fn sweep(txn: &Txn, now_ms: u64) -> Result<RetentionReport, StoreError> {
     }
 
     report.events = txn.events_trim(MAX_EVENT_ROWS)?;
+
+    // Idempotency keys: a key is orphaned only when its message's outbox row goes, so look
+    // (a full read of the keys) only after removing outbox rows, or when there are more keys
+    // than rows, which proves orphans (each key names a different message). Keys left over
+    // by a capped sweep or by older versions go at the next look.
+    if report.outbox_rows > 0 || txn.idempotency_len()? > txn.outbox_len()? {
+        report.idempotency_keys = txn.idempotency_remove_orphans(MAX_REMOVED_PER_SWEEP)?;
+    }
     Ok(report)
 }
 
@@ -172,5 +184,81 @@ mod tests {
         // The dedupe key went with the row; the young one's stays.
         assert!(txn.inbox_insert(&key("a"), &row("a", 0)).unwrap().is_some());
         assert!(txn.inbox_insert(&key("b"), &row("b", 0)).unwrap().is_none());
+    }
+
+    #[test]
+    fn read_marks_go_with_their_inbox_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let txn = s.begin().unwrap();
+        let row = |id: &str, received_ms| InboxRow {
+            id: id.into(),
+            from: "15550100".into(),
+            t_secs: 1,
+            received_ms,
+            content: vec![1],
+        };
+        let key = |id: &str| format!("{}|{id}", Jid::whatsapp("15550100", None));
+        let old = txn.inbox_insert(&key("a"), &row("a", 0)).unwrap().unwrap();
+        let young = txn
+            .inbox_insert(&key("b"), &row("b", INBOX_RETENTION_MS))
+            .unwrap()
+            .unwrap();
+        txn.put_read_mark(old, b"mark a").unwrap();
+        txn.put_read_mark(young, b"mark b").unwrap();
+        assert_eq!(sweep(&txn, INBOX_RETENTION_MS + 1).unwrap().inbox_rows, 1);
+        assert_eq!(txn.read_mark(old).unwrap(), None);
+        assert_eq!(
+            txn.read_mark(young).unwrap().as_deref(),
+            Some(&b"mark b"[..])
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_go_with_their_messages_and_live_ones_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let txn = s.begin().unwrap();
+        txn.outbox_insert(&out("old-read", OutboxStatus::Read, 0))
+            .unwrap();
+        txn.outbox_insert(&out("old-queued", OutboxStatus::Queued, 0))
+            .unwrap();
+        txn.outbox_insert(&out("young-read", OutboxStatus::Read, SENT_RETENTION_MS))
+            .unwrap();
+        txn.put_idempotency("k-old-read", "old-read").unwrap();
+        txn.put_idempotency("k-old-queued", "old-queued").unwrap();
+        txn.put_idempotency("k-young-read", "young-read").unwrap();
+        let r = sweep(&txn, SENT_RETENTION_MS + 1).unwrap();
+        assert_eq!((r.outbox_rows, r.idempotency_keys), (1, 1));
+        assert_eq!(txn.idempotency("k-old-read").unwrap(), None);
+        assert_eq!(
+            txn.idempotency("k-old-queued").unwrap().as_deref(),
+            Some("old-queued")
+        );
+        assert_eq!(
+            txn.idempotency("k-young-read").unwrap().as_deref(),
+            Some("young-read")
+        );
+        // A quiet sweep (no outbox row removed, no more keys than rows) does not look.
+        assert_eq!(
+            sweep(&txn, SENT_RETENTION_MS + 1).unwrap(),
+            RetentionReport::default()
+        );
+    }
+
+    #[test]
+    fn orphaned_idempotency_keys_left_by_older_versions_go_once_they_outnumber_messages() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let txn = s.begin().unwrap();
+        txn.outbox_insert(&out("live", OutboxStatus::Queued, 0))
+            .unwrap();
+        txn.put_idempotency("k-live", "live").unwrap();
+        txn.put_idempotency("k-gone-1", "gone-1").unwrap();
+        txn.put_idempotency("k-gone-2", "gone-2").unwrap();
+        let r = sweep(&txn, 1).unwrap();
+        assert_eq!((r.outbox_rows, r.idempotency_keys), (0, 2));
+        assert_eq!(txn.idempotency_len().unwrap(), 1);
+        assert!(txn.idempotency("k-live").unwrap().is_some());
     }
 }

@@ -49,7 +49,10 @@ const OUTBOX_BY_ID: TableDefinition<&str, &[u8; 8]> = TableDefinition::new("outb
 const INBOX: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("inbox");
 const DEDUPE: TableDefinition<&str, &[u8; 8]> = TableDefinition::new("dedupe");
 const MEDIA: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("media");
+/// Live webhook jobs, oldest first: the first row is the next one to deliver.
 const WEBHOOK_JOBS: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("webhook_jobs");
+/// Webhook jobs that gave up, under their original sequence number (docs/store.md).
+const WEBHOOK_DEAD: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("webhook_dead");
 const EVENTS: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("events");
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
 const READ_MARKS: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("read_marks");
@@ -57,6 +60,8 @@ const READ_MARKS: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("read_
 const PENDING_INBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_inbox");
 /// Row version of a `pending_inbox` value.
 pub const PENDING_INBOX_ROW_VERSION: u8 = 1;
+/// Row version of an `idempotency` value.
+pub const IDEMPOTENCY_ROW_VERSION: u8 = 1;
 
 const META_SCHEMA_VERSION: &str = "schema_version";
 
@@ -217,6 +222,7 @@ impl Store {
         txn.inner.open_table(DEDUPE)?;
         txn.inner.open_table(MEDIA)?;
         txn.inner.open_table(WEBHOOK_JOBS)?;
+        txn.inner.open_table(WEBHOOK_DEAD)?;
         txn.inner.open_table(EVENTS)?;
         txn.inner.open_table(IDEMPOTENCY)?;
         txn.inner.open_table(READ_MARKS)?;
@@ -497,12 +503,12 @@ impl Txn {
         Ok(self.inner.open_table(OUTBOX)?.len()?)
     }
 
-    /// Removes inbox row `cursor` and its dedupe key; retention only.
+    /// Removes inbox row `cursor`, its dedupe key and its read mark; retention only.
     pub fn inbox_remove(&self, cursor: u64, dedupe_key: &str) -> Result<(), StoreError> {
-        self.inner
-            .open_table(INBOX)?
-            .remove(&cursor.to_be_bytes())?;
+        let key = cursor.to_be_bytes();
+        self.inner.open_table(INBOX)?.remove(&key)?;
         self.inner.open_table(DEDUPE)?.remove(dedupe_key)?;
+        self.inner.open_table(READ_MARKS)?.remove(&key)?;
         Ok(())
     }
 
@@ -727,6 +733,7 @@ impl Txn {
         Ok(seq)
     }
 
+    /// Removes live webhook job `seq`; true if it was there.
     pub fn remove_webhook_job(&self, seq: u64) -> Result<bool, StoreError> {
         Ok(self
             .inner
@@ -735,15 +742,26 @@ impl Txn {
             .is_some())
     }
 
-    /// Rewrites a webhook job (attempt count, next attempt time) under its sequence number.
-    pub fn put_webhook_job(&self, seq: u64, job: &[u8]) -> Result<(), StoreError> {
-        self.inner
-            .open_table(WEBHOOK_JOBS)?
-            .insert(&seq.to_be_bytes(), job)?;
-        Ok(())
+    /// Rewrites live webhook job `seq` (attempt count, next attempt time). Writes nothing and
+    /// returns false if the job is no longer live (delivered or dead-lettered meanwhile).
+    pub fn put_webhook_job(&self, seq: u64, job: &[u8]) -> Result<bool, StoreError> {
+        let mut t = self.inner.open_table(WEBHOOK_JOBS)?;
+        let key = seq.to_be_bytes();
+        if t.get(&key)?.is_none() {
+            return Ok(false);
+        }
+        t.insert(&key, job)?;
+        Ok(true)
     }
 
-    /// Webhook jobs after sequence number `after`, in order, at most `limit`.
+    /// The oldest live webhook job, the next to deliver: one B-tree descent, not a scan.
+    pub fn first_webhook_job(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let t = self.inner.open_table(WEBHOOK_JOBS)?;
+        let first = t.first()?;
+        Ok(first.map(|(k, v)| (u64::from_be_bytes(*k.value()), v.value().to_vec())))
+    }
+
+    /// Live webhook jobs after sequence number `after`, in order, at most `limit`.
     pub fn webhook_jobs(
         &self,
         after: u64,
@@ -753,12 +771,60 @@ impl Txn {
         scan_u64_table(&t, after, limit)
     }
 
-    /// How many webhook jobs are stored (pending and dead-lettered).
+    /// How many live webhook jobs are stored (O(1): redb keeps each table's length).
     pub fn webhook_job_count(&self) -> Result<u64, StoreError> {
         Ok(self.inner.open_table(WEBHOOK_JOBS)?.len()?)
     }
 
-    // ---- event log, idempotency keys, read marks (rows are opaque here; docs/store.md) ----
+    /// Moves live webhook job `seq` into `webhook_dead` under the same key, stored as `job`
+    /// (the caller's dead-lettered row), then drops the oldest dead jobs so that at most
+    /// `keep_dead` remain. False, and nothing written, if `seq` is not a live job.
+    pub fn dead_letter_webhook_job(
+        &self,
+        seq: u64,
+        job: &[u8],
+        keep_dead: u64,
+    ) -> Result<bool, StoreError> {
+        let key = seq.to_be_bytes();
+        if self.inner.open_table(WEBHOOK_JOBS)?.remove(&key)?.is_none() {
+            return Ok(false);
+        }
+        let mut dead = self.inner.open_table(WEBHOOK_DEAD)?;
+        dead.insert(&key, job)?;
+        let excess = dead.len()?.saturating_sub(keep_dead);
+        for _ in 0..excess {
+            if dead.pop_first()?.is_none() {
+                break;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Removes dead-lettered webhook job `seq`; true if it was there.
+    pub fn remove_dead_webhook_job(&self, seq: u64) -> Result<bool, StoreError> {
+        Ok(self
+            .inner
+            .open_table(WEBHOOK_DEAD)?
+            .remove(&seq.to_be_bytes())?
+            .is_some())
+    }
+
+    /// Dead-lettered webhook jobs after sequence number `after`, in order, at most `limit`.
+    pub fn dead_webhook_jobs(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let t = self.inner.open_table(WEBHOOK_DEAD)?;
+        scan_u64_table(&t, after, limit)
+    }
+
+    /// How many dead-lettered webhook jobs are stored (O(1)).
+    pub fn dead_webhook_job_count(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.open_table(WEBHOOK_DEAD)?.len()?)
+    }
+
+    // ---- event log, idempotency keys, read marks (events and read marks are opaque here) ----
 
     /// Appends one event to the durable event log and returns its sequence number, which is
     /// the SSE `id:`. Call it in the same transaction as the row change it reports.
@@ -812,18 +878,53 @@ impl Txn {
             .transpose()
     }
 
-    /// The value stored under an API idempotency key, if the key was used before.
-    pub fn idempotency(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The message id an API idempotency key created, if the key was used before.
+    pub fn idempotency(&self, key: &str) -> Result<Option<String>, StoreError> {
         check_key(key)?;
         let t = self.inner.open_table(IDEMPOTENCY)?;
-        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        let row = t.get(key)?;
+        row.map(|v| decode_idempotency(v.value())).transpose()
     }
 
-    /// Records an API idempotency key with its value (the row layout is the API's).
-    pub fn put_idempotency(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+    /// Records that API idempotency key `key` created message `message_id`.
+    pub fn put_idempotency(&self, key: &str, message_id: &str) -> Result<(), StoreError> {
         check_key(key)?;
-        self.inner.open_table(IDEMPOTENCY)?.insert(key, value)?;
+        let row = encode_idempotency(message_id)?;
+        self.inner
+            .open_table(IDEMPOTENCY)?
+            .insert(key, row.as_slice())?;
         Ok(())
+    }
+
+    /// Removes idempotency keys whose message has no outbox row any more (retention took it),
+    /// at most `limit` of them, and returns how many went. Reads every key: call it only when
+    /// keys can have been orphaned.
+    pub fn idempotency_remove_orphans(&self, limit: usize) -> Result<usize, StoreError> {
+        let mut orphans = Vec::new();
+        {
+            let keys = self.inner.open_table(IDEMPOTENCY)?;
+            let by_id = self.inner.open_table(OUTBOX_BY_ID)?;
+            for item in keys.iter()? {
+                if orphans.len() >= limit {
+                    break;
+                }
+                let (k, v) = item?;
+                let id = decode_idempotency(v.value())?;
+                if by_id.get(id.as_str())?.is_none() {
+                    orphans.push(k.value().to_owned());
+                }
+            }
+        }
+        let mut keys = self.inner.open_table(IDEMPOTENCY)?;
+        for k in &orphans {
+            keys.remove(k.as_str())?;
+        }
+        Ok(orphans.len())
+    }
+
+    /// How many idempotency keys are stored (O(1)).
+    pub fn idempotency_len(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.open_table(IDEMPOTENCY)?.len()?)
     }
 
     /// Records a read mark for the inbox message at `cursor` (the row layout is the API's).
@@ -944,6 +1045,22 @@ fn encode_inbox(r: &InboxRow) -> Result<Vec<u8>, StoreError> {
     put_bytes(&mut v, "inbox from", r.from.as_bytes())?;
     put_bytes(&mut v, "inbox content", &r.content)?;
     Ok(v)
+}
+
+/// The `idempotency` value: version, then the message id as length-prefixed UTF-8.
+fn encode_idempotency(message_id: &str) -> Result<Vec<u8>, StoreError> {
+    let mut v = Vec::with_capacity(5 + message_id.len());
+    v.push(IDEMPOTENCY_ROW_VERSION);
+    put_bytes(&mut v, "idempotency message id", message_id.as_bytes())?;
+    Ok(v)
+}
+
+fn decode_idempotency(b: &[u8]) -> Result<String, StoreError> {
+    let mut r = Reader::new(b, "idempotency");
+    r.version(IDEMPOTENCY_ROW_VERSION)?;
+    let id = r.string()?;
+    r.end()?;
+    Ok(id)
 }
 
 fn decode_pending(b: &[u8]) -> Result<PendingInbox, StoreError> {
@@ -1258,6 +1375,55 @@ mod tests {
             ));
             assert!(matches!(decode_inbox(bad), Err(StoreError::Corrupt { .. })));
         }
+    }
+
+    #[test]
+    fn idempotency_keys_round_trip_to_message_ids_and_garbage_is_corrupt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let txn = s.begin().unwrap();
+        txn.put_idempotency("door-1", "3EB0000000000000000001")
+            .unwrap();
+        assert_eq!(
+            txn.idempotency("door-1").unwrap().as_deref(),
+            Some("3EB0000000000000000001")
+        );
+        assert_eq!(txn.idempotency("door-2").unwrap(), None);
+        for bad in [&b""[..], &[2u8, 0, 0, 0, 0][..], &[1u8, 0, 0, 0, 1][..]] {
+            txn.inner
+                .open_table(IDEMPOTENCY)
+                .unwrap()
+                .insert("bad", bad)
+                .unwrap();
+            assert!(matches!(
+                txn.idempotency("bad"),
+                Err(StoreError::Corrupt {
+                    table: "idempotency",
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[test]
+    fn removing_an_inbox_row_removes_its_read_mark() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let txn = s.begin().unwrap();
+        let row = InboxRow {
+            id: "X".into(),
+            from: "1555".into(),
+            t_secs: 9,
+            received_ms: 10,
+            content: vec![7],
+        };
+        let a = txn.inbox_insert("1555/X", &row).unwrap().unwrap();
+        let b = txn.inbox_insert("1555/Y", &row).unwrap().unwrap();
+        txn.put_read_mark(a, b"a").unwrap();
+        txn.put_read_mark(b, b"b").unwrap();
+        txn.inbox_remove(a, "1555/X").unwrap();
+        assert_eq!(txn.read_mark(a).unwrap(), None);
+        assert_eq!(txn.read_mark(b).unwrap().as_deref(), Some(&b"b"[..]));
     }
 
     #[test]

@@ -227,7 +227,8 @@ pub async fn long_poll(api: &Rc<Api>, req: &Request) -> Response {
 }
 
 /// A consumer's request to mark an inbox message read, kept until the link has sent the
-/// read receipt.
+/// read receipt. The store deletes it with the inbox row (`Txn::inbox_remove`), so there is
+/// at most one per inbox row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadMark {
     /// The inbox cursor of the message.

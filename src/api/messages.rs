@@ -2,8 +2,9 @@
 //!
 //! A send is answered `202` only after one store transaction committed the outbox row (the
 //! unpadded protobuf `Message`, status `queued`) and, when the request carried an
-//! `Idempotency-Key`, the key → id record. Then the link is woken. A retry with the same key
-//! finds the record and gets the same id; no second row is written.
+//! `Idempotency-Key`, the key → id record (its row format is the store's). Then the link is
+//! woken. A retry with the same key finds the record and gets the same id; no second row is
+//! written. The record lives as long as the message: retention deletes both.
 
 use std::rc::Rc;
 
@@ -20,8 +21,6 @@ use crate::store::{OutboxRow, OutboxStatus, StoreError, Txn};
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 /// Longest message id accepted in `reply_to`, in bytes (peers' ids are not all `3EB0…`).
 pub const MAX_MESSAGE_ID_BYTES: usize = 128;
-/// Row version of an `idempotency` value (docs/store.md).
-pub const IDEMPOTENCY_ROW_VERSION: u8 = 1;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,13 +135,7 @@ pub(crate) fn idempotency_key(req: &Request) -> Result<Option<String>, Response>
 pub(crate) fn replayed(api: &Api, txn: &Txn, key: Option<&str>) -> Option<Response> {
     let k = key?;
     match txn.idempotency(k) {
-        Ok(Some(row)) => Some(match decode_idempotency(&row) {
-            Some(id) => accepted(&id, existing_status(api, txn, &id)),
-            None => store_error(&crate::store::StoreError::Corrupt {
-                table: "idempotency",
-                detail: "bad row",
-            }),
-        }),
+        Ok(Some(id)) => Some(accepted(&id, existing_status(api, txn, &id))),
         Ok(None) => None,
         Err(e) => Some(store_error(&e)),
     }
@@ -200,7 +193,7 @@ pub(crate) fn commit_queued(
     txn.outbox_insert(row)?;
     also(&txn)?;
     if let Some(k) = key {
-        txn.put_idempotency(k, &encode_idempotency(&row.id))?;
+        txn.put_idempotency(k, &row.id)?;
     }
     api.metrics.commit(txn)?;
     api.metrics.inc(Counter::MessageOut(OutboxStatus::Queued));
@@ -271,22 +264,6 @@ pub(crate) fn accepted(id: &str, status: OutboxStatus) -> Response {
     )
 }
 
-/// The `idempotency` value: version, then the message id as length-prefixed UTF-8.
-fn encode_idempotency(id: &str) -> Vec<u8> {
-    let mut v = vec![IDEMPOTENCY_ROW_VERSION];
-    v.extend_from_slice(&(id.len() as u32).to_be_bytes());
-    v.extend_from_slice(id.as_bytes());
-    v
-}
-
-fn decode_idempotency(b: &[u8]) -> Option<String> {
-    let mut r = crate::store::Reader::new(b, "idempotency");
-    r.version(IDEMPOTENCY_ROW_VERSION).ok()?;
-    let id = r.string().ok()?;
-    r.end().ok()?;
-    Some(id)
-}
-
 /// `GET /v1/messages/{id}`.
 pub fn status(api: &Rc<Api>, id: &str) -> Response {
     let txn = match api.store.begin() {
@@ -328,17 +305,6 @@ pub fn status_json(row: &OutboxRow) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn idempotency_rows_round_trip_and_refuse_garbage() {
-        let id = "3EB0000000000000000001";
-        assert_eq!(
-            decode_idempotency(&encode_idempotency(id)).as_deref(),
-            Some(id)
-        );
-        assert_eq!(decode_idempotency(&[2, 0, 0, 0, 0]), None);
-        assert_eq!(decode_idempotency(&[]), None);
-    }
 
     #[test]
     fn failed_status_carries_code_and_sentence() {
