@@ -1239,14 +1239,9 @@ pub fn verify_and_decrypt(
     r: &MediaRef,
     plain_out: &mut File,
 ) -> Result<u64, PipeError> {
-    blob.seek(SeekFrom::Start(0))
-        .map_err(file_error("seek blob"))?;
-    let mut job = VerifyJob::new(blob, r, plain_out);
-    loop {
-        if let Some(len) = job.step()? {
-            return Ok(len);
-        }
-    }
+    // The async form only ever waits on its own yields, so polling it to the end here runs
+    // the slices back to back.
+    futures_lite::future::block_on(verify_and_decrypt_async(blob, r, plain_out))
 }
 
 /// [`verify_and_decrypt`], yielding to the executor after every [`VERIFY_SLICE_BYTES`] of

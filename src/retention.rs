@@ -162,19 +162,27 @@ mod tests {
         assert!(txn.outbox_by_id("young-read").unwrap().is_some());
     }
 
-    #[test]
-    fn old_inbox_rows_go_with_their_dedupe_keys() {
-        let tmp = tempfile::tempdir().unwrap();
-        let s = Store::open(tmp.path()).unwrap();
-        let txn = s.begin().unwrap();
-        let row = |id: &str, received_ms| InboxRow {
+    /// An inbox row from the echo contact, received at `received_ms`.
+    fn row(id: &str, received_ms: u64) -> InboxRow {
+        InboxRow {
             id: id.into(),
             from: "15550100".into(),
             t_secs: 1,
             received_ms,
             content: vec![1],
-        };
-        let key = |id: &str| format!("{}|{id}", Jid::whatsapp("15550100", None));
+        }
+    }
+
+    /// The dedupe key of the echo contact's message `id`.
+    fn key(id: &str) -> String {
+        format!("{}|{id}", Jid::whatsapp("15550100", None))
+    }
+
+    #[test]
+    fn old_inbox_rows_go_with_their_dedupe_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let txn = s.begin().unwrap();
         txn.inbox_insert(&key("a"), &row("a", 0)).unwrap();
         txn.inbox_insert(&key("b"), &row("b", INBOX_RETENTION_MS))
             .unwrap();
@@ -191,14 +199,6 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = Store::open(tmp.path()).unwrap();
         let txn = s.begin().unwrap();
-        let row = |id: &str, received_ms| InboxRow {
-            id: id.into(),
-            from: "15550100".into(),
-            t_secs: 1,
-            received_ms,
-            content: vec![1],
-        };
-        let key = |id: &str| format!("{}|{id}", Jid::whatsapp("15550100", None));
         let old = txn.inbox_insert(&key("a"), &row("a", 0)).unwrap().unwrap();
         let young = txn
             .inbox_insert(&key("b"), &row("b", INBOX_RETENTION_MS))
