@@ -95,12 +95,12 @@ impl std::error::Error for RetryError {}
 /// none before [`RETRY_KEYS_FROM_COUNT`]; then our identity, the current signed prekey and
 /// one fresh one-time prekey, generated in `txn` (the caller commits before sending) unless
 /// `with_prekey` is false (a device that already holds many unused prekeys).
-pub fn keys_for_receipt<R: rand::Rng + rand::CryptoRng>(
-    txn: &crate::store::Txn,
+pub fn keys_for_receipt<S: signal::SignalStore, R: rand::Rng + rand::CryptoRng>(
+    txn: &S,
     count: u8,
     with_prekey: bool,
     rng: &mut R,
-) -> Result<Option<signal::WireBundle>, signal::SignalError> {
+) -> Result<Option<signal::WireBundle>, signal::SignalError<S::Error>> {
     if count < RETRY_KEYS_FROM_COUNT {
         return Ok(None);
     }

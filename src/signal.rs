@@ -21,7 +21,6 @@ use std::collections::{HashMap, HashSet};
 
 use futures_lite::future::block_on;
 use rand::{CryptoRng, Rng};
-use redb::ReadableTable;
 use sha2::{Digest, Sha512};
 use wacore_libsignal::protocol::{
     self as sp, CiphertextMessage, Direction, GenericSignedPreKey, IdentityChange, IdentityKey,
@@ -31,9 +30,15 @@ use wacore_libsignal::protocol::{
     SignedPreKeyStore, Timestamp, UsePQRatchet,
 };
 
-use crate::store::{
-    LOCAL_IDENTITY, PREKEYS, REMOTE_IDENTITIES, Reader, SESSIONS, SIGNED_PREKEYS, StoreError, Txn,
+use crate::row::{Reader, RowError};
+pub use crate::signal_store::{IdTable, KeyTable, SignalStore};
+use IdTable::{PreKeys as PREKEYS, SignedPreKeys as SIGNED_PREKEYS};
+use KeyTable::{
+    LocalIdentity as LOCAL_IDENTITY, RemoteIdentities as REMOTE_IDENTITIES, Sessions as SESSIONS,
 };
+
+/// The error of an operation over store `S`.
+type Fail<S> = SignalError<<S as SignalStore>::Error>;
 
 /// Most message keys kept for skipped (not yet arrived) messages in one chain, and the largest
 /// forward jump a single message may make. A message further ahead is refused with
@@ -220,7 +225,7 @@ pub struct Decrypted {
 /// a retry receipt; store errors end the operation and the transaction is dropped.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum SignalError {
+pub enum SignalError<E = crate::store::StoreError> {
     /// Peer: the bundle's signed prekey signature does not verify against its identity.
     BadSignature,
     /// Peer: a public key is not a valid Curve25519 point encoding.
@@ -241,12 +246,12 @@ pub enum SignalError {
     /// Peer: malformed or unsupported ciphertext.
     InvalidMessage { detail: &'static str },
     /// Environment: the store failed.
-    Store(StoreError),
+    Store(E),
     /// Bug: the crate refused an operation we should not have attempted.
     Internal { detail: String },
 }
 
-impl std::fmt::Display for SignalError {
+impl<E: std::fmt::Display> std::fmt::Display for SignalError<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::BadSignature => f.write_str("signed prekey signature does not verify"),
@@ -271,15 +276,20 @@ impl std::fmt::Display for SignalError {
     }
 }
 
-impl std::error::Error for SignalError {}
+impl<E: std::fmt::Debug + std::fmt::Display> std::error::Error for SignalError<E> {}
 
-impl From<StoreError> for SignalError {
-    fn from(e: StoreError) -> Self {
+impl<E> From<E> for SignalError<E> {
+    fn from(e: E) -> Self {
         SignalError::Store(e)
     }
 }
 
-fn map_err(e: SignalProtocolError, address: &Address) -> SignalError {
+/// A corrupt row read by the engine is the store's failure.
+fn corrupt<E: From<RowError>>(e: RowError) -> SignalError<E> {
+    SignalError::Store(E::from(e))
+}
+
+fn map_err<E>(e: SignalProtocolError, address: &Address) -> SignalError<E> {
     use SignalProtocolError as E;
     match e {
         E::SignatureValidationFailed => SignalError::BadSignature,
@@ -315,11 +325,11 @@ fn map_err(e: SignalProtocolError, address: &Address) -> SignalError {
 
 // ---- keys at the boundary -------------------------------------------------------------------
 
-fn public_from_raw(raw: &RawKey) -> Result<PublicKey, SignalError> {
+fn public_from_raw<E>(raw: &RawKey) -> Result<PublicKey, SignalError<E>> {
     PublicKey::from_djb_public_key_bytes(raw).map_err(|_| SignalError::BadKey)
 }
 
-fn raw_from_public(key: &PublicKey) -> Result<RawKey, SignalError> {
+fn raw_from_public<E>(key: &PublicKey) -> Result<RawKey, SignalError<E>> {
     key.public_key_bytes()
         .try_into()
         .map_err(|_| SignalError::Internal {
@@ -327,13 +337,13 @@ fn raw_from_public(key: &PublicKey) -> Result<RawKey, SignalError> {
         })
 }
 
-fn key_pair_from_raw(private: &[u8; 32], table: &'static str) -> Result<KeyPair, StoreError> {
-    let corrupt = StoreError::Corrupt {
+fn key_pair_from_raw(private: &[u8; 32], table: &'static str) -> Result<KeyPair, RowError> {
+    let corrupt = RowError {
         table,
         detail: "bad private key",
     };
     let private = PrivateKey::deserialize(private).map_err(|_| corrupt)?;
-    let public = private.public_key().map_err(|_| StoreError::Corrupt {
+    let public = private.public_key().map_err(|_| RowError {
         table,
         detail: "bad private key",
     })?;
@@ -459,7 +469,7 @@ impl LocalIdentity {
         v
     }
 
-    fn decode(b: &[u8]) -> Result<LocalIdentity, StoreError> {
+    fn decode(b: &[u8]) -> Result<LocalIdentity, RowError> {
         let mut r = Reader::new(b, "local_identity");
         r.version(1)?;
         let registration_id = r.u32()?;
@@ -475,27 +485,27 @@ impl LocalIdentity {
 }
 
 /// Our identity from the store, creating and storing one on first use.
-pub fn ensure_identity<R: Rng + CryptoRng>(
-    txn: &Txn,
+pub fn ensure_identity<S: SignalStore, R: Rng + CryptoRng>(
+    txn: &S,
     rng: &mut R,
-) -> Result<LocalIdentity, SignalError> {
+) -> Result<LocalIdentity, Fail<S>> {
     if let Some(id) = local_identity(txn)? {
         return Ok(id);
     }
     let id = LocalIdentity::generate(rng);
-    txn.put_str_key(LOCAL_IDENTITY, IDENTITY_KEY, &id.encode())?;
+    txn.put(LOCAL_IDENTITY, IDENTITY_KEY, &id.encode())?;
     Ok(id)
 }
 
 /// Our identity, if one was created.
-pub fn local_identity(txn: &Txn) -> Result<Option<LocalIdentity>, SignalError> {
-    match txn.get_str_key(LOCAL_IDENTITY, IDENTITY_KEY)? {
-        Some(b) => Ok(Some(LocalIdentity::decode(&b)?)),
+pub fn local_identity<S: SignalStore>(txn: &S) -> Result<Option<LocalIdentity>, Fail<S>> {
+    match txn.get(LOCAL_IDENTITY, IDENTITY_KEY)? {
+        Some(b) => Ok(Some(LocalIdentity::decode(&b).map_err(corrupt)?)),
         None => Ok(None),
     }
 }
 
-fn require_identity(txn: &Txn) -> Result<LocalIdentity, SignalError> {
+fn require_identity<S: SignalStore>(txn: &S) -> Result<LocalIdentity, Fail<S>> {
     local_identity(txn)?.ok_or(SignalError::Internal {
         detail: "no local identity yet".into(),
     })
@@ -505,12 +515,12 @@ fn require_identity(txn: &Txn) -> Result<LocalIdentity, SignalError> {
 
 /// Generates `count` one-time prekeys with increasing 24-bit ids (wrapping to 1 after
 /// [`MAX_PREKEY_ID`]), stores them, and returns their public halves for upload.
-pub fn generate_prekeys<R: Rng + CryptoRng>(
-    txn: &Txn,
+pub fn generate_prekeys<S: SignalStore, R: Rng + CryptoRng>(
+    txn: &S,
     rng: &mut R,
     count: u32,
-) -> Result<Vec<WirePreKey>, SignalError> {
-    let mut next = txn.meta_u32(META_NEXT_PREKEY_ID)?.unwrap_or(1);
+) -> Result<Vec<WirePreKey>, Fail<S>> {
+    let mut next = txn.counter(META_NEXT_PREKEY_ID)?.unwrap_or(1);
     let mut out = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let id = next;
@@ -519,44 +529,44 @@ pub fn generate_prekeys<R: Rng + CryptoRng>(
         let mut v = Vec::with_capacity(33);
         v.push(1);
         v.extend_from_slice(kp.private_key.serialize());
-        txn.put_u32_key(PREKEYS, id, &v)?;
+        txn.put_id(PREKEYS, id, &v)?;
         out.push(WirePreKey {
             id,
             public: raw_from_public(&kp.public_key)?,
         });
     }
-    txn.set_meta_u32(META_NEXT_PREKEY_ID, next)?;
+    txn.set_counter(META_NEXT_PREKEY_ID, next)?;
     Ok(out)
 }
 
 /// How many one-time prekeys we still hold (unused ones).
-pub fn prekey_count(txn: &Txn) -> Result<u64, SignalError> {
-    Ok(txn.count_u32_keys(PREKEYS)?)
+pub fn prekey_count<S: SignalStore>(txn: &S) -> Result<u64, Fail<S>> {
+    Ok(txn.count_ids(PREKEYS)?)
 }
 
-fn load_prekey(txn: &Txn, id: u32) -> Result<Option<PreKeyRecord>, SignalError> {
-    let Some(b) = txn.get_u32_key(PREKEYS, id)? else {
+fn load_prekey<S: SignalStore>(txn: &S, id: u32) -> Result<Option<PreKeyRecord>, Fail<S>> {
+    let Some(b) = txn.get_id(PREKEYS, id)? else {
         return Ok(None);
     };
     let mut r = Reader::new(&b, "prekeys");
-    r.version(1)?;
-    let private: [u8; 32] = r.array()?;
-    r.end()?;
+    r.version(1).map_err(corrupt)?;
+    let private: [u8; 32] = r.array().map_err(corrupt)?;
+    r.end().map_err(corrupt)?;
     Ok(Some(PreKeyRecord::new(
         id.into(),
-        &key_pair_from_raw(&private, "prekeys")?,
+        &key_pair_from_raw(&private, "prekeys").map_err(corrupt)?,
     )))
 }
 
 /// Generates a new signed prekey, makes it current, and prunes old ones beyond
 /// [`MAX_SIGNED_PREKEYS_KEPT`].
-pub fn rotate_signed_prekey<R: Rng + CryptoRng>(
-    txn: &Txn,
+pub fn rotate_signed_prekey<S: SignalStore, R: Rng + CryptoRng>(
+    txn: &S,
     rng: &mut R,
     now_ms: u64,
-) -> Result<WireSignedPreKey, SignalError> {
+) -> Result<WireSignedPreKey, Fail<S>> {
     let identity = require_identity(txn)?;
-    let prev = txn.meta_u32(META_CURRENT_SIGNED_PREKEY)?.unwrap_or(0);
+    let prev = txn.counter(META_CURRENT_SIGNED_PREKEY)?.unwrap_or(0);
     let id = if prev >= MAX_PREKEY_ID { 1 } else { prev + 1 };
     let kp = KeyPair::generate(rng);
     let signature = identity
@@ -571,12 +581,12 @@ pub fn rotate_signed_prekey<R: Rng + CryptoRng>(
     v.extend_from_slice(&now_ms.to_be_bytes());
     v.extend_from_slice(kp.private_key.serialize());
     v.extend_from_slice(&signature);
-    txn.put_u32_key(SIGNED_PREKEYS, id, &v)?;
-    txn.set_meta_u32(META_CURRENT_SIGNED_PREKEY, id)?;
+    txn.put_id(SIGNED_PREKEYS, id, &v)?;
+    txn.set_counter(META_CURRENT_SIGNED_PREKEY, id)?;
     // Prune: keep the newest MAX_SIGNED_PREKEYS_KEPT ids (ids increase, modulo wrap).
     if id as usize > MAX_SIGNED_PREKEYS_KEPT {
         let old = id - MAX_SIGNED_PREKEYS_KEPT as u32;
-        txn.remove_u32_key(SIGNED_PREKEYS, old)?;
+        txn.remove_id(SIGNED_PREKEYS, old)?;
     }
     Ok(WireSignedPreKey {
         id,
@@ -592,17 +602,20 @@ struct StoredSignedPreKey {
     signature: [u8; 64],
 }
 
-fn load_signed_prekey(txn: &Txn, id: u32) -> Result<Option<StoredSignedPreKey>, SignalError> {
-    let Some(b) = txn.get_u32_key(SIGNED_PREKEYS, id)? else {
+fn load_signed_prekey<S: SignalStore>(
+    txn: &S,
+    id: u32,
+) -> Result<Option<StoredSignedPreKey>, Fail<S>> {
+    let Some(b) = txn.get_id(SIGNED_PREKEYS, id)? else {
         return Ok(None);
     };
     let mut r = Reader::new(&b, "signed_prekeys");
-    r.version(1)?;
-    let created_ms = r.u64()?;
-    let private: [u8; 32] = r.array()?;
-    let signature: [u8; 64] = r.array()?;
-    r.end()?;
-    let kp = key_pair_from_raw(&private, "signed_prekeys")?;
+    r.version(1).map_err(corrupt)?;
+    let created_ms = r.u64().map_err(corrupt)?;
+    let private: [u8; 32] = r.array().map_err(corrupt)?;
+    let signature: [u8; 64] = r.array().map_err(corrupt)?;
+    r.end().map_err(corrupt)?;
+    let kp = key_pair_from_raw(&private, "signed_prekeys").map_err(corrupt)?;
     let record = SignedPreKeyRecord::new(
         id.into(),
         Timestamp::from_epoch_millis(created_ms),
@@ -618,16 +631,17 @@ fn load_signed_prekey(txn: &Txn, id: u32) -> Result<Option<StoredSignedPreKey>, 
 }
 
 /// The current signed prekey for upload, and when it was made.
-pub fn current_signed_prekey(txn: &Txn) -> Result<Option<(WireSignedPreKey, u64)>, SignalError> {
-    let Some(id) = txn.meta_u32(META_CURRENT_SIGNED_PREKEY)? else {
+pub fn current_signed_prekey<S: SignalStore>(
+    txn: &S,
+) -> Result<Option<(WireSignedPreKey, u64)>, Fail<S>> {
+    let Some(id) = txn.counter(META_CURRENT_SIGNED_PREKEY)? else {
         return Ok(None);
     };
     let Some(s) = load_signed_prekey(txn, id)? else {
-        return Err(StoreError::Corrupt {
+        return Err(corrupt(RowError {
             table: "signed_prekeys",
             detail: "current id missing",
-        }
-        .into());
+        }));
     };
     Ok(Some((
         WireSignedPreKey {
@@ -640,7 +654,7 @@ pub fn current_signed_prekey(txn: &Txn) -> Result<Option<(WireSignedPreKey, u64)
 }
 
 /// Whether the signed prekey is due for rotation at `now_ms`.
-pub fn signed_prekey_due(txn: &Txn, now_ms: u64) -> Result<bool, SignalError> {
+pub fn signed_prekey_due<S: SignalStore>(txn: &S, now_ms: u64) -> Result<bool, Fail<S>> {
     Ok(match current_signed_prekey(txn)? {
         None => true,
         Some((_, created)) => now_ms.saturating_sub(created) >= SIGNED_PREKEY_ROTATION_MS,
@@ -650,7 +664,7 @@ pub fn signed_prekey_due(txn: &Txn, now_ms: u64) -> Result<bool, SignalError> {
 /// Our bundle as a peer would fetch it, handing out (and NOT deleting: the server hands each
 /// out once; we delete on use) the prekey `prekey_id` if given. Used by tests and the hub's
 /// simulated users.
-pub fn own_bundle(txn: &Txn, prekey_id: Option<u32>) -> Result<WireBundle, SignalError> {
+pub fn own_bundle<S: SignalStore>(txn: &S, prekey_id: Option<u32>) -> Result<WireBundle, Fail<S>> {
     let identity = require_identity(txn)?;
     let (signed_prekey, _) = current_signed_prekey(txn)?.ok_or(SignalError::Internal {
         detail: "no signed prekey yet".into(),
@@ -677,17 +691,8 @@ pub fn own_bundle(txn: &Txn, prekey_id: Option<u32>) -> Result<WireBundle, Signa
 }
 
 /// Ids of the one-time prekeys we hold, lowest first (for tests and the hub).
-pub fn prekey_ids(txn: &Txn, limit: usize) -> Result<Vec<u32>, SignalError> {
-    let t = txn.inner.open_table(PREKEYS).map_err(StoreError::from)?;
-    let mut out = Vec::new();
-    for item in t.iter().map_err(StoreError::from)? {
-        if out.len() >= limit {
-            break;
-        }
-        let (k, _) = item.map_err(StoreError::from)?;
-        out.push(u32::from_be_bytes(*k.value()));
-    }
-    Ok(out)
+pub fn prekey_ids<S: SignalStore>(txn: &S, limit: usize) -> Result<Vec<u32>, Fail<S>> {
+    Ok(txn.first_ids(PREKEYS, limit)?)
 }
 
 // ---- remote identities ----------------------------------------------------------------------
@@ -708,10 +713,10 @@ fn encode_remote(r: &RemoteIdentity) -> Vec<u8> {
     v
 }
 
-fn decode_remote(b: &[u8]) -> Result<RemoteIdentity, StoreError> {
+fn decode_remote(b: &[u8]) -> Result<RemoteIdentity, RowError> {
     let mut r = Reader::new(b, "remote_identities");
     r.version(1)?;
-    let trust = TrustState::from_byte(r.u8()?).ok_or(StoreError::Corrupt {
+    let trust = TrustState::from_byte(r.u8()?).ok_or(RowError {
         table: "remote_identities",
         detail: "unknown trust state",
     })?;
@@ -721,7 +726,7 @@ fn decode_remote(b: &[u8]) -> Result<RemoteIdentity, StoreError> {
         0 => None,
         1 => Some(r.array()?),
         _ => {
-            return Err(StoreError::Corrupt {
+            return Err(RowError {
                 table: "remote_identities",
                 detail: "bad pending flag",
             });
@@ -737,38 +742,40 @@ fn decode_remote(b: &[u8]) -> Result<RemoteIdentity, StoreError> {
 }
 
 /// The stored identity of a contact device.
-pub fn remote_identity(
-    txn: &Txn,
+pub fn remote_identity<S: SignalStore>(
+    txn: &S,
     address: &Address,
-) -> Result<Option<RemoteIdentity>, SignalError> {
-    match txn.get_str_key(REMOTE_IDENTITIES, &address.key())? {
-        Some(b) => Ok(Some(decode_remote(&b)?)),
+) -> Result<Option<RemoteIdentity>, Fail<S>> {
+    match txn.get(REMOTE_IDENTITIES, &address.key())? {
+        Some(b) => Ok(Some(decode_remote(&b).map_err(corrupt)?)),
         None => Ok(None),
     }
 }
 
-fn put_remote(txn: &Txn, address: &Address, r: &RemoteIdentity) -> Result<(), SignalError> {
-    txn.put_str_key(REMOTE_IDENTITIES, &address.key(), &encode_remote(r))?;
+fn put_remote<S: SignalStore>(
+    txn: &S,
+    address: &Address,
+    r: &RemoteIdentity,
+) -> Result<(), Fail<S>> {
+    txn.put(REMOTE_IDENTITIES, &address.key(), &encode_remote(r))?;
     Ok(())
 }
 
 /// Every stored device identity of `user`, by device number.
-pub fn remote_identities(txn: &Txn, user: &str) -> Result<Vec<(u32, RemoteIdentity)>, SignalError> {
-    let t = txn
-        .inner
-        .open_table(REMOTE_IDENTITIES)
-        .map_err(StoreError::from)?;
+pub fn remote_identities<S: SignalStore>(
+    txn: &S,
+    user: &str,
+) -> Result<Vec<(u32, RemoteIdentity)>, Fail<S>> {
     let prefix = format!("{user}.");
     let mut out = Vec::new();
-    for item in t.range(prefix.as_str()..).map_err(StoreError::from)? {
-        let (k, v) = item.map_err(StoreError::from)?;
-        let Some(dev) = k.value().strip_prefix(prefix.as_str()) else {
+    for (k, v) in txn.scan_prefix(REMOTE_IDENTITIES, &prefix)? {
+        let Some(dev) = k.strip_prefix(prefix.as_str()) else {
             break;
         };
         let Ok(dev) = dev.parse::<u32>() else {
             continue;
         };
-        out.push((dev, decode_remote(v.value())?));
+        out.push((dev, decode_remote(&v).map_err(corrupt)?));
     }
     out.sort_by_key(|(d, _)| *d);
     Ok(out)
@@ -776,18 +783,14 @@ pub fn remote_identities(txn: &Txn, user: &str) -> Result<Vec<(u32, RemoteIdenti
 
 /// The household marks every device of `user` verified, adopting any identity that a change
 /// left pending. Returns how many devices were updated.
-pub fn trust_contact(txn: &Txn, user: &str, now_ms: u64) -> Result<usize, SignalError> {
+pub fn trust_contact<S: SignalStore>(txn: &S, user: &str, now_ms: u64) -> Result<usize, Fail<S>> {
     let devices = remote_identities(txn, user)?;
     for (device, mut r) in devices.iter().cloned() {
         if let Some(p) = r.pending.take() {
             r.key = p;
             r.changed_ms = now_ms;
             // The old session belongs to the old identity; the next send fetches a bundle.
-            txn.inner
-                .open_table(SESSIONS)
-                .map_err(StoreError::from)?
-                .remove(Address::new(user, device).key().as_str())
-                .map_err(StoreError::from)?;
+            txn.remove(SESSIONS, &Address::new(user, device).key())?;
         }
         r.trust = TrustState::Verified;
         put_remote(txn, &Address::new(user, device), &r)?;
@@ -812,17 +815,19 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn load(txn: &Txn, address: &Address, now_ms: u64) -> Result<Scratch, SignalError> {
+    fn load<S: SignalStore>(txn: &S, address: &Address, now_ms: u64) -> Result<Scratch, Fail<S>> {
         let local = require_identity(txn)?;
         let pa = address.protocol();
         let mut sessions = HashMap::new();
-        if let Some(b) = txn.get_str_key(SESSIONS, &address.key())? {
+        if let Some(b) = txn.get(SESSIONS, &address.key())? {
             let mut r = Reader::new(&b, "sessions");
-            r.version(1)?;
-            let rest = r.take(b.len().saturating_sub(1))?;
-            let mut rec = SessionRecord::deserialize(rest).map_err(|_| StoreError::Corrupt {
-                table: "sessions",
-                detail: "bad session record",
+            r.version(1).map_err(corrupt)?;
+            let rest = r.take(b.len().saturating_sub(1)).map_err(corrupt)?;
+            let mut rec = SessionRecord::deserialize(rest).map_err(|_| {
+                corrupt(RowError {
+                    table: "sessions",
+                    detail: "bad session record",
+                })
             })?;
             rec.waive_counter_lease();
             sessions.insert(pa.clone(), rec);
@@ -862,7 +867,7 @@ impl Scratch {
         out
     }
 
-    fn flush(self, txn: &Txn) -> Result<(), SignalError> {
+    fn flush<S: SignalStore>(self, txn: &S) -> Result<(), Fail<S>> {
         for pa in &self.dirty_sessions {
             if let Some(rec) = self.sessions.get(pa) {
                 let mut body = Vec::new();
@@ -871,7 +876,7 @@ impl Scratch {
                 v.push(1u8);
                 v.extend_from_slice(&body);
                 let key = format!("{}.{}", pa.name(), u32::from(pa.device_id()));
-                txn.put_str_key(SESSIONS, &key, &v)?;
+                txn.put(SESSIONS, &key, &v)?;
             }
         }
         for pa in &self.dirty_remotes {
@@ -880,7 +885,7 @@ impl Scratch {
             }
         }
         for id in &self.removed_prekeys {
-            txn.remove_u32_key(PREKEYS, u32::from(*id))?;
+            txn.remove_id(PREKEYS, u32::from(*id))?;
         }
         Ok(())
     }
@@ -965,29 +970,25 @@ impl IdentityKeyStore for Scratch {
 // ---- operations ---------------------------------------------------------------------------
 
 /// Whether we hold a session with `address`.
-pub fn has_session(txn: &Txn, address: &Address) -> Result<bool, SignalError> {
-    Ok(txn.get_str_key(SESSIONS, &address.key())?.is_some())
+pub fn has_session<S: SignalStore>(txn: &S, address: &Address) -> Result<bool, Fail<S>> {
+    Ok(txn.get(SESSIONS, &address.key())?.is_some())
 }
 
 /// Drops the session with `address` (for example before rebuilding it from a retry receipt).
-pub fn delete_session(txn: &Txn, address: &Address) -> Result<(), SignalError> {
-    txn.inner
-        .open_table(SESSIONS)
-        .map_err(StoreError::from)?
-        .remove(address.key().as_str())
-        .map_err(StoreError::from)?;
+pub fn delete_session<S: SignalStore>(txn: &S, address: &Address) -> Result<(), Fail<S>> {
+    txn.remove(SESSIONS, &address.key())?;
     Ok(())
 }
 
 /// Builds a session with `address` from its bundle. The signed prekey signature is checked
 /// first; a bad one is refused and nothing is stored.
-pub fn process_bundle<R: Rng + CryptoRng>(
-    txn: &Txn,
+pub fn process_bundle<S: SignalStore, R: Rng + CryptoRng>(
+    txn: &S,
     address: &Address,
     bundle: &WireBundle,
     rng: &mut R,
     now_ms: u64,
-) -> Result<IdentityEvent, SignalError> {
+) -> Result<IdentityEvent, Fail<S>> {
     let identity_pk = public_from_raw(&bundle.identity)?;
     let spk = public_from_raw(&bundle.signed_prekey.public)?;
     // Checked here as well as in the crate, so that a bad bundle is refused before any state
@@ -1047,7 +1048,11 @@ fn identity_event(first: bool, change: IdentityChange) -> IdentityEvent {
     }
 }
 
-fn hold_pending_identity(txn: &Txn, address: &Address, key: RawKey) -> Result<(), SignalError> {
+fn hold_pending_identity<S: SignalStore>(
+    txn: &S,
+    address: &Address,
+    key: RawKey,
+) -> Result<(), Fail<S>> {
     if let Some(mut r) = remote_identity(txn, address)? {
         r.pending = Some(key);
         put_remote(txn, address, &r)?;
@@ -1086,12 +1091,12 @@ impl SessionStore for SessionOnly<'_> {
 
 /// Encrypts `plaintext` for `address` with the existing session. The advanced session is
 /// written into `txn`; commit it together with the stanza bytes before they reach the wire.
-pub fn encrypt(
-    txn: &Txn,
+pub fn encrypt<S: SignalStore>(
+    txn: &S,
     address: &Address,
     plaintext: &[u8],
     now_ms: u64,
-) -> Result<Ciphertext, SignalError> {
+) -> Result<Ciphertext, Fail<S>> {
     let mut scratch = Scratch::load(txn, address, now_ms)?;
     if !scratch.sessions.contains_key(&address.protocol()) {
         return Err(SignalError::NoSession {
@@ -1121,13 +1126,13 @@ pub fn encrypt(
 /// commit, then ack. On failure nothing is written except, for a verified contact whose
 /// identity changed ([`SignalError::UntrustedIdentity`]), the offered identity as pending:
 /// commit the transaction in that case so the household can review and trust it.
-pub fn decrypt<R: Rng + CryptoRng>(
-    txn: &Txn,
+pub fn decrypt<S: SignalStore, R: Rng + CryptoRng>(
+    txn: &S,
     address: &Address,
     ciphertext: &Ciphertext,
     rng: &mut R,
     now_ms: u64,
-) -> Result<Decrypted, SignalError> {
+) -> Result<Decrypted, Fail<S>> {
     let mut scratch = Scratch::load(txn, address, now_ms)?;
     let first = !scratch.remotes.contains_key(&address.protocol());
     let parsed = match ciphertext.kind {
@@ -1216,10 +1221,10 @@ pub fn decrypt<R: Rng + CryptoRng>(
 /// Refuses a message that would skip more than [`MAX_SKIPPED_KEYS`] keys ahead in its chain.
 /// The crate refuses it too, but folds the reason into a generic failure; checking first
 /// gives the caller (and the log) the real reason.
-fn check_forward_jump(
+fn check_forward_jump<E>(
     session: Option<&SessionRecord>,
     m: &SignalMessage,
-) -> Result<(), SignalError> {
+) -> Result<(), SignalError<E>> {
     let Some(state) = session.and_then(|s| s.session_state()) else {
         return Ok(());
     };
@@ -1283,12 +1288,12 @@ impl SignedPreKeyStore for SignedOnly {
 
 /// Sets up a fresh device: identity, one signed prekey and a first batch of one-time prekeys.
 /// Returns the upload (identity, signed prekey, prekeys). Idempotent for the identity.
-pub fn provision<R: Rng + CryptoRng>(
-    txn: &Txn,
+pub fn provision<S: SignalStore, R: Rng + CryptoRng>(
+    txn: &S,
     rng: &mut R,
     now_ms: u64,
     prekeys: u32,
-) -> Result<(LocalIdentity, WireSignedPreKey, Vec<WirePreKey>), SignalError> {
+) -> Result<(LocalIdentity, WireSignedPreKey, Vec<WirePreKey>), Fail<S>> {
     let identity = ensure_identity(txn, rng)?;
     let spk = match current_signed_prekey(txn)? {
         Some((spk, _)) => spk,
@@ -1300,16 +1305,15 @@ pub fn provision<R: Rng + CryptoRng>(
 
 /// Returns an error if `signature` over our signed prekey is not ours: a self-check used
 /// after loading, so a corrupt store is noticed before we publish a bad bundle.
-pub fn check_signed_prekey(txn: &Txn) -> Result<(), SignalError> {
+pub fn check_signed_prekey<S: SignalStore>(txn: &S) -> Result<(), Fail<S>> {
     let identity = require_identity(txn)?;
     if let Some((spk, _)) = current_signed_prekey(txn)? {
         let pk = public_from_raw(&spk.public)?;
         if !verify_signature(&identity.public(), &pk.serialize(), &spk.signature) {
-            return Err(StoreError::Corrupt {
+            return Err(corrupt(RowError {
                 table: "signed_prekeys",
                 detail: "signature does not verify",
-            }
-            .into());
+            }));
         }
     }
     Ok(())
@@ -1693,7 +1697,7 @@ mod tests {
         ensure_identity(&txn, &mut rand::rng()).unwrap();
         let a = generate_prekeys(&txn, &mut rand::rng(), 3).unwrap();
         assert_eq!(a.iter().map(|k| k.id).collect::<Vec<_>>(), [1, 2, 3]);
-        txn.set_meta_u32(META_NEXT_PREKEY_ID, MAX_PREKEY_ID - 1)
+        txn.set_counter(META_NEXT_PREKEY_ID, MAX_PREKEY_ID - 1)
             .unwrap();
         let b = generate_prekeys(&txn, &mut rand::rng(), 3).unwrap();
         assert_eq!(
@@ -1734,7 +1738,7 @@ mod tests {
             rotate_signed_prekey(&txn, &mut rand::rng(), NOW).unwrap();
         }
         assert_eq!(
-            txn.count_u32_keys(SIGNED_PREKEYS).unwrap(),
+            txn.count_ids(SIGNED_PREKEYS).unwrap(),
             MAX_SIGNED_PREKEYS_KEPT as u64
         );
     }

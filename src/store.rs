@@ -16,6 +16,9 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+pub(crate) use crate::row::Reader;
+use crate::row::RowError;
+use crate::signal_store::{IdTable, KeyTable, SignalStore};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 /// The schema this build writes. A store with a larger version is refused.
@@ -1111,78 +1114,101 @@ fn be_u64(b: &[u8], table: &'static str) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(a))
 }
 
-/// A cursor over a stored value that rejects short reads and trailing bytes.
-pub(crate) struct Reader<'a> {
-    rest: &'a [u8],
-    table: &'static str,
+impl From<RowError> for StoreError {
+    fn from(e: RowError) -> Self {
+        StoreError::Corrupt {
+            table: e.table,
+            detail: e.detail,
+        }
+    }
 }
 
-impl<'a> Reader<'a> {
-    pub(crate) fn new(rest: &'a [u8], table: &'static str) -> Self {
-        Reader { rest, table }
+fn key_table(t: KeyTable) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    match t {
+        KeyTable::LocalIdentity => LOCAL_IDENTITY,
+        KeyTable::Sessions => SESSIONS,
+        KeyTable::RemoteIdentities => REMOTE_IDENTITIES,
+    }
+}
+
+fn id_table(t: IdTable) -> TableDefinition<'static, &'static [u8; 4], &'static [u8]> {
+    match t {
+        IdTable::PreKeys => PREKEYS,
+        IdTable::SignedPreKeys => SIGNED_PREKEYS,
+    }
+}
+
+/// The Signal engine's tables live in the daemon's file (docs/store.md); their rows commit in
+/// the same transaction as the outbox or inbox row they belong to.
+impl SignalStore for Txn {
+    type Error = StoreError;
+
+    fn get(&self, table: KeyTable, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_str_key(key_table(table), key)
     }
 
-    fn corrupt(&self, detail: &'static str) -> StoreError {
-        StoreError::Corrupt {
-            table: self.table,
-            detail,
-        }
+    fn put(&self, table: KeyTable, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.put_str_key(key_table(table), key, value)
     }
 
-    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
-        if self.rest.len() < n {
-            return Err(self.corrupt("truncated row"));
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
-    }
-
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], StoreError> {
-        let b = self.take(N)?;
-        b.try_into().map_err(|_| self.corrupt("truncated row"))
-    }
-
-    pub(crate) fn version(&mut self, want: u8) -> Result<(), StoreError> {
-        if self.u8()? != want {
-            return Err(self.corrupt("unknown row version"));
-        }
+    fn remove(&self, table: KeyTable, key: &str) -> Result<(), StoreError> {
+        let mut t = self.inner.open_table(key_table(table))?;
+        t.remove(key)?;
         Ok(())
     }
 
-    pub(crate) fn u8(&mut self) -> Result<u8, StoreError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    pub(crate) fn u16(&mut self) -> Result<u16, StoreError> {
-        Ok(u16::from_be_bytes(self.array()?))
-    }
-
-    pub(crate) fn u32(&mut self) -> Result<u32, StoreError> {
-        Ok(u32::from_be_bytes(self.array()?))
-    }
-
-    pub(crate) fn u64(&mut self) -> Result<u64, StoreError> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
-
-    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], StoreError> {
-        let n = self.u32()?;
-        let n = usize::try_from(n).map_err(|_| self.corrupt("length overflows usize"))?;
-        self.take(n)
-    }
-
-    pub(crate) fn string(&mut self) -> Result<String, StoreError> {
-        let b = self.bytes()?;
-        String::from_utf8(b.to_vec()).map_err(|_| self.corrupt("invalid UTF-8"))
-    }
-
-    pub(crate) fn end(&self) -> Result<(), StoreError> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(self.corrupt("trailing bytes"))
+    fn scan_prefix(
+        &self,
+        table: KeyTable,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let t = self.inner.open_table(key_table(table))?;
+        let mut out = Vec::new();
+        for item in t.range(prefix..)? {
+            let (k, v) = item?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_string(), v.value().to_vec()));
         }
+        Ok(out)
+    }
+
+    fn get_id(&self, table: IdTable, id: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_u32_key(id_table(table), id)
+    }
+
+    fn put_id(&self, table: IdTable, id: u32, value: &[u8]) -> Result<(), StoreError> {
+        self.put_u32_key(id_table(table), id, value)
+    }
+
+    fn remove_id(&self, table: IdTable, id: u32) -> Result<bool, StoreError> {
+        self.remove_u32_key(id_table(table), id)
+    }
+
+    fn count_ids(&self, table: IdTable) -> Result<u64, StoreError> {
+        self.count_u32_keys(id_table(table))
+    }
+
+    fn first_ids(&self, table: IdTable, limit: usize) -> Result<Vec<u32>, StoreError> {
+        let t = self.inner.open_table(id_table(table))?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = item?;
+            out.push(u32::from_be_bytes(*k.value()));
+        }
+        Ok(out)
+    }
+
+    fn counter(&self, name: &str) -> Result<Option<u32>, StoreError> {
+        self.meta_u32(name)
+    }
+
+    fn set_counter(&self, name: &str, value: u32) -> Result<(), StoreError> {
+        self.set_meta_u32(name, value)
     }
 }
 
