@@ -39,9 +39,9 @@ use rand::{CryptoRng, Rng};
 
 use crate::content::{self, Message, MessageId};
 use crate::frame::{self, FrameDecoder};
-use crate::hub::state::{bundle_stanza, parse_bundle};
 use crate::jid::{self, Jid};
 use crate::login::{ClientLogin, ClientStep, Hello, LoggedIn, LoginError};
+use crate::prekeys::{bundle_stanza, parse_bundle};
 use crate::retry::{self, MAX_RETRY_RECEIPTS, RetryReceipt};
 use crate::signal::{
     self, Ciphertext, EncType, IdentityEvent, SignalError, WireBundle, WirePreKey, WireSignedPreKey,
@@ -1026,7 +1026,7 @@ impl Client {
                     let mut enc = Stanza::new("enc")
                         .attr("v", "2")
                         .attr("type", ct.kind.as_str());
-                    if let Some(mt) = crate::hub::users::media_type(msg.kind) {
+                    if let Some(mt) = crate::content::media_type(msg.kind) {
                         enc = enc.attr("mediatype", mt);
                     }
                     participants = participants.child(
@@ -1051,7 +1051,7 @@ impl Client {
         let mut m = Stanza::new("message")
             .attr("id", send)
             .attr("to", msg.to.to_string())
-            .attr("type", crate::hub::users::stanza_type(msg.kind))
+            .attr("type", crate::content::stanza_type(msg.kind))
             .attr("t", (now_ms / 1000).to_string());
         if any {
             m = m.child(participants);
@@ -1370,13 +1370,13 @@ impl Client {
         let mut enc = Stanza::new("enc")
             .attr("v", "2")
             .attr("type", ct.kind.as_str());
-        if let Some(mt) = crate::hub::users::media_type(kind) {
+        if let Some(mt) = crate::content::media_type(kind) {
             enc = enc.attr("mediatype", mt);
         }
         let m = Stanza::new("message")
             .attr("id", id)
             .attr("to", device.to_user().to_string())
-            .attr("type", crate::hub::users::stanza_type(kind))
+            .attr("type", crate::content::stanza_type(kind))
             .attr("t", (now_ms / 1000).to_string())
             .attr("count", count.to_string())
             .child(

@@ -660,6 +660,27 @@ pub fn message_id(unix_secs: u64, own_user: &str, random: &[u8; 16]) -> MessageI
     MessageId(id)
 }
 
+/// The `<message type>` for a content kind.
+pub fn stanza_type(kind: ContentKind) -> &'static str {
+    match kind {
+        ContentKind::Reaction => "reaction",
+        k if k.is_media() => "media",
+        _ => "text",
+    }
+}
+
+/// The `<enc mediatype>` for a content kind, if it is media.
+pub fn media_type(kind: ContentKind) -> Option<&'static str> {
+    Some(match kind {
+        ContentKind::Image => "image",
+        ContentKind::Audio => "audio",
+        ContentKind::Voice => "ptt",
+        ContentKind::Video => "video",
+        ContentKind::Document => "document",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,6 +61,7 @@ pub mod media_pipe;
 pub mod media_store;
 pub mod metrics;
 pub mod notify;
+pub mod prekeys;
 pub mod retention;
 pub mod retry;
 pub mod row;

@@ -20,8 +20,8 @@
 use std::fmt;
 
 use crate::content::MessageId;
-use crate::hub::state::{bundle_stanza, parse_prekey, parse_signed_prekey};
 use crate::jid::Jid;
+use crate::prekeys::{bundle_stanza, parse_prekey, parse_signed_prekey};
 use crate::signal::{self, RawKey, WireBundle};
 use crate::stanza::Stanza;
 

@@ -162,7 +162,7 @@ fn one_time_prekeys_are_never_handed_out_twice_and_low_count_is_notified() {
                 .unwrap()
                 .child_named("user")
                 .unwrap();
-            let bundle = interopd::hub::state::parse_bundle(user).unwrap();
+            let bundle = interopd::prekeys::parse_bundle(user).unwrap();
             let id = bundle.prekey.expect("a prekey while any remain").id;
             assert!(ids.insert(id), "prekey {id} handed out twice");
         }

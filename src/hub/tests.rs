@@ -373,7 +373,7 @@ fn fetched_bundles_never_repeat_a_prekey_id() {
             .unwrap()
             .child_named("user")
             .unwrap();
-        let b = super::state::parse_bundle(user).unwrap();
+        let b = crate::prekeys::parse_bundle(user).unwrap();
         assert!(ids.insert(b.prekey.unwrap().id), "prekey handed out twice");
     }
 }

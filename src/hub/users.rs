@@ -36,6 +36,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::media::MediaStore;
 use crate::content::{self, ContentKind, Message};
+use crate::content::{media_type, stanza_type};
 use crate::jid::{Jid, Server};
 use crate::media_crypto::{self, MEDIA_KEY_BYTES, MediaCryptoError, MediaKind, SHA256_BYTES};
 use crate::retry::{self, MAX_RETRY_RECEIPTS, RetryReceipt};
@@ -866,27 +867,6 @@ impl SimUser {
             .attr("t", (now_ms / 1000).to_string())
             .child(participants))
     }
-}
-
-/// The `<message type>` for a content kind.
-pub fn stanza_type(kind: ContentKind) -> &'static str {
-    match kind {
-        ContentKind::Reaction => "reaction",
-        k if k.is_media() => "media",
-        _ => "text",
-    }
-}
-
-/// The `<enc mediatype>` for a content kind, if it is media.
-pub fn media_type(kind: ContentKind) -> Option<&'static str> {
-    Some(match kind {
-        ContentKind::Image => "image",
-        ContentKind::Audio => "audio",
-        ContentKind::Voice => "ptt",
-        ContentKind::Video => "video",
-        ContentKind::Document => "document",
-        _ => return None,
-    })
 }
 
 fn record_json(o: &Opened, now_ms: u64, media: &MediaOutcome) -> serde_json::Value {
