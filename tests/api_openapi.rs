@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn spec_path() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.yaml")
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("docs/openapi.yaml")
 }
 
 /// (METHOD, path) pairs under `paths:`; the file keeps paths at two spaces of indent and

@@ -36,7 +36,8 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 fn every_kind_of_hostile_frame_gets_its_reason_and_a_close() {
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProc::start(&dir.path().join("hub"), false);
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/frames");
+    let data = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .join("tests/data/frames");
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (
             frame(&std::fs::read(data.join("billion_laughs.bin")).unwrap()),

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 const NOW: u64 = 1_700_000_000_000;
 
 fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("tests/interop")
 }
 
 fn install_node_packages() {

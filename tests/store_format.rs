@@ -8,7 +8,7 @@ use interopd::signal::{self, Address};
 use interopd::store::{OutboxStatus, SCHEMA_VERSION, Store};
 
 fn copy_fixture(version: &str) -> tempfile::TempDir {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let src = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
         .join("tests/data/store")
         .join(version);
     let dir = tempfile::tempdir().unwrap();

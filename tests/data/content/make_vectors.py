@@ -2,7 +2,7 @@
 """Regenerates vectors.txt and message_ids.txt in this directory.
 
 vectors.txt: sample content messages encoded by Google's protobuf runtime for
-Python from proto/content.proto, compiled by the protoc that grpcio-tools ships.
+Python from crates/interop-proto/proto/content.proto, compiled by the protoc that grpcio-tools ships.
 That is an implementation independent of prost, so agreement checks our field
 numbers, wire types and presence handling.
 
@@ -27,7 +27,7 @@ from grpc_tools import protoc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", "..", ".."))
-PROTO_DIR = os.path.join(ROOT, "proto")
+PROTO_DIR = os.path.join(ROOT, "crates", "interop-proto", "proto")
 
 
 def load_schema():

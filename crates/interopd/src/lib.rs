@@ -38,35 +38,29 @@
 //! The rest of the code never names the Signal crate; [`signal`] is the boundary.
 #![forbid(unsafe_code)]
 
+// The protocol core, re-exported under the names the daemon's modules always used.
+pub use interop_proto::{
+    content, frame, jid, login, media_crypto, media_meta, prekeys, retry, row, signal_store, stanza,
+};
+
 pub mod api;
 pub mod client;
 pub mod clock;
 pub mod config;
-pub mod content;
 pub mod daemon;
 pub mod demo;
 pub mod events;
-pub mod frame;
 pub mod http;
 pub mod hub;
 pub mod inbound_media;
-pub mod jid;
 pub mod link;
 pub mod logger;
-pub mod login;
-pub mod media_crypto;
 pub mod media_host;
-pub mod media_meta;
 pub mod media_pipe;
 pub mod media_store;
 pub mod metrics;
 pub mod notify;
-pub mod prekeys;
 pub mod retention;
-pub mod retry;
-pub mod row;
 pub mod signal;
-pub mod signal_store;
-pub mod stanza;
 pub mod store;
 pub mod tls;

@@ -27,7 +27,6 @@ pub const MAX_REPORTED_SECONDS: u64 = 24 * 3600;
 
 /// Why a body is not what its kind claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum MetaError {
     /// Client: a voice note must be Ogg/Opus; this body is not (the API answers 415).
     NotOggOpus { detail: &'static str },

@@ -828,7 +828,7 @@ mod tests {
     #[test]
     fn range_vectors_from_the_rfc_parse_as_listed() {
         let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../.."),
             "/tests/data/media_host/ranges.txt"
         );
         let text = fs::read_to_string(path).unwrap();

@@ -94,7 +94,6 @@ impl MediaKind {
 
 /// Errors of the receiving side, in the order the checks run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum MediaCryptoError {
     /// Storage or transit corrupted the blob, or the sender announced a wrong fileEncSha256:
     /// the SHA-256 of the blob differs; the shell discards the blob and may fetch it again.
@@ -488,7 +487,7 @@ impl fmt::Debug for Verifier {
 ///
 /// ```compile_fail
 /// // Decrypting without verifying first does not compile: the fields are private.
-/// let token = interopd::media_crypto::VerifiedBlob { ciphertext_len: 16 };
+/// let token = interop_proto::media_crypto::VerifiedBlob { ciphertext_len: 16 };
 /// ```
 pub struct VerifiedBlob {
     keys: MediaKeys,
@@ -674,7 +673,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const VECTORS: &str = include_str!("../tests/data/media/vectors.txt");
+    const VECTORS: &str = include_str!("../../../tests/data/media/vectors.txt");
 
     struct Vector {
         kind: MediaKind,

@@ -994,7 +994,7 @@ mod tests {
     #[test]
     fn version_1_row_vector_decodes_and_encodes_byte_for_byte() {
         let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../.."),
             "/tests/data/media_store/row_v1.hex"
         );
         let hex = fs::read_to_string(path).unwrap();

@@ -53,7 +53,6 @@ pub struct RetryReceipt {
 /// Why a stanza is not a usable retry receipt. Every variant is the peer's fault; the reader
 /// acks the receipt and does nothing else.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum RetryError {
     /// Peer: the stanza is not a `<receipt type="retry">`.
     NotRetry,
@@ -250,7 +249,7 @@ mod tests {
     use crate::stanza;
     use proptest::prelude::*;
 
-    const VECTOR: &str = include_str!("../tests/data/retry/receipt_count2.xml");
+    const VECTOR: &str = include_str!("../../../tests/data/retry/receipt_count2.xml");
 
     fn id() -> MessageId {
         MessageId::parse("3EB0AEFD7C7033F19C38DE").unwrap()

@@ -1052,7 +1052,7 @@ quota_bytes = 2000000
 
     #[test]
     fn shipped_example_configs_parse() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("board/examples");
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("board/examples");
         let mut n = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();

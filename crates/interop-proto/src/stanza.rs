@@ -96,7 +96,6 @@ pub enum Content {
 /// Variants with `offset: usize` come only from [`parse`]; the offset is in bytes
 /// from the start of the frame's payload. Variants with `offset: Option<usize>` can
 /// also come from [`Stanza::validate`], which reports `None`.
-#[non_exhaustive]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StanzaError {
     /// Peer sent bytes that are not UTF-8 (a UTF-8 byte-order mark counts as text
@@ -1492,57 +1491,57 @@ mod tests {
         let cases: [(&str, &[u8], &str); 11] = [
             (
                 "billion_laughs",
-                include_bytes!("../tests/data/frames/billion_laughs.bin"),
+                include_bytes!("../../../tests/data/frames/billion_laughs.bin"),
                 "doctype",
             ),
             (
                 "external_entity",
-                include_bytes!("../tests/data/frames/external_entity.bin"),
+                include_bytes!("../../../tests/data/frames/external_entity.bin"),
                 "doctype",
             ),
             (
                 "doctype",
-                include_bytes!("../tests/data/frames/doctype.bin"),
+                include_bytes!("../../../tests/data/frames/doctype.bin"),
                 "doctype",
             ),
             (
                 "xml_declaration",
-                include_bytes!("../tests/data/frames/xml_declaration.bin"),
+                include_bytes!("../../../tests/data/frames/xml_declaration.bin"),
                 "xml_declaration",
             ),
             (
                 "undefined_entity",
-                include_bytes!("../tests/data/frames/undefined_entity.bin"),
+                include_bytes!("../../../tests/data/frames/undefined_entity.bin"),
                 "undefined_entity",
             ),
             (
                 "deep_nesting",
-                include_bytes!("../tests/data/frames/deep_nesting.bin"),
+                include_bytes!("../../../tests/data/frames/deep_nesting.bin"),
                 "too_deep",
             ),
             (
                 "bad_utf8",
-                include_bytes!("../tests/data/frames/bad_utf8.bin"),
+                include_bytes!("../../../tests/data/frames/bad_utf8.bin"),
                 "bad_utf8",
             ),
             (
                 "too_many_children",
-                include_bytes!("../tests/data/frames/too_many_children.bin"),
+                include_bytes!("../../../tests/data/frames/too_many_children.bin"),
                 "too_many_children",
             ),
             (
                 "comment_before_root",
-                include_bytes!("../tests/data/frames/comment_before_root.bin"),
+                include_bytes!("../../../tests/data/frames/comment_before_root.bin"),
                 "comment",
             ),
             (
                 "cdata_payload",
-                include_bytes!("../tests/data/frames/cdata_payload.bin"),
+                include_bytes!("../../../tests/data/frames/cdata_payload.bin"),
                 "cdata",
             ),
             (
                 "mixed_content",
-                include_bytes!("../tests/data/frames/mixed_content.bin"),
+                include_bytes!("../../../tests/data/frames/mixed_content.bin"),
                 "mixed_content",
             ),
         ];
@@ -1554,7 +1553,7 @@ mod tests {
 
     #[test]
     fn stored_bad_utf8_sample_reports_the_first_bad_byte() {
-        let sample = include_bytes!("../tests/data/frames/bad_utf8.bin");
+        let sample = include_bytes!("../../../tests/data/frames/bad_utf8.bin");
         assert_eq!(parse(sample), Err(StanzaError::BadUtf8 { offset: 13 }));
     }
 

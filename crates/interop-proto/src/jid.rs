@@ -61,7 +61,6 @@ pub struct Jid {
 /// Why a text is not a JID, phone number or account name. Always caused by whoever sent
 /// the text (a peer on the wire, a caller of the API); the reader answers `bad_jid`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum JidError {
     /// Peer or caller: there is no `@server` part, or the server is not one we know.
     UnknownServer,

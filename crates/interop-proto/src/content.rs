@@ -49,7 +49,6 @@ pub const MESSAGE_ID_DIGEST_BYTES: usize = 9;
 
 /// Everything that can go wrong in this module.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum ContentError {
     /// Content exceeds its size bound. Peer, when received: the shell acks the stanza and
     /// records the message as unreadable (no retry: it decrypted fine). Our API client,
@@ -93,7 +92,6 @@ pub enum ContentError {
 
 /// What is wrong with received padding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum PaddingFault {
     /// The plaintext is empty, so there is no padding at all.
     EmptyInput,

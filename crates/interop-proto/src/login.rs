@@ -77,7 +77,6 @@ impl fmt::Debug for Proof {
 
 /// Why the server refuses a login. The server sends `<failure reason text>` and closes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum LoginFailure {
     /// Peer: a login stanza is malformed or arrived out of order.
     BadRequest { detail: &'static str },
@@ -369,7 +368,6 @@ impl ServerLogin {
 
 /// Why the client's login did not complete.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum LoginError {
     /// Server refused: `<failure reason text>`. Wrong config (token, account) or a bug;
     /// the link reports it and does not retry a bad token in a tight loop.

@@ -38,7 +38,6 @@ pub const FRAME_HEADER_BYTES: usize = 3;
 pub const MAX_DECODER_BUFFER_BYTES: usize = MAX_FRAME_BYTES + FRAME_HEADER_BYTES;
 
 /// Why a frame could not be encoded or decoded.
-#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
     /// The peer declared a payload longer than [`MAX_FRAME_BYTES`]. The shell closes
@@ -121,7 +120,7 @@ pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError>
 /// it returns `Ok(None)`; repeat while input remains:
 ///
 /// ```
-/// # use interopd::frame::{FrameDecoder, FrameError};
+/// # use interop_proto::frame::{FrameDecoder, FrameError};
 /// # fn handle(_: Vec<u8>) {}
 /// # fn main() -> Result<(), FrameError> {
 /// let mut decoder = FrameDecoder::new();
@@ -378,7 +377,7 @@ mod tests {
 
     #[test]
     fn stored_oversize_length_header_sample_is_rejected() {
-        let sample = include_bytes!("../tests/data/frames/oversize_length_header.bin");
+        let sample = include_bytes!("../../../tests/data/frames/oversize_length_header.bin");
         assert_eq!(
             decode_all(&[sample]),
             Err(FrameError::FrameTooLarge {
@@ -389,7 +388,7 @@ mod tests {
 
     #[test]
     fn stored_zero_length_frame_sample_is_rejected() {
-        let sample = include_bytes!("../tests/data/frames/zero_length_frame.bin");
+        let sample = include_bytes!("../../../tests/data/frames/zero_length_frame.bin");
         assert_eq!(decode_all(&[sample]), Err(FrameError::EmptyFrame));
     }
 
