@@ -217,6 +217,41 @@ impl FrameDecoder {
     }
 }
 
+/// Encodes a payload as one frame (for shells and tests).
+pub fn framed(payload: &[u8]) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::with_capacity(payload.len() + FRAME_HEADER_BYTES);
+    encode_frame(payload, &mut out)?;
+    Ok(out)
+}
+
+/// A frame decoder fed from a byte stream: the read side of a connection.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    decoder: FrameDecoder,
+    pending: Vec<u8>,
+}
+
+impl FrameReader {
+    /// Feeds bytes and returns every complete frame payload; an error means close.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, FrameError> {
+        self.pending.extend_from_slice(bytes);
+        let mut frames = Vec::new();
+        loop {
+            let taken = self.decoder.push(&self.pending);
+            self.pending.drain(..taken.min(self.pending.len()));
+            let mut progressed = false;
+            while let Some(f) = self.decoder.next_frame()? {
+                frames.push(f);
+                progressed = true;
+            }
+            if self.pending.is_empty() || (!progressed && taken == 0) {
+                break;
+            }
+        }
+        Ok(frames)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

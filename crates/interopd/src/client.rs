@@ -38,7 +38,7 @@ use std::rc::Rc;
 use rand::{CryptoRng, Rng};
 
 use crate::content::{self, Message, MessageId};
-use crate::frame::{self, FrameDecoder};
+use crate::frame;
 use crate::jid::{self, Jid};
 use crate::login::{ClientLogin, ClientStep, Hello, LoggedIn, LoginError};
 use crate::prekeys::{bundle_stanza, parse_bundle};
@@ -1459,40 +1459,7 @@ pub fn upload_stanza(
     iq
 }
 
-/// Encodes a payload as one frame (for shells and tests).
-pub fn framed(payload: &[u8]) -> Result<Vec<u8>, frame::FrameError> {
-    let mut out = Vec::with_capacity(payload.len() + frame::FRAME_HEADER_BYTES);
-    frame::encode_frame(payload, &mut out)?;
-    Ok(out)
-}
-
-/// A frame decoder fed from a byte stream: the read side of a connection.
-#[derive(Debug, Default)]
-pub struct FrameReader {
-    decoder: FrameDecoder,
-    pending: Vec<u8>,
-}
-
-impl FrameReader {
-    /// Feeds bytes and returns every complete frame payload; an error means close.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, frame::FrameError> {
-        self.pending.extend_from_slice(bytes);
-        let mut frames = Vec::new();
-        loop {
-            let taken = self.decoder.push(&self.pending);
-            self.pending.drain(..taken.min(self.pending.len()));
-            let mut progressed = false;
-            while let Some(f) = self.decoder.next_frame()? {
-                frames.push(f);
-                progressed = true;
-            }
-            if self.pending.is_empty() || (!progressed && taken == 0) {
-                break;
-            }
-        }
-        Ok(frames)
-    }
-}
+pub use crate::frame::{FrameReader, framed};
 
 // ---- the async shell ----------------------------------------------------------------------
 

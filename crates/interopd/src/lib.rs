@@ -38,6 +38,9 @@
 //! The rest of the code never names the Signal crate; [`signal`] is the boundary.
 #![forbid(unsafe_code)]
 
+// The shell plumbing shared with the hub.
+pub use interop_io::{clock, http, logger, notify, tls};
+
 // The protocol core, re-exported under the names the daemon's modules always used.
 pub use interop_proto::{
     content, frame, jid, login, media_crypto, media_meta, prekeys, retry, row, signal_store, stanza,
@@ -45,22 +48,17 @@ pub use interop_proto::{
 
 pub mod api;
 pub mod client;
-pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod events;
-pub mod http;
 pub mod hub;
 pub mod inbound_media;
 pub mod link;
-pub mod logger;
 pub mod media_host;
 pub mod media_pipe;
 pub mod media_store;
 pub mod metrics;
-pub mod notify;
 pub mod retention;
 pub mod signal;
 pub mod store;
-pub mod tls;

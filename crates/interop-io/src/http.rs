@@ -1722,10 +1722,10 @@ where
 }
 
 /// Counts an open connection while alive (also the media host's accept loop).
-pub(crate) struct ActiveGuard(Rc<Cell<usize>>);
+pub struct ActiveGuard(Rc<Cell<usize>>);
 
 impl ActiveGuard {
-    pub(crate) fn enter(active: &Rc<Cell<usize>>) -> Self {
+    pub fn enter(active: &Rc<Cell<usize>>) -> Self {
         active.set(active.get() + 1);
         ActiveGuard(Rc::clone(active))
     }

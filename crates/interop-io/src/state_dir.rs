@@ -1,0 +1,115 @@
+//! A state directory and the database error both shells share: the daemon's store and the
+//! hub's keep their redb files in a private directory (0700) as private files (0600), and
+//! report failures as one [`StoreError`], whose variants say who is at fault.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use interop_proto::row::RowError;
+
+/// What went wrong in the store. Every variant ends the operation; the shell reports it
+/// (API 503, daemon log at `error`) and, after an I/O error, reopens rather than retrying blind.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Environment: the state directory or file could not be created or opened.
+    Io { path: PathBuf, source: io::Error },
+    /// Environment: the file was written by a newer interopd. Upgrade, or restore a backup.
+    SchemaTooNew { found: u32, supported: u32 },
+    /// Environment (corruption) or bug: a stored row does not parse.
+    Corrupt {
+        table: &'static str,
+        detail: &'static str,
+    },
+    /// Environment: redb reported an error (disk full, I/O failure, corruption).
+    Database { detail: String },
+    /// Caller bug or outside data too large for the format (a field over its bound).
+    TooLarge {
+        what: &'static str,
+        len: u64,
+        max: u64,
+    },
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io { path, source } => write!(f, "store: {}: {source}", path.display()),
+            Self::SchemaTooNew { found, supported } => write!(
+                f,
+                "store: schema version {found} was written by a newer interopd; this build reads up to {supported}"
+            ),
+            Self::Corrupt { table, detail } => write!(f, "store: corrupt row in {table}: {detail}"),
+            Self::Database { detail } => write!(f, "store: {detail}"),
+            Self::TooLarge { what, len, max } => {
+                write!(f, "store: {what} is {len} bytes, over the bound of {max}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Database { detail: e.to_string() }
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Creates `dir` (and parents) with mode 0700, and tightens an existing one to 0700.
+pub fn ensure_state_dir(dir: &Path) -> Result<(), StoreError> {
+    let io_err = |source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err)
+}
+
+/// Opens (creating with mode 0600 if absent) a file inside the state directory.
+pub fn open_private_file(path: &Path) -> Result<File, StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(file)
+}
+
+impl From<RowError> for StoreError {
+    fn from(e: RowError) -> Self {
+        StoreError::Corrupt {
+            table: e.table,
+            detail: e.detail,
+        }
+    }
+}
