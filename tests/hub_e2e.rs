@@ -171,7 +171,7 @@ fn one_time_prekeys_are_never_handed_out_twice_and_low_count_is_notified() {
             .await
             .unwrap();
         assert!(
-            matches!(ev, Event::PrekeysLow { count } if count < interopd::hub::state::PREKEY_LOW_COUNT)
+            matches!(ev, Event::PrekeysLow { count } if count < interop_hub::state::PREKEY_LOW_COUNT)
         );
         a.wait_for(WAIT_MS, |e| *e == Event::KeysUploaded)
             .await

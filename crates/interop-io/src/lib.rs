@@ -21,5 +21,6 @@ pub mod clock;
 pub mod http;
 pub mod logger;
 pub mod notify;
+pub mod signal_tables;
 pub mod state_dir;
 pub mod tls;

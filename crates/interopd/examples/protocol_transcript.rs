@@ -11,8 +11,8 @@
 use std::collections::HashMap;
 
 use base64::Engine as _;
+use interop_hub::state::{AccountBook, Hub, Output};
 use interopd::client::{Client, Event, framed};
-use interopd::hub::state::{AccountBook, Hub, Output};
 use interopd::jid::Jid;
 use interopd::login::AccountRecord;
 use interopd::store::{Store, StoreError};

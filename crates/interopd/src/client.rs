@@ -50,7 +50,7 @@ use crate::stanza::{self, Stanza};
 use crate::store::{InboxRow, META, OutboxRow, OutboxStatus, PendingInbox, Store, StoreError, Txn};
 
 /// Interval between keepalive pings, in milliseconds (the hub closes after
-/// [`crate::hub::state::IDLE_TIMEOUT_MS`] of silence).
+/// `interop_hub::state::IDLE_TIMEOUT_MS` of silence).
 pub const KEEPALIVE_INTERVAL_MS: u64 = 30_000;
 /// How long a keepalive ping may go unanswered before the connection counts as dead, in
 /// milliseconds. A half-open TCP connection (a router rebooted, NAT state lost) is noticed

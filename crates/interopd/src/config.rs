@@ -17,6 +17,10 @@ use serde::Deserialize;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/interopd/interopd.conf";
 /// The default local API address.
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8787";
+/// [`DEFAULT_API_ADDR`] as a socket address (a test checks they agree).
+pub const DEFAULT_API_SOCKET: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8787),
+);
 /// The default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/interopd";
 /// Largest config file we read, in bytes.
@@ -767,6 +771,7 @@ ca_file = "ca.pem"
         let c = p(GOOD).unwrap();
         assert_eq!(c.account(), "acme-home");
         assert_eq!(c.api_addr.to_string(), DEFAULT_API_ADDR);
+        assert_eq!(c.api_addr, DEFAULT_API_SOCKET);
         assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
         assert_eq!(c.keepalive_secs, DEFAULT_KEEPALIVE_SECS);
         assert_eq!(

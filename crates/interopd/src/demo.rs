@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::config;
 use crate::daemon::{self, DaemonError};
-use crate::hub::server::{self, HubOptions};
+use interop_hub::server::{self, HubOptions, Provisioned};
 
 /// How long the demo waits for its hub to listen, in milliseconds.
 pub const HUB_START_TIMEOUT_MS: u64 = 10_000;
@@ -121,7 +121,7 @@ fn enable_media_host(
                 detail: format!("media host identity: {e}"),
             }
         })?;
-    crate::hub::proxy::register_host(hub_dir, DEMO_ACCOUNT, &origin, &pin).map_err(|e| {
+    interop_hub::proxy::register_host(hub_dir, DEMO_ACCOUNT, &origin, &pin).map_err(|e| {
         DemoError::Provision {
             detail: format!("media host registration: {e}"),
         }
@@ -166,11 +166,15 @@ pub fn run(state: &Path, api: SocketAddr) -> Result<(), DemoError> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let text = server::provision(&hub_dir, DEMO_ACCOUNT, &listen.to_string()).map_err(|e| {
-        DemoError::Provision {
-            detail: e.to_string(),
-        }
-    })?;
+    let provisioned =
+        server::provision(&hub_dir, DEMO_ACCOUNT, &listen.to_string()).map_err(|e| {
+            DemoError::Provision {
+                detail: e.to_string(),
+            }
+        })?;
+    // Through the rendered text, as `interop-hub provision` hands it to a user, so the demo
+    // runs exactly the config a user would get.
+    let text = provisioned_config(&provisioned).to_string();
     let mut cfg =
         config::parse(&text, &hub_dir.join("interopd.conf")).map_err(|e| DemoError::Provision {
             detail: e.to_string(),
@@ -192,4 +196,22 @@ pub fn run(state: &Path, api: SocketAddr) -> Result<(), DemoError> {
     let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     drop(out);
     daemon::run(cfg, Box::new(crate::link::start)).map_err(DemoError::Daemon)
+}
+/// The daemon config for an account the hub provisioned: dial the hub, pin its CA, and
+/// defaults for everything else (what `interop-hub provision` prints).
+pub fn provisioned_config(p: &Provisioned) -> config::Config {
+    config::Config {
+        integrator: p.integrator.clone(),
+        user: p.user.clone(),
+        token: p.token.clone(),
+        server_addr: p.server_addr.clone(),
+        server_name: p.server_name.clone(),
+        pin: config::ServerPin::CaFile(p.ca_file.clone()),
+        keepalive_secs: config::DEFAULT_KEEPALIVE_SECS,
+        api_addr: config::DEFAULT_API_SOCKET,
+        api_host_names: Vec::new(),
+        state_dir: std::path::PathBuf::from(config::DEFAULT_STATE_DIR),
+        webhook: None,
+        media: config::MediaConfig::default(),
+    }
 }

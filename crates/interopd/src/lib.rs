@@ -50,9 +50,11 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod events;
-pub mod hub;
+#[cfg(all(test, feature = "demo"))]
+mod hub_tests;
 pub mod inbound_media;
 pub mod link;
 pub mod media_host;

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 pub(crate) use crate::row::Reader;
 use crate::signal_store::{IdTable, KeyTable, SignalStore};
+use interop_io::signal_tables::SignalTables;
 pub use interop_io::state_dir::{StoreError, ensure_state_dir, open_private_file};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -34,15 +35,10 @@ pub const MAX_DEVICES_PER_USER: usize = 64;
 /// A `media` row with its id, as [`Txn::media_scan`] returns it.
 pub type MediaEntry = ([u8; 16], Vec<u8>);
 
-pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-pub(crate) const LOCAL_IDENTITY: TableDefinition<&str, &[u8]> =
-    TableDefinition::new("local_identity");
-pub(crate) const PREKEYS: TableDefinition<&[u8; 4], &[u8]> = TableDefinition::new("prekeys");
-pub(crate) const SIGNED_PREKEYS: TableDefinition<&[u8; 4], &[u8]> =
-    TableDefinition::new("signed_prekeys");
-pub(crate) const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
-pub(crate) const REMOTE_IDENTITIES: TableDefinition<&str, &[u8]> =
-    TableDefinition::new("remote_identities");
+// The Signal engine's tables, shared with the hub's simulated devices (interop-io).
+pub(crate) use interop_io::signal_tables::{
+    LOCAL_IDENTITY, META, PREKEYS, REMOTE_IDENTITIES, SESSIONS, SIGNED_PREKEYS,
+};
 const DEVICE_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("device_lists");
 const OUTBOX: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("outbox");
 const OUTBOX_BY_ID: TableDefinition<&str, &[u8; 8]> = TableDefinition::new("outbox_by_id");
@@ -277,56 +273,6 @@ impl Txn {
     ) -> Result<(), StoreError> {
         let mut t = self.inner.open_table(def)?;
         t.insert(key, value)?;
-        Ok(())
-    }
-
-    pub(crate) fn get_u32_key(
-        &self,
-        def: TableDefinition<&[u8; 4], &[u8]>,
-        key: u32,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        let t = self.inner.open_table(def)?;
-        Ok(t.get(&key.to_be_bytes())?.map(|v| v.value().to_vec()))
-    }
-
-    pub(crate) fn put_u32_key(
-        &self,
-        def: TableDefinition<&[u8; 4], &[u8]>,
-        key: u32,
-        value: &[u8],
-    ) -> Result<(), StoreError> {
-        let mut t = self.inner.open_table(def)?;
-        t.insert(&key.to_be_bytes(), value)?;
-        Ok(())
-    }
-
-    pub(crate) fn remove_u32_key(
-        &self,
-        def: TableDefinition<&[u8; 4], &[u8]>,
-        key: u32,
-    ) -> Result<bool, StoreError> {
-        let mut t = self.inner.open_table(def)?;
-        Ok(t.remove(&key.to_be_bytes())?.is_some())
-    }
-
-    pub(crate) fn count_u32_keys(
-        &self,
-        def: TableDefinition<&[u8; 4], &[u8]>,
-    ) -> Result<u64, StoreError> {
-        let t = self.inner.open_table(def)?;
-        Ok(t.len()?)
-    }
-
-    /// A counter in the meta table (for example the next prekey id).
-    pub(crate) fn meta_u32(&self, key: &str) -> Result<Option<u32>, StoreError> {
-        let t = self.inner.open_table(META)?;
-        let v = t.get(key)?;
-        v.map(|v| be_u32(v.value(), "meta")).transpose()
-    }
-
-    pub(crate) fn set_meta_u32(&self, key: &str, value: u32) -> Result<(), StoreError> {
-        let mut t = self.inner.open_table(META)?;
-        t.insert(key, &value.to_be_bytes()[..])?;
         Ok(())
     }
 
@@ -1015,38 +961,21 @@ fn be_u64(b: &[u8], table: &'static str) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(a))
 }
 
-fn key_table(t: KeyTable) -> TableDefinition<'static, &'static str, &'static [u8]> {
-    match t {
-        KeyTable::LocalIdentity => LOCAL_IDENTITY,
-        KeyTable::Sessions => SESSIONS,
-        KeyTable::RemoteIdentities => REMOTE_IDENTITIES,
-    }
-}
-
-fn id_table(t: IdTable) -> TableDefinition<'static, &'static [u8; 4], &'static [u8]> {
-    match t {
-        IdTable::PreKeys => PREKEYS,
-        IdTable::SignedPreKeys => SIGNED_PREKEYS,
-    }
-}
-
 /// The Signal engine's tables live in the daemon's file (docs/store.md); their rows commit in
 /// the same transaction as the outbox or inbox row they belong to.
 impl SignalStore for Txn {
     type Error = StoreError;
 
     fn get(&self, table: KeyTable, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.get_str_key(key_table(table), key)
+        SignalTables(&self.inner).get(table, key)
     }
 
     fn put(&self, table: KeyTable, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.put_str_key(key_table(table), key, value)
+        SignalTables(&self.inner).put(table, key, value)
     }
 
     fn remove(&self, table: KeyTable, key: &str) -> Result<(), StoreError> {
-        let mut t = self.inner.open_table(key_table(table))?;
-        t.remove(key)?;
-        Ok(())
+        SignalTables(&self.inner).remove(table, key)
     }
 
     fn scan_prefix(
@@ -1054,53 +983,35 @@ impl SignalStore for Txn {
         table: KeyTable,
         prefix: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let t = self.inner.open_table(key_table(table))?;
-        let mut out = Vec::new();
-        for item in t.range(prefix..)? {
-            let (k, v) = item?;
-            if !k.value().starts_with(prefix) {
-                break;
-            }
-            out.push((k.value().to_string(), v.value().to_vec()));
-        }
-        Ok(out)
+        SignalTables(&self.inner).scan_prefix(table, prefix)
     }
 
     fn get_id(&self, table: IdTable, id: u32) -> Result<Option<Vec<u8>>, StoreError> {
-        self.get_u32_key(id_table(table), id)
+        SignalTables(&self.inner).get_id(table, id)
     }
 
     fn put_id(&self, table: IdTable, id: u32, value: &[u8]) -> Result<(), StoreError> {
-        self.put_u32_key(id_table(table), id, value)
+        SignalTables(&self.inner).put_id(table, id, value)
     }
 
     fn remove_id(&self, table: IdTable, id: u32) -> Result<bool, StoreError> {
-        self.remove_u32_key(id_table(table), id)
+        SignalTables(&self.inner).remove_id(table, id)
     }
 
     fn count_ids(&self, table: IdTable) -> Result<u64, StoreError> {
-        self.count_u32_keys(id_table(table))
+        SignalTables(&self.inner).count_ids(table)
     }
 
     fn first_ids(&self, table: IdTable, limit: usize) -> Result<Vec<u32>, StoreError> {
-        let t = self.inner.open_table(id_table(table))?;
-        let mut out = Vec::new();
-        for item in t.iter()? {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, _) = item?;
-            out.push(u32::from_be_bytes(*k.value()));
-        }
-        Ok(out)
+        SignalTables(&self.inner).first_ids(table, limit)
     }
 
     fn counter(&self, name: &str) -> Result<Option<u32>, StoreError> {
-        self.meta_u32(name)
+        SignalTables(&self.inner).counter(name)
     }
 
     fn set_counter(&self, name: &str, value: u32) -> Result<(), StoreError> {
-        self.set_meta_u32(name, value)
+        SignalTables(&self.inner).set_counter(name, value)
     }
 }
 

@@ -1,5 +1,5 @@
 //! `interop-hub`: the reference gatekeeper's command line. Thin: argument parsing, exit codes,
-//! and handing over to [`interopd::hub::server`]. Exit codes: 0 clean stop, 1 runtime failure,
+//! and handing over to [`interop_hub::server`]. Exit codes: 0 clean stop, 1 runtime failure,
 //! 2 usage error.
 #![forbid(unsafe_code)]
 
@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use interopd::hub::server::{self, HubOptions};
+use interop_hub::server::{self, HubOptions};
 
 const USAGE: &str = "\
 usage:
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
             let config = server::provision(&state, account, connect);
             let registered = match (&config, &args.media_host, &args.media_pin) {
                 (Ok(_), Some(host), Some(pin)) => {
-                    interopd::hub::proxy::register_host(&state, account, host, pin).map(|_| ())
+                    interop_hub::proxy::register_host(&state, account, host, pin).map(|_| ())
                 }
                 (Ok(_), None, None) | (Err(_), _, _) => Ok(()),
                 _ => return usage("--media-host and --media-pin go together"),
@@ -119,8 +119,8 @@ fn main() -> ExitCode {
                 return usage(&format!("--media-host: {e}"));
             }
             match config {
-                Ok(config) => {
-                    print!("{config}");
+                Ok(provisioned) => {
+                    print!("{}", interopd::demo::provisioned_config(&provisioned));
                     ExitCode::SUCCESS
                 }
                 Err(e @ server::ProvisionError::BadAccount { .. })

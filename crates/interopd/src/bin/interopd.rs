@@ -154,6 +154,7 @@ fn run(config_path: &std::path::Path, state: Option<PathBuf>, api: Option<&str>)
 }
 
 /// `interopd demo`: defaults `--state ./interopd-demo`, `--api 127.0.0.1:8787`.
+#[cfg(feature = "demo")]
 fn demo(state: Option<PathBuf>, api: Option<&str>) -> ExitCode {
     let state = state.unwrap_or_else(|| PathBuf::from("./interopd-demo"));
     let api = api.unwrap_or(config::DEFAULT_API_ADDR);
@@ -199,7 +200,16 @@ fn main() -> ExitCode {
         }
         "run" => run(&config_path, args.state.clone(), args.api.as_deref()),
         "media-pin" => media_pin(&config_path, args.state.clone()),
+        #[cfg(feature = "demo")]
         "demo" => demo(args.state.clone(), args.api.as_deref()),
+        #[cfg(not(feature = "demo"))]
+        "demo" => {
+            eprintln!(
+                "interopd: this is the appliance build, without the demo; build with the default \
+                 features (`cargo run --release -- demo`) to run it"
+            );
+            ExitCode::from(EXIT_USAGE)
+        }
         "" => {
             eprint!("{USAGE}");
             ExitCode::from(EXIT_USAGE)

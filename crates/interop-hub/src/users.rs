@@ -17,7 +17,7 @@
 //! | `offline`          | never reached while offline: the hub queues, delivers on change   |
 //!
 //! Whatever the behaviour, a device that cannot decrypt a message answers with a retry receipt
-//! ([`crate::retry`], at most [`MAX_RETRY_RECEIPTS`] per message), and a user keeps what it sent
+//! ([`interop_proto::retry`], at most [`MAX_RETRY_RECEIPTS`] per message), and a user keeps what it sent
 //! recently ([`MAX_RETAINED_SENT`], [`MAX_RETAINED_SENT_AGE_MS`]) to resend it, under the same
 //! id and re-encrypted on a rebuilt session, when a retry receipt asks. Media from a provider is
 //! not trusted on its declaration: the user asks the hub to fetch the blob through its proxy
@@ -34,17 +34,22 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use rand::{CryptoRng, Rng};
 use sha2::{Digest as _, Sha256};
 
-use super::media::MediaStore;
-use crate::content::{self, ContentKind, Message};
-use crate::content::{media_type, stanza_type};
-use crate::jid::{Jid, Server};
-use crate::media_crypto::{self, MEDIA_KEY_BYTES, MediaCryptoError, MediaKind, SHA256_BYTES};
-use crate::retry::{self, MAX_RETRY_RECEIPTS, RetryReceipt};
-use crate::signal::{
-    self, Ciphertext, EncType, SignalError, WireBundle, WirePreKey, WireSignedPreKey,
+use crate::device_store::DeviceStore as Store;
+use crate::media::MediaStore;
+use interop_io::signal_tables::SignalTables;
+use interop_proto::content::{self, ContentKind, Message};
+use interop_proto::content::{media_type, stanza_type};
+use interop_proto::jid::{Jid, Server};
+use interop_proto::media_crypto::{
+    self, MEDIA_KEY_BYTES, MediaCryptoError, MediaKind, SHA256_BYTES,
 };
-use crate::stanza::Stanza;
-use crate::store::{Store, StoreError};
+use interop_proto::retry::{self, MAX_RETRY_RECEIPTS, RetryReceipt};
+use interop_proto::signal::{self, Ciphertext, EncType, WireBundle, WirePreKey, WireSignedPreKey};
+use interop_proto::stanza::Stanza;
+
+/// An engine error over a simulated device's store.
+type SignalError = interop_proto::signal::SignalError<StoreError>;
+use interop_io::state_dir::StoreError;
 
 /// Most devices one simulated user may have.
 pub const MAX_SIM_DEVICES: u32 = 8;
@@ -344,9 +349,10 @@ impl SimUser {
     /// Drops every session with `peer`'s device (its identity changed).
     pub fn forget_device(&mut self, peer: &Jid) -> Result<(), SimError> {
         for d in &self.devices {
-            let txn = d.store.begin()?;
+            let wtx = d.store.begin()?;
+            let txn = SignalTables(&wtx);
             signal::delete_session(&txn, &peer.address())?;
-            txn.commit()?;
+            wtx.commit().map_err(StoreError::from)?;
         }
         Ok(())
     }
@@ -361,7 +367,8 @@ impl SimUser {
         let Some(d) = self.devices.iter_mut().find(|d| d.device == device) else {
             return Ok(Vec::new());
         };
-        let txn = d.store.begin()?;
+        let wtx = d.store.begin()?;
+        let txn = SignalTables(&wtx);
         let keys = signal::generate_prekeys(&txn, rng, SIM_PREKEY_BATCH)?;
         let (signed, _) = signal::current_signed_prekey(&txn)?.ok_or(SignalError::Internal {
             detail: "simulated device has no signed prekey".into(),
@@ -369,7 +376,7 @@ impl SimUser {
         let identity = signal::local_identity(&txn)?.ok_or(SignalError::Internal {
             detail: "simulated device has no identity".into(),
         })?;
-        txn.commit()?;
+        wtx.commit().map_err(StoreError::from)?;
         Ok(vec![SimAction::Publish {
             device: Jid::whatsapp(phone, Some(device)),
             registration_id: identity.registration_id(),
@@ -586,7 +593,8 @@ impl SimUser {
             return Ok(Vec::new());
         };
         let addr = from.address();
-        let txn = d.store.begin()?;
+        let wtx = d.store.begin()?;
+        let txn = SignalTables(&wtx);
         let bundle = match receipt.keys.clone() {
             Some(k) => Some(k),
             None => dir.bundle(&from),
@@ -628,7 +636,7 @@ impl SimUser {
                         .child(enc.bytes(ct.body)),
                 ),
             );
-        txn.commit()?;
+        wtx.commit().map_err(StoreError::from)?;
         match sent.answered.iter_mut().find(|(d, _)| *d == from_key) {
             Some(slot) => slot.1 = receipt.count,
             None => sent.answered.push((from_key, receipt.count)),
@@ -730,7 +738,8 @@ impl SimUser {
         ) else {
             return Ok(Inbound::Ignored);
         };
-        let txn = d.store.begin()?;
+        let wtx = d.store.begin()?;
+        let txn = SignalTables(&wtx);
         let ct = Ciphertext {
             kind,
             body: body.to_vec(),
@@ -740,7 +749,7 @@ impl SimUser {
             Err(SignalError::Duplicate) => return Ok(Inbound::Ignored),
             Err(e) => {
                 log::warn!("simulated {}:{device} cannot decrypt {id}: {e}", self.phone);
-                drop(txn);
+                drop(wtx);
                 let t_secs = stanza
                     .attr_value("t")
                     .and_then(|t| t.parse().ok())
@@ -750,7 +759,7 @@ impl SimUser {
                 ));
             }
         };
-        txn.commit()?;
+        wtx.commit().map_err(StoreError::from)?;
         let Ok(message) = content::decode_padded(&plain.plaintext) else {
             log::warn!("simulated {}:{device} got bad content in {id}", self.phone);
             return Ok(Inbound::Ignored);
@@ -788,12 +797,13 @@ impl SimUser {
         let Some(d) = self.devices.iter().find(|d| d.device == device) else {
             return Ok(None);
         };
-        let txn = d.store.begin()?;
+        let wtx = d.store.begin()?;
+        let txn = SignalTables(&wtx);
         let identity = signal::local_identity(&txn)?.ok_or(SignalError::Internal {
             detail: "simulated device has no identity".into(),
         })?;
         let keys = retry::keys_for_receipt(&txn, count, true, rng)?;
-        txn.commit()?;
+        wtx.commit().map_err(StoreError::from)?;
         let receipt = RetryReceipt {
             id: message_id,
             count,
@@ -826,7 +836,8 @@ impl SimUser {
         let mut random = [0u8; 16];
         rng.fill_bytes(&mut random);
         let id = content::message_id(now_ms / 1000, &self.phone, &random);
-        let txn = d.store.begin()?;
+        let wtx = d.store.begin()?;
+        let txn = SignalTables(&wtx);
         let mut participants = Stanza::new("participants");
         let mut any = false;
         for dev in dir.devices(to) {
@@ -858,7 +869,7 @@ impl SimUser {
         if !any {
             return Err(SimError::NoDevices { to: to.to_string() });
         }
-        txn.commit()?;
+        wtx.commit().map_err(StoreError::from)?;
         self.remember_sent(id.as_str(), to, message, now_ms);
         Ok(Stanza::new("message")
             .attr("id", id.as_str())
@@ -1053,7 +1064,8 @@ impl SimDevice {
     ) -> Result<(SimDevice, Vec<SimAction>), SimError> {
         let dir = device_dir(root, phone, device);
         let store = Store::open(&dir)?;
-        let txn = store.begin()?;
+        let wtx = store.begin()?;
+        let txn = SignalTables(&wtx);
         let fresh = signal::local_identity(&txn)?.is_none();
         let mut out = Vec::new();
         if fresh {
@@ -1067,7 +1079,7 @@ impl SimDevice {
                 prekeys,
             });
         }
-        txn.commit()?;
+        wtx.commit().map_err(StoreError::from)?;
         Ok((SimDevice { device, store, dir }, out))
     }
 }
@@ -1098,7 +1110,7 @@ mod tests {
     fn image(key: &[u8; 32], plain: &[u8]) -> (Message, Vec<u8>) {
         let (blob, sum) = media_crypto::encrypt_all(key, MediaKind::Image, plain);
         let m = Message {
-            image_message: Some(crate::content::ImageMessage {
+            image_message: Some(interop_proto::content::ImageMessage {
                 url: Some("https://media.example:443/b".into()),
                 mimetype: Some("image/png".into()),
                 file_sha256: Some(sum.file_sha256.to_vec()),
@@ -1147,9 +1159,9 @@ mod tests {
     fn media_without_a_usable_reference_is_refused() {
         let (m, blob) = image(&[1; 32], b"x");
         for edit in [
-            |i: &mut crate::content::ImageMessage| i.url = Some("http://plain/b".into()),
-            |i: &mut crate::content::ImageMessage| i.media_key = Some(vec![1; 31]),
-            |i: &mut crate::content::ImageMessage| i.file_sha256 = None,
+            |i: &mut interop_proto::content::ImageMessage| i.url = Some("http://plain/b".into()),
+            |i: &mut interop_proto::content::ImageMessage| i.media_key = Some(vec![1; 31]),
+            |i: &mut interop_proto::content::ImageMessage| i.file_sha256 = None,
         ] {
             let mut bad = m.clone();
             if let Some(img) = &mut bad.image_message {

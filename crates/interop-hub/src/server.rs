@@ -25,16 +25,16 @@ use rand::RngExt as _;
 use serde::Deserialize;
 use smol::channel::{Receiver, Sender};
 
-use super::media::MediaStore;
-use super::proxy;
-use super::state::{AccountBook, ConnId, ControlError, Hub, MediaFetch, Output};
-use crate::client::{FrameReader, framed};
-use crate::content::Message;
-use crate::http::{self, Request, Response, ServeOptions};
-use crate::jid;
-use crate::login::AccountRecord;
-use crate::store::StoreError;
-use crate::tls;
+use crate::media::MediaStore;
+use crate::proxy;
+use crate::state::{AccountBook, ConnId, ControlError, Hub, MediaFetch, Output};
+use interop_io::http::{self, Request, Response, ServeOptions};
+use interop_io::state_dir::StoreError;
+use interop_io::tls;
+use interop_proto::content::Message;
+use interop_proto::frame::{FrameReader, framed};
+use interop_proto::jid;
+use interop_proto::login::AccountRecord;
 
 /// Directory of provider accounts inside the hub's state directory.
 pub const ACCOUNTS_DIR: &str = "accounts";
@@ -52,7 +52,7 @@ pub const SERVER_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1", "interop-hu
 /// closed when it falls this far behind.
 pub const MAX_PENDING_FRAMES: usize = 4096;
 
-pub use crate::clock::now_ms;
+pub use interop_io::clock::now_ms;
 
 /// Provider accounts as files under `<state>/accounts/`.
 pub struct FileAccounts {
@@ -139,7 +139,7 @@ pub enum ServeError {
     /// Environment: the TLS material could not be made or read.
     Tls(tls::TlsError),
     /// Environment: the state could not be opened.
-    Hub(super::state::HubError),
+    Hub(crate::state::HubError),
     /// Environment: an address could not be bound.
     Bind {
         addr: SocketAddr,
@@ -660,7 +660,7 @@ fn send_message(shared: &Shared, body: &SendBody, now: u64) -> Result<Message, R
             &mut rand::rng(),
         )
         .map_err(|e| match e {
-            super::media::MediaError::Store(inner) => {
+            crate::media::MediaError::Store(inner) => {
                 log::error!("hub: media store: {inner}");
                 Response::json_error(500, "internal", &inner.to_string())
             }
@@ -838,10 +838,30 @@ impl std::fmt::Display for ProvisionError {
 
 impl std::error::Error for ProvisionError {}
 
-/// Creates (or finds) provider account `name` in `state_dir` and returns a complete
-/// `interopd.conf` for a daemon that dials `connect` and pins `<state_dir>/ca.pem`. Makes the
-/// CA if the hub has never started.
-pub fn provision(state_dir: &Path, name: &str, connect: &str) -> Result<String, ProvisionError> {
+/// What a daemon needs to log in to this hub as a provisioned account. The daemon's side
+/// renders it as an `interopd.conf` (the hub knows no daemon config format).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provisioned {
+    pub integrator: String,
+    pub user: String,
+    /// The provider token. Never logged.
+    pub token: String,
+    /// The `host:port` the daemon dials (the hub's `--listen`).
+    pub server_addr: String,
+    /// The name in the hub's certificate.
+    pub server_name: String,
+    /// The hub's CA (PEM) that the daemon pins.
+    pub ca_file: PathBuf,
+}
+
+/// Creates (or finds) provider account `name` in `state_dir` and returns what a daemon that
+/// dials `connect` and pins `<state_dir>/ca.pem` needs. Makes the CA if the hub has never
+/// started.
+pub fn provision(
+    state_dir: &Path,
+    name: &str,
+    connect: &str,
+) -> Result<Provisioned, ProvisionError> {
     let bad = || ProvisionError::BadAccount {
         name: name.to_owned(),
     };
@@ -873,7 +893,7 @@ pub fn provision(state_dir: &Path, name: &str, connect: &str) -> Result<String, 
     }
     let token = provision_account(&state_dir, name).map_err(ProvisionError::Store)?;
     let _ = port;
-    let config = crate::config::Config {
+    Ok(Provisioned {
         integrator: integrator.to_owned(),
         user: user.to_owned(),
         token,
@@ -882,19 +902,8 @@ pub fn provision(state_dir: &Path, name: &str, connect: &str) -> Result<String, 
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned(),
-        pin: crate::config::ServerPin::CaFile(ca),
-        keepalive_secs: crate::config::DEFAULT_KEEPALIVE_SECS,
-        api_addr: crate::config::DEFAULT_API_ADDR.parse().map_err(|_| {
-            ProvisionError::BadConnect {
-                addr: crate::config::DEFAULT_API_ADDR.to_owned(),
-            }
-        })?,
-        api_host_names: Vec::new(),
-        state_dir: PathBuf::from(crate::config::DEFAULT_STATE_DIR),
-        webhook: None,
-        media: crate::config::MediaConfig::default(),
-    };
-    Ok(config.to_string())
+        ca_file: ca,
+    })
 }
 
 #[cfg(test)]
@@ -902,12 +911,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn provisioned_config_parses_and_names_the_account() {
+    fn provisioning_names_the_account_and_keeps_its_token() {
         let dir = tempfile::tempdir().unwrap();
         let text = provision(dir.path(), "acme-home", "127.0.0.1:5222").unwrap();
-        let cfg = crate::config::parse(&text, Path::new("/etc/interopd/interopd.conf")).unwrap();
-        assert_eq!(cfg.account(), "acme-home");
+        let cfg = &text;
+        assert_eq!(
+            (cfg.integrator.as_str(), cfg.user.as_str()),
+            ("acme", "home")
+        );
         assert_eq!(cfg.server_addr, "127.0.0.1:5222");
+        assert_eq!(cfg.server_name, "127.0.0.1");
+        assert!(cfg.ca_file.ends_with(interop_io::tls::CA_CERT_FILE));
         let rec = FileAccounts::new(dir.path())
             .lookup("acme-home")
             .unwrap()

@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 
-use super::media::MediaStore;
-use super::state::{AccountBook, ConnId, Hub, Output};
 use crate::client::{Client, Event};
 use crate::content::Message;
 use crate::jid::Jid;
 use crate::login::AccountRecord;
 use crate::stanza::Stanza;
 use crate::store::{Store, StoreError};
+use interop_hub::media::MediaStore;
+use interop_hub::state::{AccountBook, ConnId, Hub, Output};
 
 const T0: u64 = 1_700_000_000_000;
 const TOKEN: &str = "tok-123";
@@ -164,7 +164,7 @@ impl Net {
             // What the shell does for simulated users' media: the proxy's own fetch.
             while let Some(f) = self.hub.poll_media_fetch() {
                 moved = true;
-                let got = smol::block_on(super::server::proxy_fetch(
+                let got = smol::block_on(interop_hub::server::proxy_fetch(
                     &self.hub_dir(),
                     &f.account,
                     &f.url,
@@ -347,7 +347,10 @@ fn low_prekey_count_is_notified_once_and_the_client_tops_up() {
             low_at.push(n + 1);
         }
     }
-    assert_eq!(low_at, vec![before - super::state::PREKEY_LOW_COUNT + 1]);
+    assert_eq!(
+        low_at,
+        vec![before - interop_hub::state::PREKEY_LOW_COUNT + 1]
+    );
     assert_eq!(net.hub.stats().prekeys_handed_out, before);
     let after = net.hub.prekey_count(&target).unwrap();
     // 19 left at the notification, 100 uploaded, 19 more fetched since.
@@ -571,7 +574,7 @@ fn idle_connection_is_closed_but_pinging_one_stays() {
     let mut net = Net::new();
     let a = net.online("acme-home");
     for _ in 0..10 {
-        net.advance(super::state::IDLE_TIMEOUT_MS / 2);
+        net.advance(interop_hub::state::IDLE_TIMEOUT_MS / 2);
     }
     assert!(net.peers[a].conn.is_some(), "keepalive kept it open");
     let conn = net.hub.connect(net.now);
@@ -889,7 +892,7 @@ fn media_from_a_provider_is_fetched_through_the_proxy_and_checked() {
         ("/bad".to_owned(), tampered_blob),
     ]);
     let (origin, pin) = blob_host(&host_dir, blobs);
-    super::proxy::register_host(&hub_dir, "acme-home", &origin, &pin).unwrap();
+    interop_hub::proxy::register_host(&hub_dir, "acme-home", &origin, &pin).unwrap();
     let with_url = |m: &Message, path: &str| {
         let mut m = m.clone();
         if let Some(img) = &mut m.image_message {
@@ -927,7 +930,11 @@ fn media_from_a_provider_is_fetched_through_the_proxy_and_checked() {
             .unwrap()
     };
     let m = media_of(&good_id);
-    assert_eq!(m["sha256_hex"], super::users::sha256_hex(&plain), "{m}");
+    assert_eq!(
+        m["sha256_hex"],
+        interop_hub::users::sha256_hex(&plain),
+        "{m}"
+    );
     assert_eq!(m["size"], plain.len());
     assert_eq!(m["mimetype"], "image/png");
     assert_eq!(

@@ -1,5 +1,5 @@
 //! The hub's media store: blobs that simulated WhatsApp users send, encrypted exactly as
-//! WhatsApp encrypts media ([`crate::media_crypto`]) and kept as files
+//! WhatsApp encrypts media ([`interop_proto::media_crypto`]) and kept as files
 //! `<state>/media/{id}.blob`, where `id` is 32 lowercase hex digits (128 random bits). This
 //! file owns the blob files and the media message a simulated user sends for them; it serves
 //! nothing (the shell does, at `GET /media/{id}` on `--media ADDR`) and draws randomness only
@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use rand::{CryptoRng, Rng};
 
-use crate::content::{AudioMessage, DocumentMessage, ImageMessage, Message, VideoMessage};
-use crate::media_crypto::{self, MEDIA_KEY_BYTES, MediaKind};
-use crate::store::StoreError;
+use interop_io::state_dir::StoreError;
+use interop_proto::content::{AudioMessage, DocumentMessage, ImageMessage, Message, VideoMessage};
+use interop_proto::media_crypto::{self, MEDIA_KEY_BYTES, MediaKind};
 
 /// Directory of blobs inside the hub's state directory.
 pub const MEDIA_DIR: &str = "media";
@@ -235,7 +235,7 @@ mod tests {
         let m = store
             .message("voice", "audio/ogg", b"x", None, 0, &mut rand::rng())
             .unwrap();
-        assert_eq!(m.kind(), crate::content::ContentKind::Voice);
+        assert_eq!(m.kind(), interop_proto::content::ContentKind::Voice);
         assert!(matches!(
             store.message("gif", "x", b"x", None, 0, &mut rand::rng()),
             Err(MediaError::BadKind)

@@ -23,16 +23,16 @@ use std::path::{Path, PathBuf};
 
 use rand::{CryptoRng, Rng};
 
-use super::media::MediaStore;
-use super::store::{DeviceRecord, HubStore, UserRecord};
-use super::users::{Behavior, Directory, PendingMedia, SimAction, SimError, SimUser, SimUsers};
-use crate::content::{self, Message};
-use crate::jid::{self, Jid, Server};
-use crate::login::{self, AccountRecord, LoginFailure, ServerLogin, ServerStep};
-use crate::prekeys::{bundle_stanza, parse_prekey, parse_signed_prekey, raw32};
-use crate::signal::{self, RawKey, WireBundle};
-use crate::stanza::{self, Stanza};
-use crate::store::StoreError;
+use crate::media::MediaStore;
+use crate::store::{DeviceRecord, HubStore, UserRecord};
+use crate::users::{Behavior, Directory, PendingMedia, SimAction, SimError, SimUser, SimUsers};
+use interop_io::state_dir::StoreError;
+use interop_proto::content::{self, Message};
+use interop_proto::jid::{self, Jid, Server};
+use interop_proto::login::{self, AccountRecord, LoginFailure, ServerLogin, ServerStep};
+use interop_proto::prekeys::{bundle_stanza, parse_prekey, parse_signed_prekey, raw32};
+use interop_proto::signal::{self, RawKey, WireBundle};
+use interop_proto::stanza::{self, Stanza};
 
 /// A connection with no inbound stanza for this long is closed (`idle_timeout`), in
 /// milliseconds. Clients ping well within it.
@@ -489,7 +489,7 @@ impl Hub {
     }
 
     /// The shell's frame decoder failed on this connection (`reason` from
-    /// [`crate::frame::FrameError::reason`]).
+    /// [`interop_proto::frame::FrameError::reason`]).
     pub fn frame_error(&mut self, conn: ConnId, reason: &str) {
         self.close_with(conn, reason, "frame refused");
     }
@@ -1383,9 +1383,9 @@ impl Hub {
             detail: "behavior must be echo, silent, read_after:SECONDS, not_opted_in or offline"
                 .into(),
         })?;
-        if !(1..=super::users::MAX_SIM_DEVICES).contains(&devices) {
+        if !(1..=crate::users::MAX_SIM_DEVICES).contains(&devices) {
             return Err(ControlError::BadRequest {
-                detail: format!("devices must be 1..={}", super::users::MAX_SIM_DEVICES),
+                detail: format!("devices must be 1..={}", crate::users::MAX_SIM_DEVICES),
             });
         }
         if self.sims.users.contains_key(&digits) {

@@ -12,8 +12,8 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::signal::{RawKey, WirePreKey, WireSignedPreKey};
-use crate::store::{StoreError, ensure_state_dir, open_private_file};
+use interop_io::state_dir::{StoreError, ensure_state_dir, open_private_file};
+use interop_proto::signal::{RawKey, WirePreKey, WireSignedPreKey};
 
 /// The schema this build writes.
 pub const HUB_SCHEMA_VERSION: u32 = 1;

@@ -3,7 +3,7 @@
 //! This file owns the registrations (`<state>/accounts/{account}.media-hosts`, one
 //! `https://HOST:PORT sha256//BASE64` line per host: the origin and the SPKI pin its TLS key
 //! must match), the URL check ([`check_url`], sans-I/O), and the fetch itself ([`fetch`], the
-//! one piece of network I/O, over [`crate::tls`]). The shell serves it at
+//! one piece of network I/O, over [`interop_io::tls`]). The shell serves it at
 //! `GET /proxy/{account}?url=...` on the media listener.
 
 use std::fs;
@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _, FutureExt as _};
 
-use super::server::ACCOUNTS_DIR;
-use crate::jid;
-use crate::store::StoreError;
-use crate::tls;
+use crate::server::ACCOUNTS_DIR;
+use interop_io::state_dir::StoreError;
+use interop_io::tls;
+use interop_proto::jid;
 
 /// Largest blob the proxy fetches, in bytes; a larger one is refused (`too_large`).
 pub const MAX_PROXY_FETCH_BYTES: usize = 64 * 1024 * 1024;
