@@ -58,8 +58,18 @@ struct Block {
     commands: Vec<String>,
 }
 
+/// The repository's root: the nearest directory at or above this package that holds
+/// `README.md` (the package may be a workspace member below the root).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|d| d.join("README.md").is_file())
+        .expect("README.md at or above the package")
+        .to_path_buf()
+}
+
 fn readme_blocks() -> Vec<Block> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let path = repo_root().join("README.md");
     let text = std::fs::read_to_string(&path).expect("read README.md");
     let mut blocks = Vec::new();
     let mut section = String::new();
@@ -852,7 +862,7 @@ fn the_pieces_run_separately_and_every_api_example_works() {
     assert_ports_free(&pieces.iter().chain(&api).cloned().collect::<Vec<_>>());
 
     let mut s = Session::start();
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/readme");
+    let data = repo_root().join("tests/data/readme");
     for name in ["doorbell.jpg", "bill.pdf"] {
         std::fs::copy(data.join(name), s.path(name)).expect("copy test data");
     }
