@@ -1,10 +1,11 @@
 //! The local API against the real `interopd run` binary over loopback, with the link down
 //! (the gatekeeper is an unreachable port): every documented error answers its JSON error and
 //! never stops the daemon, a slow-loris client is dropped while others are served, an
-//! `Idempotency-Key` retry gives the same id, `/metrics` parses with Prometheus' own parser,
-//! and SIGTERM stops the daemon with status 0.
+//! `Idempotency-Key` retry gives the same id, `/metrics` parses with Prometheus' own parser
+//! (installed on first use, `python_support`), and SIGTERM stops the daemon with status 0.
 
 mod api_common;
+mod python_support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -393,15 +394,15 @@ missing = need - names
 assert not missing, missing
 print("ok", len(names))
 "#;
-    let out = Command::new("python3")
+    let out = python_support::python3_with(python_support::PROMETHEUS_CLIENT)
         .arg("-c")
         .arg(script)
         .arg(&file)
         .output()
-        .expect("python3 is needed for this test (pip install prometheus_client)");
+        .expect("run python3");
     assert!(
         out.status.success(),
-        "prometheus_client parser refused /metrics (install it with `pip install prometheus_client`): {}\n{}",
+        "prometheus_client parser refused /metrics: {}\n{}",
         String::from_utf8_lossy(&out.stderr),
         r.body
     );

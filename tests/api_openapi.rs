@@ -1,11 +1,12 @@
 //! `docs/openapi.yaml` tells the truth: its paths and methods are exactly the routes the server
 //! answers (`interopd::api::ROUTES`, which the router's own unit test checks), and it is valid
-//! OpenAPI 3.1 according to `openapi-spec-validator` (Python; CI installs it with
-//! `pip install openapi-spec-validator`).
+//! OpenAPI 3.1 according to `openapi-spec-validator` (Python; installed on first use into the
+//! target dir, `python_support`).
+
+mod python_support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 
 fn spec_path() -> std::path::PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("docs/openapi.yaml")
@@ -55,14 +56,14 @@ fn spec_is_valid_openapi_3_1() {
         text.starts_with("openapi: 3.1."),
         "not an OpenAPI 3.1 document"
     );
-    let out = Command::new("python3")
+    let out = python_support::python3_with(python_support::OPENAPI_SPEC_VALIDATOR)
         .args(["-m", "openapi_spec_validator"])
         .arg(spec_path())
         .output()
-        .expect("python3 is needed (pip install openapi-spec-validator)");
+        .expect("run python3");
     assert!(
         out.status.success(),
-        "openapi-spec-validator refused docs/openapi.yaml (install it with `pip install openapi-spec-validator`): {}{}",
+        "openapi-spec-validator refused docs/openapi.yaml: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

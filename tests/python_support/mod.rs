@@ -1,0 +1,94 @@
+//! Python packages for the tests that check our output with Python's own tools (Prometheus'
+//! text parser, the OpenAPI validator). They are installed on first use with
+//! `python3 -m pip install --target` into the cargo target dir (`target/tmp/pydeps/`), never
+//! into the source tree or the system's Python, so `cargo test` works in a fresh clone on a
+//! machine that has `python3` and pip, and nothing has to be installed beforehand. Versions are
+//! pinned so a new release cannot change what the tests check; bump them deliberately.
+//! This module runs no test itself and touches nothing outside that directory.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// Prometheus' own parser for the text exposition format (`/metrics`).
+pub const PROMETHEUS_CLIENT: &str = "prometheus_client==0.26.0";
+/// The reference validator for `docs/openapi.yaml`.
+pub const OPENAPI_SPEC_VALIDATOR: &str = "openapi-spec-validator==0.9.0";
+
+/// Where `requirement` is installed: one directory per pinned requirement, so a bump gets a
+/// fresh install and two test binaries never share a half-written directory.
+fn install_dir(requirement: &str) -> PathBuf {
+    let name: String = requirement
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("pydeps")
+        .join(name)
+}
+
+/// A `python3` command that can import `requirement`, installing it first if this target dir
+/// does not have it yet. The install is made in a scratch directory and renamed into place only
+/// when pip succeeded, so the installed directory is the marker: an interrupted install is
+/// retried rather than half used. Tests of one binary that ask at once wait for one install.
+pub fn python3_with(requirement: &str) -> Command {
+    static INSTALLING: Mutex<()> = Mutex::new(());
+    let dir = install_dir(requirement);
+    {
+        // A test that panicked while holding the lock left no marker behind, so going on is safe.
+        let _installing = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+        if dir.is_dir() {
+            return python3_at(&dir);
+        }
+        let parent = dir.parent().expect("the install dir has a parent");
+        std::fs::create_dir_all(parent).expect("create target/tmp/pydeps");
+        let scratch = tempfile::tempdir_in(parent).expect("scratch dir for pip");
+        // pip's output (including its warnings about the system's own packages) is shown only
+        // when the install fails.
+        let out = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--target",
+            ])
+            .arg(scratch.path())
+            .arg(requirement)
+            .output()
+            .expect("these tests need python3 on PATH");
+        assert!(
+            out.status.success(),
+            "`python3 -m pip install --target {} {requirement}` failed (needs pip and access to PyPI):\n{}{}",
+            scratch.path().display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Another test process may have won the race; its copy is as good as ours.
+        let scratch = scratch.keep();
+        if std::fs::rename(&scratch, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&scratch);
+        }
+    }
+    assert!(
+        dir.is_dir(),
+        "{requirement} is not installed in {}",
+        dir.display()
+    );
+    python3_at(&dir)
+}
+
+fn python3_at(dir: &std::path::Path) -> Command {
+    let mut python = Command::new("python3");
+    python.env("PYTHONPATH", dir);
+    python
+}
