@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Debian package of interopd from binaries already built for TARGET:
 #
-#   cargo build --release --target aarch64-unknown-linux-gnu
+#   cargo build --release -p interopd --no-default-features --target aarch64-unknown-linux-gnu
 #   board/deb/build.sh aarch64-unknown-linux-gnu        # -> target/deb/interopd_<v>_arm64.deb
 #
 # TARGET is a Rust target triple (default: the host's). DEB_MAINTAINER sets the Maintainer
@@ -30,10 +30,10 @@ if [[ "$target" == "$host" && ! -x "$root/target/$target/release/interopd" ]]; t
 else
     bin_dir="$root/target/$target/release"
 fi
-for bin in interopd interop-hub; do
+for bin in interopd; do
     if [[ ! -x "$bin_dir/$bin" ]]; then
         echo "build.sh: $bin_dir/$bin is missing; first run:" \
-            "cargo build --release --locked --target $target" >&2
+            "cargo build --release --locked -p interopd --no-default-features --target $target" >&2
         exit 1
     fi
 done
@@ -56,7 +56,6 @@ put() {
 }
 
 put "$bin_dir/interopd" usr/bin/interopd 0755
-put "$bin_dir/interop-hub" usr/bin/interop-hub 0755
 put "$root/systemd/interopd.service" usr/lib/systemd/system/interopd.service 0644
 # The config holds the provider token: root-only from the start.
 put "$root/board/examples/interopd.conf" etc/interopd/interopd.conf 0600
@@ -86,8 +85,8 @@ Description: household end of DMA messaging interoperability
  interopd keeps one persistent TLS link to a messaging gatekeeper, encrypts
  every message with the Signal protocol, hosts its users' media and offers a
  small local HTTP API, so household devices can send and receive text, images,
- voice notes, video and files. interop-hub, a reference gatekeeper for tests
- and demos, is included.
+ voice notes, video and files. This is the appliance build: the reference
+ gatekeeper and `interopd demo` are not included.
 CONTROL
 
 deb="$out_dir/interopd_${version}_${arch}.deb"

@@ -32,7 +32,6 @@ expect_file() { # MODE OWNER PATH
         fail "no $1 $2 ./$3 in:"$'\n'"$contents"
 }
 expect_file -rwxr-xr-x root/root usr/bin/interopd
-expect_file -rwxr-xr-x root/root usr/bin/interop-hub
 expect_file -rw-r--r-- root/root usr/lib/systemd/system/interopd.service
 expect_file -rw------- root/root etc/interopd/interopd.conf
 expect_file -rw-r--r-- root/root usr/share/doc/interopd/copyright
