@@ -1493,8 +1493,30 @@ pub struct Connection {
 use crate::clock::now_ms as wall_ms;
 
 /// What one read from the server gave.
+/// Why [`Connection::flush`] did not send everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlushError {
+    /// Environment: the connection failed while writing; it is closed.
+    Write,
+    /// Bug or outside data over a bound: stanza `id` is `len` bytes, over the frame bound, and
+    /// was not sent. The caller fails the outbox row it belongs to.
+    TooLarge { id: String, len: usize },
+}
+
+/// The `id` attribute of a serialised stanza's root element, if it has one in its first bytes.
+fn stanza_id(xml: &[u8]) -> Option<&str> {
+    let head = xml.get(..xml.len().min(512))?;
+    let end = head.iter().position(|&b| b == b'>')?;
+    let open = std::str::from_utf8(head.get(..end)?).ok()?;
+    let start = open.find(" id=\"")? + 5;
+    let rest = open.get(start..)?;
+    rest.get(..rest.find('"')?)
+}
+
 enum ReadOutcome {
     TimedOut,
+    /// The caller's wake listener fired (new outbox rows, a read mark).
+    Woken,
     Closed,
     BadFrame(frame::FrameError),
     Frames(Vec<Vec<u8>>),
@@ -1535,37 +1557,72 @@ impl Connection {
         self.client
     }
 
-    /// Writes whatever the client has to send.
-    pub async fn flush(&mut self) -> bool {
+    /// Writes whatever the client has to send. A stanza too large to frame is not sent and
+    /// is reported with its id ([`FlushError::TooLarge`]); the ones after it still go out.
+    pub async fn flush(&mut self) -> Result<(), FlushError> {
         use futures_lite::AsyncWriteExt as _;
+        let mut too_large = None;
         while let Some(p) = self.client.poll_transmit() {
-            let Ok(f) = framed(&p) else { continue };
+            let f = match framed(&p) {
+                Ok(f) => f,
+                Err(_) => {
+                    too_large.get_or_insert(FlushError::TooLarge {
+                        id: stanza_id(&p).unwrap_or("?").to_owned(),
+                        len: p.len(),
+                    });
+                    continue;
+                }
+            };
             if self.stream.write_all(&f).await.is_err() {
                 self.closed = true;
-                return false;
+                return Err(FlushError::Write);
             }
         }
-        self.stream.flush().await.is_ok()
+        if self.stream.flush().await.is_err() {
+            self.closed = true;
+            return Err(FlushError::Write);
+        }
+        too_large.map_or(Ok(()), Err)
     }
 
     /// Flushes, then waits for bytes until `deadline` and feeds them to the frame reader.
     /// Shared by [`next_event`](Self::next_event) and [`next_stanza`](Self::next_stanza).
-    async fn read_frames(&mut self, deadline: std::time::Instant) -> ReadOutcome {
+    async fn read_frames(
+        &mut self,
+        deadline: std::time::Instant,
+        wake: Option<&mut event_listener::EventListener>,
+    ) -> ReadOutcome {
         use futures_lite::{AsyncReadExt as _, FutureExt as _};
-        self.flush().await;
+        if let Err(FlushError::TooLarge { id, len }) = self.flush().await {
+            // Only reachable through a caller that does not flush first (tests, hub helpers);
+            // the link flushes itself and fails the row.
+            log::error!("client: stanza {id} ({len} bytes) is over the frame bound; not sent");
+        }
         let mut buf = vec![0u8; 16 * 1024];
-        let read = async { Some(self.stream.read(&mut buf).await) };
+        // A read cancelled by the timer or a wake consumes nothing: smol and rustls keep
+        // unread bytes in their buffers.
+        let read = async { Some(Some(self.stream.read(&mut buf).await)) };
         let timer = async {
             smol::Timer::at(deadline).await;
             None
         };
-        match read.or(timer).await {
+        let woken = async {
+            match wake {
+                Some(listener) => {
+                    listener.await;
+                    Some(None)
+                }
+                None => std::future::pending().await,
+            }
+        };
+        match read.or(woken).or(timer).await {
             None => ReadOutcome::TimedOut,
-            Some(Ok(0)) | Some(Err(_)) => {
+            Some(None) => ReadOutcome::Woken,
+            Some(Some(Ok(0))) | Some(Some(Err(_))) => {
                 self.closed = true;
                 ReadOutcome::Closed
             }
-            Some(Ok(n)) => match self.reader.feed(buf.get(..n).unwrap_or_default()) {
+            Some(Some(Ok(n))) => match self.reader.feed(buf.get(..n).unwrap_or_default()) {
                 Ok(frames) => ReadOutcome::Frames(frames),
                 Err(e) => {
                     self.closed = true;
@@ -1577,6 +1634,16 @@ impl Connection {
 
     /// The next event, reading from the server as needed; `None` after `timeout_ms`.
     pub async fn next_event(&mut self, timeout_ms: u64) -> Option<Event> {
+        self.next_event_or_wake(timeout_ms, None).await
+    }
+
+    /// As [`next_event`](Self::next_event), but also returns `None` as soon as `wake` fires,
+    /// so a caller sleeping until its next deadline still hears about new work at once.
+    pub async fn next_event_or_wake(
+        &mut self,
+        timeout_ms: u64,
+        mut wake: Option<&mut event_listener::EventListener>,
+    ) -> Option<Event> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
         loop {
             if let Some(e) = self.client.poll_event() {
@@ -1585,8 +1652,8 @@ impl Connection {
             if self.closed {
                 return None;
             }
-            match self.read_frames(deadline).await {
-                ReadOutcome::TimedOut => return None,
+            match self.read_frames(deadline, wake.as_deref_mut()).await {
+                ReadOutcome::TimedOut | ReadOutcome::Woken => return None,
                 ReadOutcome::Closed => {
                     self.client.disconnected();
                     return Some(Event::Disconnected);
@@ -1641,9 +1708,12 @@ impl Connection {
             if self.closed {
                 return None;
             }
-            match self.read_frames(deadline).await {
+            match self.read_frames(deadline, None).await {
                 ReadOutcome::Frames(frames) => self.raw.extend(frames),
-                ReadOutcome::TimedOut | ReadOutcome::Closed | ReadOutcome::BadFrame(_) => {
+                ReadOutcome::TimedOut
+                | ReadOutcome::Woken
+                | ReadOutcome::Closed
+                | ReadOutcome::BadFrame(_) => {
                     return None;
                 }
             }
@@ -1664,6 +1734,24 @@ impl Connection {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stanza_id_names_the_root_element_only() {
+        assert_eq!(
+            super::stanza_id(br#"<message id="3EB0AA" to="x"><enc id="no"/></message>"#),
+            Some("3EB0AA")
+        );
+        assert_eq!(super::stanza_id(br#"<ack class="message"><x id="no"/></ack>"#), None);
+        assert_eq!(super::stanza_id(b"<message id=\"unterminated>"), None);
+        assert_eq!(super::stanza_id(b""), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn stanza_id_never_panics(b in proptest::collection::vec(proptest::num::u8::ANY, 0..700)) {
+            let _ = super::stanza_id(&b);
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
     use rand::SeedableRng as _;

@@ -22,7 +22,7 @@ use std::time::Duration;
 use rand::RngExt;
 
 use crate::api;
-use crate::client::{Client, Connection, Event, Journal};
+use crate::client::{Client, Connection, Event, FlushError, Journal};
 use crate::config::{Config, ServerPin};
 use crate::daemon::{LinkControl, LinkState, Runtime};
 use crate::events::EventBus;
@@ -38,8 +38,9 @@ pub const RECONNECT_MIN_MS: u64 = 1_000;
 pub const RECONNECT_MAX_MS: u64 = 60_000;
 /// Time from dialing until login must succeed, in milliseconds.
 pub const LOGIN_WAIT_MS: u64 = 15_000;
-/// How long the session loop waits for input before checking its own work, in milliseconds.
-const POLL_MS: u64 = 200;
+/// Longest the session loop sleeps when nothing is due, in milliseconds: a safety net only,
+/// since it wakes for input, for the API ([`Link::wake`]) and at the client's next deadline.
+pub const MAX_IDLE_SLEEP_MS: u64 = 60_000;
 /// Outbox rows started per pass.
 pub const OUTBOX_BATCH: usize = 64;
 /// Most events handled (and status changes committed together) per turn of the session loop.
@@ -51,12 +52,22 @@ pub const READ_MARK_BATCH: usize = 64;
 pub struct Link {
     state: Cell<LinkState>,
     reconnects: Cell<u64>,
+    /// Work is waiting (outbox rows, read marks); the session loop clears it when it looks.
     woken: Cell<bool>,
+    /// Fired with `woken`, so a sleeping session loop sees new work at once.
+    wake: event_listener::Event,
+}
+
+impl Link {
+    fn set_woken(&self) {
+        self.woken.set(true);
+        self.wake.notify(usize::MAX);
+    }
 }
 
 impl LinkControl for Link {
     fn wake(&self) {
-        self.woken.set(true);
+        self.set_woken();
     }
 
     fn state(&self) -> LinkState {
@@ -69,7 +80,7 @@ impl LinkControl for Link {
 
     fn mark_read(&self, _from_digits: &str, _message_id: &str) {
         // The request is already durable in `read_marks`; the session loop sends it.
-        self.woken.set(true);
+        self.set_woken();
     }
 }
 
@@ -118,6 +129,7 @@ pub fn start(rt: &Runtime) -> Rc<dyn LinkControl> {
         state: Cell::new(LinkState::Down),
         reconnects: Cell::new(0),
         woken: Cell::new(true),
+        wake: event_listener::Event::new(),
     });
     let inbound = Rc::new(InboundMedia::default());
     match crate::tls::client_config(&pin_of(&rt.config)) {
@@ -260,9 +272,28 @@ async fn session(
             }
         }
         conn.client().handle_timeout(wall_ms());
+        // Sleep until input, a wake from the API, or the next deadline (keepalive from the
+        // client, the key schedule from us). The listener is made before `woken` is read, so
+        // a wake between the two is not lost.
+        let mut listener = link.wake.listen();
+        let sleep_ms = if link.woken.get() {
+            0
+        } else {
+            let now = wall_ms();
+            let keys_due = keys_checked_ms.saturating_add(KEY_CHECK_INTERVAL_MS);
+            let due = conn
+                .client()
+                .poll_timeout()
+                .map_or(keys_due, |t| t.min(keys_due));
+            due.saturating_sub(now).min(MAX_IDLE_SLEEP_MS)
+        };
         // Group commit: every event already decoded is handled in this turn, and all their
         // status changes share one store transaction (one fsync instead of one each).
-        let mut events: Vec<Event> = conn.next_event(POLL_MS).await.into_iter().collect();
+        let mut events: Vec<Event> = conn
+            .next_event_or_wake(sleep_ms, Some(&mut listener))
+            .await
+            .into_iter()
+            .collect();
         while events.len() < EVENT_BATCH {
             match conn.client().poll_event() {
                 Some(e) => events.push(e),
@@ -320,8 +351,19 @@ async fn session(
         if let Some(why) = ended {
             return why;
         }
-        if !conn.flush().await {
-            return "write failed".into();
+        match conn.flush().await {
+            Ok(()) => {}
+            Err(FlushError::Write) => return "write failed".into(),
+            Err(FlushError::TooLarge { id, len }) => {
+                log::error!(
+                    "link: message {id} is {len} bytes as a stanza, over the frame bound of {} bytes; failed",
+                    crate::frame::MAX_FRAME_BYTES
+                );
+                let failed = [(id, OutboxStatus::Failed, "too_large".to_owned())];
+                if let Err(e) = apply_statuses(store, bus, &failed) {
+                    return format!("store: {e}");
+                }
+            }
         }
     }
 }
