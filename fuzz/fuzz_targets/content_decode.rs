@@ -5,7 +5,7 @@
 //! longer than the input it came from) and decodes to the same message.
 #![no_main]
 
-use interopd::content::{decode_padded, encode_with_padding};
+use interop_proto::content::{decode_padded, encode_with_padding};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,4 +1,4 @@
-//! Fuzzes the framer (`interopd::frame`) with an arbitrary byte stream cut into
+//! Fuzzes the framer (`interop_proto::frame`) with an arbitrary byte stream cut into
 //! arbitrary pieces.
 //!
 //! Input layout: byte 0 says how many of the following bytes (0..=15) are chunk sizes;
@@ -11,7 +11,7 @@
 //!   what is still buffered give back the stream (up to the point of failure).
 #![no_main]
 
-use interopd::frame::{FrameDecoder, FrameError, MAX_DECODER_BUFFER_BYTES, encode_frame};
+use interop_proto::frame::{FrameDecoder, FrameError, MAX_DECODER_BUFFER_BYTES, encode_frame};
 use libfuzzer_sys::fuzz_target;
 
 /// Pushes `stream` in pieces of the given sizes; returns the frames, the error that

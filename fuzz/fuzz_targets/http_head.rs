@@ -1,4 +1,4 @@
-//! Fuzzes the HTTP/1.1 request-head parser and the chunked-body decoder (`interopd::http`).
+//! Fuzzes the HTTP/1.1 request-head parser and the chunked-body decoder (`interop_io::http`).
 //!
 //! Input layout: byte 0 is the largest data run the decoder may return per call (plus one);
 //! byte 1 is the size of the pieces the input is fed in (plus one); the rest is the stream
@@ -12,7 +12,7 @@
 //!   its cap.
 #![no_main]
 
-use interopd::http::{BodyFraming, ChunkedDecoder, HttpError, MAX_HEAD_BYTES, parse_head};
+use interop_io::http::{BodyFraming, ChunkedDecoder, HttpError, MAX_HEAD_BYTES, parse_head};
 use libfuzzer_sys::fuzz_target;
 
 /// Cap on the decoded body, in bytes.

@@ -1,4 +1,4 @@
-//! Fuzzes the receiving side of media crypto (`interopd::media_crypto`).
+//! Fuzzes the receiving side of media crypto (`interop_proto::media_crypto`).
 //!
 //! Input layout: byte 0 picks the mode and media kind, byte 1 the chunk size, bytes 2..34 the
 //! media key (zero-padded when the input is short), the rest is the blob or plaintext.
@@ -10,7 +10,7 @@
 //! Nothing may panic, and no arbitrary blob may pass the MAC check.
 #![no_main]
 
-use interopd::media_crypto::{
+use interop_proto::media_crypto::{
     Decryptor, Encryptor, MEDIA_KEY_BYTES, MediaCryptoError, MediaKind, Verifier, decrypt_all,
     encrypt_all,
 };

@@ -4,14 +4,14 @@
 //! must answer the same whatever the split, since the shell feeds them network-sized chunks.
 #![no_main]
 
-use interopd::media_meta::{ImageProbe, Mp4Probe, OggProbe};
+use interop_proto::media_meta::{ImageProbe, Mp4Probe, OggProbe};
 use libfuzzer_sys::fuzz_target;
 
 fn run(
     data: &[u8],
     split: usize,
 ) -> (
-    Result<u32, interopd::media_meta::MetaError>,
+    Result<u32, interop_proto::media_meta::MetaError>,
     Option<u32>,
     Option<(u32, u32)>,
 ) {

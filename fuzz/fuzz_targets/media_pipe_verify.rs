@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::sync::OnceLock;
 
-use interopd::content::decode_padded;
+use interop_proto::content::decode_padded;
 use interopd::media_pipe::{
     MediaRef, SendKind, UploadFacts, media_info, media_message, media_ref, verify_and_decrypt,
 };

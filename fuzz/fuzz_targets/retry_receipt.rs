@@ -1,13 +1,13 @@
-//! Fuzzes the retry receipt reader (`interopd::retry::parse_retry_receipt`) with arbitrary
+//! Fuzzes the retry receipt reader (`interop_proto::retry::parse_retry_receipt`) with arbitrary
 //! frame payloads.
 //!
 //! Nothing may panic, and whatever reads as a retry receipt must survive a write-read round
 //! trip through `retry_receipt_stanza` and the stanza codec unchanged.
 #![no_main]
 
-use interopd::jid::Jid;
-use interopd::retry::{parse_retry_receipt, retry_receipt_stanza};
-use interopd::stanza::parse;
+use interop_proto::jid::Jid;
+use interop_proto::retry::{parse_retry_receipt, retry_receipt_stanza};
+use interop_proto::stanza::parse;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

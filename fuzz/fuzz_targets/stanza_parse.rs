@@ -1,11 +1,11 @@
-//! Fuzzes the stanza parser (`interopd::stanza::parse`) with arbitrary frame payloads.
+//! Fuzzes the stanza parser (`interop_proto::stanza::parse`) with arbitrary frame payloads.
 //!
 //! Nothing may panic. Whatever parses must pass `Stanza::validate`, and its canonical
 //! XML must parse back to an equal stanza; that canonical XML must itself be a fixed
 //! point of `to_xml`.
 #![no_main]
 
-use interopd::stanza::parse;
+use interop_proto::stanza::parse;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

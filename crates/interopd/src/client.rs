@@ -1740,7 +1740,10 @@ mod tests {
             super::stanza_id(br#"<message id="3EB0AA" to="x"><enc id="no"/></message>"#),
             Some("3EB0AA")
         );
-        assert_eq!(super::stanza_id(br#"<ack class="message"><x id="no"/></ack>"#), None);
+        assert_eq!(
+            super::stanza_id(br#"<ack class="message"><x id="no"/></ack>"#),
+            None
+        );
         assert_eq!(super::stanza_id(b"<message id=\"unterminated>"), None);
         assert_eq!(super::stanza_id(b""), None);
     }
