@@ -6,7 +6,7 @@
 //! long-poll and SSE.
 //!
 //! This module owns routes, request validation and response shapes. It does not own HTTP
-//! framing (`http.rs`), the wire protocol (the link), or the store format (`store.rs`).
+//! framing (`http.rs`), the wire protocol (the link), or the store format (`store/`).
 //!
 //! Submodules: [`auth`] (token file, host check, rate limit), [`messages`] (send, status),
 //! [`inbox`] (long-poll, read marks, SSE, the message object), [`contacts`] (contacts, trust,
