@@ -1,0 +1,788 @@
+//! The shell: the one accept loop, the per-connection loop with its time limits, request
+//! bodies as streams, and the overload refusal. The only file of `http` that does I/O.
+
+use super::*;
+
+/// Limits for [`serve`] and [`serve_connection`]; `Default` gives the `DEFAULT_*` bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Largest request body accepted, in bytes. A handler may cap lower.
+    pub max_body_bytes: u64,
+    /// Connections served at once by [`serve`]; more are answered 503.
+    pub max_connections: usize,
+    /// See [`DEFAULT_HEAD_TIMEOUT_MS`].
+    pub head_timeout_ms: u64,
+    /// See [`DEFAULT_IDLE_TIMEOUT_MS`].
+    pub idle_timeout_ms: u64,
+    /// See [`DEFAULT_BODY_READ_TIMEOUT_MS`].
+    pub body_read_timeout_ms: u64,
+    /// See [`DEFAULT_WRITE_TIMEOUT_MS`].
+    pub write_timeout_ms: u64,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            head_timeout_ms: DEFAULT_HEAD_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
+            write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
+        }
+    }
+}
+
+/// A request as the handler sees it.
+#[derive(Debug)]
+pub struct Request {
+    /// The parsed head.
+    pub head: RequestHead,
+    /// The body, read on demand.
+    pub body: RequestBody,
+    /// The peer's address.
+    pub peer: SocketAddr,
+}
+
+impl Request {
+    /// The method.
+    pub fn method(&self) -> &str {
+        &self.head.method
+    }
+
+    /// The raw path, without the query.
+    pub fn path(&self) -> &str {
+        self.head.path()
+    }
+
+    /// See [`RequestHead::header`].
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.header(name)
+    }
+
+    /// See [`RequestHead::query_param`].
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.head.query_param(name)
+    }
+}
+
+/// A byte stream and its type, erased so one connection type serves TCP and TLS alike.
+trait IoStream: AsyncRead + AsyncWrite {}
+impl<T: AsyncRead + AsyncWrite> IoStream for T {}
+
+/// Where the body of the current request stands.
+#[derive(Debug)]
+pub(super) enum BodyProgress {
+    Done,
+    Length {
+        remaining: u64,
+    },
+    Chunked(ChunkedDecoder),
+    /// Reading failed; the connection cannot be reused and every read repeats the error.
+    Failed(HttpError),
+}
+
+/// One connection's socket and read buffer, shared by the server loop and the request's
+/// [`RequestBody`]. Borrowed only inside synchronous poll functions, never across an await.
+pub(super) struct ConnIo {
+    stream: Pin<Box<dyn IoStream>>,
+    buf: Vec<u8>,
+    start: usize,
+    body: BodyProgress,
+}
+
+impl ConnIo {
+    fn buffered(&self) -> &[u8] {
+        self.buf.get(self.start..).unwrap_or(&[])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buf.len());
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Reads up to [`READ_CHUNK_BYTES`] more into the buffer; `Ok(0)` is end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let old = self.buf.len();
+        self.buf.resize(old + READ_CHUNK_BYTES, 0);
+        let spare = self.buf.get_mut(old..).unwrap_or(&mut []);
+        let result = self.stream.as_mut().poll_read(cx, spare);
+        let filled = match &result {
+            Poll::Ready(Ok(n)) => *n,
+            _ => 0,
+        };
+        self.buf.truncate(old + filled);
+        result
+    }
+
+    /// Reads body bytes of the current request into `out`; `Ok(0)` once the body is done.
+    fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<Result<usize, HttpError>> {
+        if let BodyProgress::Failed(err) = &self.body {
+            return Poll::Ready(Err(err.clone()));
+        }
+        let polled = self.poll_body_unchecked(cx, out);
+        if let Poll::Ready(Err(err)) = &polled {
+            self.body = BodyProgress::Failed(err.clone());
+        }
+        polled
+    }
+
+    fn poll_body_unchecked(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<Result<usize, HttpError>> {
+        if out.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            let available = self.buf.get(self.start..).unwrap_or(&[]);
+            if !available.is_empty() {
+                match &mut self.body {
+                    BodyProgress::Done => return Poll::Ready(Ok(0)),
+                    BodyProgress::Failed(err) => return Poll::Ready(Err(err.clone())),
+                    BodyProgress::Length { remaining } => {
+                        let n = usize::try_from(*remaining)
+                            .unwrap_or(usize::MAX)
+                            .min(available.len())
+                            .min(out.len());
+                        // INVARIANT: n is at most both lengths (the min above).
+                        out[..n].copy_from_slice(&available[..n]);
+                        *remaining -= n as u64;
+                        if *remaining == 0 {
+                            self.body = BodyProgress::Done;
+                        }
+                        self.consume(n);
+                        return Poll::Ready(Ok(n));
+                    }
+                    BodyProgress::Chunked(decoder) => {
+                        let step = decoder.decode(available, out.len())?;
+                        let data = available.get(step.data.clone()).unwrap_or(&[]);
+                        let n = data.len();
+                        // INVARIANT: the decoder returns at most `out.len()` data bytes.
+                        out[..n].copy_from_slice(data);
+                        if decoder.is_done() {
+                            self.body = BodyProgress::Done;
+                        }
+                        self.consume(step.consumed);
+                        if n > 0 {
+                            return Poll::Ready(Ok(n));
+                        }
+                        if matches!(self.body, BodyProgress::Done) {
+                            return Poll::Ready(Ok(0));
+                        }
+                        if !self.buffered().is_empty() {
+                            continue;
+                        }
+                    }
+                }
+            } else if matches!(self.body, BodyProgress::Done) {
+                return Poll::Ready(Ok(0));
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) => return Poll::Ready(Err(HttpError::ConnectionClosed)),
+                Ok(_) => {}
+                Err(err) => return Poll::Ready(Err(HttpError::Io { kind: err.kind() })),
+            }
+        }
+    }
+}
+
+/// The body of a request, read from the connection on demand. Implements `AsyncRead`
+/// (errors carry an [`HttpError`] inside the `io::Error`). Each read must make progress
+/// within [`ServeOptions::body_read_timeout_ms`].
+pub struct RequestBody {
+    conn: Option<Rc<RefCell<ConnIo>>>,
+    declared_len: Option<u64>,
+    timeout: Duration,
+    timer: Option<Timer>,
+}
+
+impl fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("declared_len", &self.declared_len)
+            .field("finished", &self.conn.is_none())
+            .finish()
+    }
+}
+
+impl RequestBody {
+    /// The body length the client declared: `Some(0)` without a body, `None` if chunked.
+    pub fn declared_len(&self) -> Option<u64> {
+        self.declared_len
+    }
+
+    /// Reads the whole body, refusing more than `max_bytes` ([`HttpError::BodyTooLarge`],
+    /// without reading on when the declared length already exceeds it).
+    pub async fn read_to_vec(mut self, max_bytes: usize) -> Result<Vec<u8>, HttpError> {
+        let limit = HttpError::BodyTooLarge {
+            limit_bytes: max_bytes as u64,
+        };
+        if self.declared_len.is_some_and(|len| len > max_bytes as u64) {
+            return Err(limit);
+        }
+        let initial = self.declared_len.unwrap_or(0).min(READ_CHUNK_BYTES as u64) as usize;
+        let mut out = Vec::with_capacity(initial);
+        let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+        loop {
+            let n = futures_lite::future::poll_fn(|cx| self.poll_read_body(cx, &mut chunk)).await?;
+            if n == 0 {
+                return Ok(out);
+            }
+            if out.len() + n > max_bytes {
+                return Err(limit);
+            }
+            out.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+        }
+    }
+
+    /// Reads the whole body (at most `max_bytes`) and parses it as JSON.
+    pub async fn read_json<T: DeserializeOwned>(self, max_bytes: usize) -> Result<T, HttpError> {
+        let bytes = self.read_to_vec(max_bytes).await?;
+        serde_json::from_slice(&bytes).map_err(|err| HttpError::BadJson {
+            detail: err.to_string(),
+        })
+    }
+
+    fn poll_read_body(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<Result<usize, HttpError>> {
+        let Some(conn) = &self.conn else {
+            return Poll::Ready(Ok(0));
+        };
+        let polled = conn.borrow_mut().poll_body(cx, out);
+        match polled {
+            Poll::Ready(Ok(n)) => {
+                if matches!(conn.borrow().body, BodyProgress::Done) {
+                    // Let go of the connection: the server may reuse it at once.
+                    self.conn = None;
+                }
+                if let Some(timer) = &mut self.timer {
+                    timer.set_after(self.timeout);
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(err)) => {
+                self.conn = None;
+                Poll::Ready(Err(err))
+            }
+            Poll::Pending => {
+                let timer = self.timer.get_or_insert_with(|| Timer::after(self.timeout));
+                if Pin::new(timer).poll(cx).is_ready() {
+                    let err = HttpError::Timeout { phase: "body" };
+                    conn.borrow_mut().body = BodyProgress::Failed(err.clone());
+                    self.conn = None;
+                    return Poll::Ready(Err(err));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncRead for RequestBody {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_read_body(cx, buf).map_err(|err| {
+            let kind = match err {
+                HttpError::Timeout { .. } => io::ErrorKind::TimedOut,
+                HttpError::ConnectionClosed => io::ErrorKind::UnexpectedEof,
+                HttpError::Io { kind } => kind,
+                _ => io::ErrorKind::InvalidData,
+            };
+            io::Error::new(kind, err)
+        })
+    }
+}
+
+/// The write side of a shared connection, borrowing it only inside each poll.
+pub(super) struct ConnWriter(Rc<RefCell<ConnIo>>);
+
+impl AsyncWrite for ConnWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.0.borrow_mut().stream.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.borrow_mut().stream.as_mut().poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.borrow_mut().stream.as_mut().poll_close(cx)
+    }
+}
+
+/// Runs `work` for at most `limit_ms`; `None` if the time ran out.
+pub(super) async fn within<T>(limit_ms: u64, work: impl Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(work.await) }, async {
+        Timer::after(Duration::from_millis(limit_ms)).await;
+        None
+    })
+    .await
+}
+
+pub(super) async fn fill(conn: &Rc<RefCell<ConnIo>>) -> io::Result<usize> {
+    futures_lite::future::poll_fn(|cx| conn.borrow_mut().poll_fill(cx)).await
+}
+
+/// Writes `bytes` whole, each write and the flush within `limit_ms`.
+pub(super) async fn write_all(
+    writer: &mut ConnWriter,
+    bytes: &[u8],
+    limit_ms: u64,
+) -> io::Result<()> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = within(limit_ms, writer.write(rest))
+            .await
+            .ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))??;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        rest = rest.get(n..).unwrap_or(&[]);
+    }
+    Ok(())
+}
+
+pub(super) async fn flush(writer: &mut ConnWriter, limit_ms: u64) -> io::Result<()> {
+    within(limit_ms, writer.flush())
+        .await
+        .ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))?
+}
+
+/// Waits for the next request head. `Ok(None)`: the peer went quiet or closed between
+/// requests, and the connection ends without a response.
+pub(super) async fn read_head(
+    conn: &Rc<RefCell<ConnIo>>,
+    options: &ServeOptions,
+    first: bool,
+) -> Result<Option<RequestHead>, HttpError> {
+    if conn.borrow().buffered().is_empty() {
+        let wait_ms = if first {
+            options.head_timeout_ms
+        } else {
+            options.idle_timeout_ms
+        };
+        match within(wait_ms, fill(conn)).await {
+            None | Some(Ok(0)) => return Ok(None),
+            Some(Ok(_)) => {}
+            Some(Err(err)) => return Err(HttpError::Io { kind: err.kind() }),
+        }
+    }
+    let head = within(options.head_timeout_ms, async {
+        loop {
+            let parsed = {
+                let io = conn.borrow();
+                parse_head(io.buffered())?
+            };
+            if let Some((head, used)) = parsed {
+                conn.borrow_mut().consume(used);
+                return Ok(head);
+            }
+            match fill(conn).await {
+                Ok(0) => return Err(HttpError::ConnectionClosed),
+                Ok(_) => {}
+                Err(err) => return Err(HttpError::Io { kind: err.kind() }),
+            }
+        }
+    })
+    .await
+    .ok_or(HttpError::Timeout { phase: "head" })??;
+    Ok(Some(head))
+}
+
+/// Reads and discards what is left of the current body, up to [`MAX_DRAIN_BYTES`]; true
+/// if the body ended.
+pub(super) async fn drain_body(conn: &Rc<RefCell<ConnIo>>, options: &ServeOptions) -> bool {
+    let mut scratch = vec![0u8; READ_CHUNK_BYTES];
+    let mut drained = 0u64;
+    loop {
+        let step = within(
+            options.body_read_timeout_ms,
+            futures_lite::future::poll_fn(|cx| conn.borrow_mut().poll_body(cx, &mut scratch)),
+        )
+        .await;
+        match step {
+            Some(Ok(0)) => return matches!(conn.borrow().body, BodyProgress::Done),
+            Some(Ok(n)) => {
+                drained += n as u64;
+                if drained > MAX_DRAIN_BYTES {
+                    return false;
+                }
+            }
+            Some(Err(_)) | None => return false,
+        }
+    }
+}
+
+/// Shuts down our sending side, then discards input for a short while so the peer reads
+/// our last response before the kernel could answer its unread data with a reset.
+pub(super) async fn close_lingering(conn: &Rc<RefCell<ConnIo>>, options: &ServeOptions) {
+    let mut writer = ConnWriter(Rc::clone(conn));
+    if within(options.write_timeout_ms, writer.close())
+        .await
+        .is_none()
+    {
+        return;
+    }
+    within(LINGER_TIMEOUT_MS, async {
+        let mut discarded = 0u64;
+        while discarded <= MAX_LINGER_BYTES {
+            match fill(conn).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    discarded += n as u64;
+                    let mut io = conn.borrow_mut();
+                    let len = io.buf.len();
+                    io.consume(len);
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// What of the request shapes its response.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reply {
+    /// The request was `HEAD`: headers only.
+    head_method: bool,
+    /// The request was HTTP/1.0: no chunked encoding.
+    http10: bool,
+}
+
+/// Writes `response`. `Ok(false)` if the connection must close afterwards (the body was
+/// streamed until close); `Err` if it broke mid-way.
+pub(super) async fn write_response(
+    conn: &Rc<RefCell<ConnIo>>,
+    response: Response,
+    reply: Reply,
+    keep_alive: bool,
+    options: &ServeOptions,
+) -> io::Result<bool> {
+    let limit_ms = options.write_timeout_ms;
+    let mut writer = ConnWriter(Rc::clone(conn));
+    let Response {
+        status,
+        headers,
+        body,
+    } = response;
+    let framing = match (&body, status) {
+        (_, 204 | 304) => ResponseFraming::NoBody,
+        (Body::Empty, _) => ResponseFraming::Length(0),
+        (Body::Bytes(bytes), _) => ResponseFraming::Length(bytes.len() as u64),
+        (Body::Reader { len, .. }, _) => ResponseFraming::Length(*len),
+        (Body::Stream(_), _) if reply.http10 => ResponseFraming::UntilClose,
+        (Body::Stream(_), _) => ResponseFraming::Chunked,
+    };
+    let http10_keep_alive = reply.http10 && keep_alive;
+    let (mut encoded, body) =
+        match encode_response_head(status, &headers, framing, keep_alive, http10_keep_alive) {
+            Ok(encoded) => (encoded, body),
+            Err(err) => {
+                log::error!("handler response refused: {err}");
+                let fallback = Response::json_error(500, "internal", "the response was invalid");
+                let Body::Bytes(bytes) = fallback.body else {
+                    return Err(io::Error::from(io::ErrorKind::InvalidData));
+                };
+                let framing = ResponseFraming::Length(bytes.len() as u64);
+                let encoded = encode_response_head(500, &fallback.headers, framing, false, false)
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+                write_all(&mut writer, &encoded, limit_ms).await?;
+                write_all(&mut writer, &bytes, limit_ms).await?;
+                flush(&mut writer, limit_ms).await?;
+                return Ok(false);
+            }
+        };
+    let send_body = !reply.head_method && framing != ResponseFraming::NoBody;
+    match body {
+        Body::Bytes(bytes) if send_body => {
+            if bytes.len() <= COALESCE_BODY_BYTES {
+                encoded.extend_from_slice(&bytes);
+                write_all(&mut writer, &encoded, limit_ms).await?;
+            } else {
+                write_all(&mut writer, &encoded, limit_ms).await?;
+                write_all(&mut writer, &bytes, limit_ms).await?;
+            }
+        }
+        Body::Reader { len, mut reader } if send_body => {
+            write_all(&mut writer, &encoded, limit_ms).await?;
+            let mut left = len;
+            let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+            while left > 0 {
+                let want = usize::try_from(left).unwrap_or(usize::MAX).min(chunk.len());
+                let part = chunk.get_mut(..want).unwrap_or(&mut []);
+                let n = reader.read(part).await?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                }
+                write_all(&mut writer, part.get(..n).unwrap_or(&[]), limit_ms).await?;
+                left -= n as u64;
+            }
+        }
+        Body::Stream(mut stream) if send_body => {
+            write_all(&mut writer, &encoded, limit_ms).await?;
+            flush(&mut writer, limit_ms).await?;
+            let chunked = framing == ResponseFraming::Chunked;
+            while let Some(item) = stream.next().await {
+                let data = item?;
+                if data.is_empty() {
+                    continue;
+                }
+                if chunked {
+                    let mut framed = format!("{:x}\r\n", data.len()).into_bytes();
+                    framed.extend_from_slice(&data);
+                    framed.extend_from_slice(b"\r\n");
+                    write_all(&mut writer, &framed, limit_ms).await?;
+                } else {
+                    write_all(&mut writer, &data, limit_ms).await?;
+                }
+                flush(&mut writer, limit_ms).await?;
+            }
+            if chunked {
+                write_all(&mut writer, b"0\r\n\r\n", limit_ms).await?;
+            }
+        }
+        _ => write_all(&mut writer, &encoded, limit_ms).await?,
+    }
+    flush(&mut writer, limit_ms).await?;
+    Ok(framing != ResponseFraming::UntilClose)
+}
+
+/// Serves HTTP/1.1 on one established connection (plain TCP, or a TLS stream from
+/// [`crate::tls::accept`]) until it closes, calling `handler` once per request. Returns
+/// when the connection is done; never fails (problems are answered or logged at debug).
+pub async fn serve_connection<S, H, Fut>(
+    stream: S,
+    peer: SocketAddr,
+    options: &ServeOptions,
+    handler: &H,
+) where
+    S: AsyncRead + AsyncWrite + 'static,
+    H: Fn(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let conn = Rc::new(RefCell::new(ConnIo {
+        stream: Box::pin(stream),
+        buf: Vec::new(),
+        start: 0,
+        body: BodyProgress::Done,
+    }));
+    let mut served: u32 = 0;
+    loop {
+        let head = match read_head(&conn, options, served == 0).await {
+            Ok(Some(head)) => head,
+            Ok(None) => break,
+            Err(err) => {
+                log::debug!("{peer}: bad request: {err}");
+                if err.answerable() {
+                    answer_and_close(&conn, err.to_response(), options).await;
+                }
+                return;
+            }
+        };
+        served += 1;
+        let (progress, declared_len) = match head.body {
+            BodyFraming::None => (BodyProgress::Done, Some(0)),
+            BodyFraming::Length(len) if len > options.max_body_bytes => {
+                let err = HttpError::BodyTooLarge {
+                    limit_bytes: options.max_body_bytes,
+                };
+                answer_and_close(&conn, err.to_response(), options).await;
+                return;
+            }
+            BodyFraming::Length(0) => (BodyProgress::Done, Some(0)),
+            BodyFraming::Length(len) => (BodyProgress::Length { remaining: len }, Some(len)),
+            BodyFraming::Chunked => (
+                BodyProgress::Chunked(ChunkedDecoder::new(options.max_body_bytes)),
+                None,
+            ),
+        };
+        let has_body = !matches!(progress, BodyProgress::Done);
+        conn.borrow_mut().body = progress;
+        if head.expect_continue && has_body && head.minor_version == 1 {
+            let mut writer = ConnWriter(Rc::clone(&conn));
+            let sent = async {
+                write_all(
+                    &mut writer,
+                    b"HTTP/1.1 100 Continue\r\n\r\n",
+                    options.write_timeout_ms,
+                )
+                .await?;
+                flush(&mut writer, options.write_timeout_ms).await
+            };
+            if sent.await.is_err() {
+                return;
+            }
+        }
+        let request = Request {
+            body: RequestBody {
+                conn: has_body.then(|| Rc::clone(&conn)),
+                declared_len,
+                timeout: Duration::from_millis(options.body_read_timeout_ms),
+                timer: None,
+            },
+            head,
+            peer,
+        };
+        let method = request.head.method.clone();
+        let path = request.head.path().to_owned();
+        let reply = Reply {
+            head_method: request.head.method == "HEAD",
+            http10: request.head.minor_version == 0,
+        };
+        let wants_keep_alive = request.head.keep_alive;
+        let response = handler(request).await;
+        log::debug!("{peer}: {method} {path} -> {}", response.status);
+
+        // A body handle still alive after the handler returned may read from this
+        // connection later: never reuse it then.
+        let body_escaped = Rc::strong_count(&conn) > 1;
+        let body_done = matches!(conn.borrow().body, BodyProgress::Done);
+        let mut keep_alive =
+            wants_keep_alive && !body_escaped && served < MAX_REQUESTS_PER_CONNECTION;
+        if keep_alive && !body_done {
+            keep_alive = drain_body(&conn, options).await;
+        }
+        match write_response(&conn, response, reply, keep_alive, options).await {
+            Ok(true) if keep_alive => {}
+            Ok(_) => {
+                let unread = !matches!(conn.borrow().body, BodyProgress::Done)
+                    || !conn.borrow().buffered().is_empty();
+                if unread {
+                    close_lingering(&conn, options).await;
+                } else {
+                    let mut writer = ConnWriter(Rc::clone(&conn));
+                    within(options.write_timeout_ms, writer.close()).await;
+                }
+                return;
+            }
+            Err(err) => {
+                log::debug!("{peer}: response not written: {err}");
+                return;
+            }
+        }
+    }
+    let mut writer = ConnWriter(Rc::clone(&conn));
+    within(options.write_timeout_ms, writer.close()).await;
+}
+
+/// Sends `response` with `Connection: close`, then closes lingering.
+pub(super) async fn answer_and_close(
+    conn: &Rc<RefCell<ConnIo>>,
+    response: Response,
+    options: &ServeOptions,
+) {
+    let reply = Reply {
+        head_method: false,
+        http10: false,
+    };
+    if write_response(conn, response, reply, false, options)
+        .await
+        .is_ok()
+    {
+        close_lingering(conn, options).await;
+    }
+}
+
+/// Accepts connections on `listener` forever and serves each with [`serve_connection`] on
+/// a task of its own, all on the current thread. At most
+/// [`ServeOptions::max_connections`] are served at once; the rest get a 503 and are closed.
+/// Stop it by dropping the future: every connection it serves is dropped with it.
+pub async fn serve<H, Fut>(listener: smol::net::TcpListener, options: ServeOptions, handler: H)
+where
+    H: Fn(Request) -> Fut + 'static,
+    Fut: Future<Output = Response> + 'static,
+{
+    let handler = Rc::new(handler);
+    let options = Rc::new(options);
+    let active = Rc::new(Cell::new(0usize));
+    let executor = smol::LocalExecutor::new();
+    executor
+        .run(async {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        log::warn!("accept failed: {err}");
+                        Timer::after(Duration::from_millis(ACCEPT_BACKOFF_MS)).await;
+                        continue;
+                    }
+                };
+                if let Err(err) = stream.set_nodelay(true) {
+                    log::debug!("{peer}: TCP_NODELAY refused: {err}");
+                }
+                if active.get() >= options.max_connections {
+                    log::warn!("{peer}: refused, {} connections open", active.get());
+                    executor.spawn(refuse_overloaded(stream)).detach();
+                    continue;
+                }
+                let guard = ActiveGuard::enter(&active);
+                let handler = Rc::clone(&handler);
+                let options = Rc::clone(&options);
+                executor
+                    .spawn(async move {
+                        serve_connection(stream, peer, &options, &*handler).await;
+                        drop(guard);
+                    })
+                    .detach();
+            }
+        })
+        .await
+}
+
+/// Counts an open connection while alive (also the media host's accept loop).
+pub struct ActiveGuard(Rc<Cell<usize>>);
+
+impl ActiveGuard {
+    pub fn enter(active: &Rc<Cell<usize>>) -> Self {
+        active.set(active.get() + 1);
+        ActiveGuard(Rc::clone(active))
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+pub(super) async fn refuse_overloaded(mut stream: smol::net::TcpStream) {
+    let response = Response::json_error(503, "overloaded", "too many connections; retry later");
+    let Body::Bytes(body) = response.body else {
+        return;
+    };
+    let framing = ResponseFraming::Length(body.len() as u64);
+    let Ok(mut bytes) = encode_response_head(503, &response.headers, framing, false, false) else {
+        return;
+    };
+    bytes.extend_from_slice(&body);
+    within(OVERLOAD_WRITE_TIMEOUT_MS, async {
+        if stream.write_all(&bytes).await.is_ok() {
+            let _ = stream.flush().await;
+            let _ = stream.close().await;
+        }
+    })
+    .await;
+}
