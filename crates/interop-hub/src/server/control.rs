@@ -1,0 +1,254 @@
+//! The hub's control API (loopback only): simulated users, their behaviour, what they
+//! received, connection drops and stats, as plain HTTP/1.1 on the shared server loop.
+
+use super::*;
+
+#[derive(Deserialize)]
+pub(super) struct NewUser {
+    pub(super) phone: String,
+    #[serde(default = "one")]
+    pub(super) devices: u32,
+    #[serde(default = "echo")]
+    pub(super) behavior: String,
+}
+
+pub(super) fn one() -> u32 {
+    1
+}
+
+pub(super) fn echo() -> String {
+    "echo".into()
+}
+
+#[derive(Deserialize)]
+pub(super) struct SendBody {
+    pub(super) to: String,
+    pub(super) text: Option<String>,
+    pub(super) media: Option<MediaBody>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct MediaBody {
+    pub(super) kind: String,
+    pub(super) mimetype: String,
+    data_base64: String,
+    pub(super) filename: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct BehaviorBody {
+    pub(super) behavior: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReinstallBody {
+    #[serde(default = "yes")]
+    pub(super) notify: bool,
+}
+
+pub(super) fn yes() -> bool {
+    true
+}
+
+pub(super) fn control_error(e: ControlError) -> Response {
+    match e {
+        ControlError::UnknownUser => Response::json_error(404, "unknown_user", &e.to_string()),
+        ControlError::BadRequest { detail } => Response::json_error(400, "bad_request", &detail),
+        ControlError::Exists => Response::json_error(409, "exists", &e.to_string()),
+        ControlError::Hub(inner) => {
+            log::error!("hub: control: {inner}");
+            Response::json_error(500, "internal", &inner.to_string())
+        }
+    }
+}
+
+pub(super) async fn body_json<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Response> {
+    req.body
+        .read_json(MAX_CONTROL_BODY_BYTES)
+        .await
+        .map_err(|e| Response::json_error(400, "bad_request", &e.to_string()))
+}
+
+/// Builds the content a simulated user sends for a control `send` request.
+pub(super) fn send_message(
+    shared: &Shared,
+    body: &SendBody,
+    now: u64,
+) -> Result<Message, Response> {
+    if let Some(text) = &body.text {
+        return Ok(Message::text(text.clone()));
+    }
+    let Some(m) = &body.media else {
+        return Err(Response::json_error(
+            400,
+            "bad_request",
+            "give \"text\" or \"media\"",
+        ));
+    };
+    let data = BASE64
+        .decode(&m.data_base64)
+        .map_err(|_| Response::json_error(400, "bad_request", "data_base64 is not base64"))?;
+    let sh = shared.borrow();
+    let Some(store) = &sh.media else {
+        return Err(Response::json_error(
+            501,
+            "media_store_unavailable",
+            "this hub has no media store (start it with --media ADDR)",
+        ));
+    };
+    store
+        .message(
+            &m.kind,
+            &m.mimetype,
+            &data,
+            m.filename.as_deref(),
+            now,
+            &mut rand::rng(),
+        )
+        .map_err(|e| match e {
+            crate::media::MediaError::Store(inner) => {
+                log::error!("hub: media store: {inner}");
+                Response::json_error(500, "internal", &inner.to_string())
+            }
+            other => Response::json_error(400, "bad_request", &other.to_string()),
+        })
+}
+
+pub(super) async fn handle_control(shared: &Shared, req: Request) -> Response {
+    let method = req.method().to_owned();
+    let segments: Vec<String> = req.head.path_segments().map(str::to_owned).collect();
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let now = now_ms();
+    let response = match (method.as_str(), seg.as_slice()) {
+        ("GET", ["users"]) => {
+            let users: Vec<serde_json::Value> = shared
+                .borrow()
+                .hub
+                .users()
+                .into_iter()
+                .map(|u| {
+                    serde_json::json!({"phone": u.phone, "devices": u.devices, "behavior": u.behavior})
+                })
+                .collect();
+            Response::json(200, &users)
+        }
+        ("POST", ["users"]) => {
+            let body: NewUser = match body_json(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let made = shared.borrow_mut().hub.create_user(
+                &body.phone,
+                body.devices,
+                &body.behavior,
+                now,
+                &mut rand::rng(),
+            );
+            match made {
+                Ok(u) => Response::json(
+                    201,
+                    &serde_json::json!({"phone": u.phone, "devices": u.devices, "behavior": u.behavior}),
+                ),
+                Err(e) => control_error(e),
+            }
+        }
+        ("POST", ["users", phone, "send"]) => {
+            let phone = phone.to_string();
+            let body: SendBody = match body_json(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let message = match send_message(shared, &body, now) {
+                Ok(m) => m,
+                Err(r) => return r,
+            };
+            let sent =
+                shared
+                    .borrow_mut()
+                    .hub
+                    .sim_send(&phone, &body.to, &message, now, &mut rand::rng());
+            match sent {
+                Ok(id) => Response::json(200, &serde_json::json!({"id": id})),
+                Err(e) => control_error(e),
+            }
+        }
+        ("GET", ["users", phone, "received"]) => match shared.borrow().hub.received(phone) {
+            Ok(list) => Response::json(200, &list),
+            Err(e) => control_error(e),
+        },
+        ("POST", ["users", phone, "reinstall"]) => {
+            let phone = phone.to_string();
+            // The body is optional: none (or an empty one) means {"notify": true}.
+            let body = match req.body.read_to_vec(MAX_CONTROL_BODY_BYTES).await {
+                Ok(b) => b,
+                Err(e) => return Response::json_error(400, "bad_request", &e.to_string()),
+            };
+            let notify = if body.iter().all(u8::is_ascii_whitespace) {
+                true
+            } else {
+                match serde_json::from_slice::<ReinstallBody>(&body) {
+                    Ok(b) => b.notify,
+                    Err(e) => return Response::json_error(400, "bad_request", &e.to_string()),
+                }
+            };
+            let done = shared
+                .borrow_mut()
+                .hub
+                .reinstall(&phone, notify, now, &mut rand::rng());
+            match done {
+                Ok(()) => Response::json(
+                    200,
+                    &serde_json::json!({"phone": phone, "reinstalled": true, "notified": notify}),
+                ),
+                Err(e) => control_error(e),
+            }
+        }
+        ("POST", ["users", phone, "behavior"]) => {
+            let phone = phone.to_string();
+            let body: BehaviorBody = match body_json(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let changed =
+                shared
+                    .borrow_mut()
+                    .hub
+                    .set_behavior(&phone, &body.behavior, now, &mut rand::rng());
+            match changed {
+                Ok(u) => Response::json(
+                    200,
+                    &serde_json::json!({"phone": u.phone, "devices": u.devices, "behavior": u.behavior}),
+                ),
+                Err(e) => control_error(e),
+            }
+        }
+        ("POST", ["connections", "drop"]) => {
+            let n = shared.borrow_mut().hub.drop_connections();
+            Response::json(200, &serde_json::json!({"dropped": n}))
+        }
+        ("GET", ["stats"]) => {
+            let sh = shared.borrow();
+            let s = sh.hub.stats();
+            Response::json(
+                200,
+                &serde_json::json!({
+                    "logins": s.logins,
+                    "stanzas_routed": s.stanzas_routed,
+                    "offline_queue_depth": sh.hub.queue_depth(),
+                    "prekeys_handed_out": s.prekeys_handed_out,
+                    "media_proxied": s.media_proxied,
+                    "retry_receipts_routed": s.retry_receipts_routed,
+                    "resends_routed": s.resends_routed,
+                    "connections": sh.hub.connection_count(),
+                }),
+            )
+        }
+        (_, ["users"] | ["users", _, _] | ["connections", "drop"] | ["stats"]) => {
+            Response::json_error(405, "method_not_allowed", "method not allowed here")
+        }
+        _ => Response::json_error(404, "not_found", "no such route"),
+    };
+    pump(shared);
+    response
+}
