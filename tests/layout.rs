@@ -112,10 +112,6 @@ fn only_the_demo_feature_links_the_hub_into_the_daemon() {
     );
 }
 
-/// Files allowed over the limit, each held at its size (lines before its `#[cfg(test)]`).
-/// Empty since the workspace split: an entry is a debt with a number, never a silent pass.
-const OVERSIZE_TODAY: &[(&str, usize)] = &[];
-
 /// The most lines a non-test source file may have.
 const MAX_SOURCE_LINES: usize = 800;
 
@@ -152,12 +148,10 @@ fn no_source_file_grows_past_its_bound() {
             .unwrap_or(&f)
             .to_string_lossy()
             .into_owned();
-        let bound = OVERSIZE_TODAY
-            .iter()
-            .find(|(p, _)| rel.ends_with(p))
-            .map_or(MAX_SOURCE_LINES, |(_, n)| *n);
-        if code_lines > bound {
-            over.push(format!("{rel}: {code_lines} lines, bound {bound}"));
+        if code_lines > MAX_SOURCE_LINES {
+            over.push(format!(
+                "{rel}: {code_lines} lines, bound {MAX_SOURCE_LINES}"
+            ));
         }
     }
     assert!(over.is_empty(), "split these files:\n{}", over.join("\n"));

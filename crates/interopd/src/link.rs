@@ -351,17 +351,20 @@ async fn session(
         if let Some(why) = ended {
             return why;
         }
-        match conn.flush().await {
-            Ok(()) => {}
-            Err(FlushError::Write) => return "write failed".into(),
-            Err(FlushError::TooLarge { id, len }) => {
-                log::error!(
-                    "link: message {id} is {len} bytes as a stanza, over the frame bound of {} bytes; failed",
-                    crate::frame::MAX_FRAME_BYTES
-                );
-                let failed = [(id, OutboxStatus::Failed, "too_large".to_owned())];
-                if let Err(e) = apply_statuses(store, bus, &failed) {
-                    return format!("store: {e}");
+        // Every stanza too large to frame fails its row; each flush call reports one.
+        loop {
+            match conn.flush().await {
+                Ok(()) => break,
+                Err(FlushError::Write) => return "write failed".into(),
+                Err(FlushError::TooLarge { id, len }) => {
+                    log::error!(
+                        "link: message {id} is {len} bytes as a stanza, over the frame bound of {} bytes; failed",
+                        crate::frame::MAX_FRAME_BYTES
+                    );
+                    let failed = [(id, OutboxStatus::Failed, "too_large".to_owned())];
+                    if let Err(e) = apply_statuses(store, bus, &failed) {
+                        return format!("store: {e}");
+                    }
                 }
             }
         }
