@@ -93,6 +93,18 @@ impl Store {
         Ok(store)
     }
 
+    /// A store held in memory only (redb's `InMemoryBackend`), for core tests: the same
+    /// tables and schema check as [`Store::open`], no directory, gone when dropped.
+    pub fn in_memory() -> Result<Store, StoreError> {
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        let store = Store {
+            db,
+            path: PathBuf::from(":memory:"),
+        };
+        store.init_schema()?;
+        Ok(store)
+    }
+
     /// The database file's path (for logs and diagnostics).
     pub fn path(&self) -> &Path {
         &self.path
