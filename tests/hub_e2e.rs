@@ -7,7 +7,8 @@ mod hub_support;
 use std::collections::HashSet;
 
 use hub_support::{HubProc, WAIT_MS, client, online, provision};
-use interopd::client::{Connection, Event};
+use interopd::client::Event;
+use interopd::link::Connection;
 use interopd::jid::Jid;
 use interopd::login::{self, Proof};
 use interopd::stanza::Stanza;

@@ -4,7 +4,7 @@
 mod hub_support;
 
 use hub_support::{HubProc, WAIT_MS, client, online, provision};
-use interopd::client::Connection;
+use interopd::link::Connection;
 
 /// Writes `bytes` on a fresh connection before login and returns the stream error code.
 async fn refused(hub: &HubProc, dir: &std::path::Path, bytes: &[u8]) -> Option<String> {

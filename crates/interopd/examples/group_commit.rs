@@ -4,15 +4,15 @@
 //!
 //! Method: a fresh store in a temporary directory (on the disk under test: pass a directory
 //! as the first argument, default the system temp dir), 2000 queued outbox rows, then the
-//! same 2000 `queued → sent` changes applied through `link::apply_statuses`, once with one
-//! change per transaction and once in batches of `link::EVENT_BATCH`. Both runs happen in
+//! same 2000 `queued → sent` changes applied through `engine::apply_statuses`, once with one
+//! change per transaction and once in batches of `engine::EVENT_BATCH`. Both runs happen in
 //! the same process, one after the other, so the ratio holds on a noisy shared machine even
 //! when the absolute numbers do not. Run: `cargo run --release --example group_commit`.
 
 use std::time::Instant;
 
 use interopd::events::EventBus;
-use interopd::link::{EVENT_BATCH, StatusChange, apply_statuses};
+use interopd::engine::{EVENT_BATCH, StatusChange, apply_statuses};
 use interopd::metrics::Metrics;
 use interopd::store::{OutboxRow, OutboxStatus, Store};
 
@@ -53,14 +53,14 @@ fn main() {
     let one = fill(&store, "A");
     let t0 = Instant::now();
     for c in &one {
-        apply_statuses(&store, &bus, std::slice::from_ref(c)).expect("apply");
+        apply_statuses(&store, &bus, std::slice::from_ref(c), 2).expect("apply");
     }
     let single = t0.elapsed().as_secs_f64();
 
     let batched = fill(&store, "B");
     let t0 = Instant::now();
     for chunk in batched.chunks(EVENT_BATCH) {
-        apply_statuses(&store, &bus, chunk).expect("apply");
+        apply_statuses(&store, &bus, chunk, 2).expect("apply");
     }
     let grouped = t0.elapsed().as_secs_f64();
 

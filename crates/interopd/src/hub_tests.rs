@@ -15,10 +15,10 @@ use crate::store::{Store, StoreError};
 use interop_hub::media::MediaStore;
 use interop_hub::state::{AccountBook, ConnId, Hub, Output};
 
-const T0: u64 = 1_700_000_000_000;
-const TOKEN: &str = "tok-123";
+pub(crate) const T0: u64 = 1_700_000_000_000;
+pub(crate) const TOKEN: &str = "tok-123";
 
-struct Accounts(HashMap<String, AccountRecord>);
+pub(crate) struct Accounts(HashMap<String, AccountRecord>);
 
 impl AccountBook for Accounts {
     fn lookup(&self, account: &str) -> Result<Option<AccountRecord>, StoreError> {
@@ -26,7 +26,8 @@ impl AccountBook for Accounts {
     }
 }
 
-fn accounts() -> Box<Accounts> {
+/// The hub's account book for tests: `acme-home` and `acme-shed`, both with [`TOKEN`].
+pub(crate) fn accounts() -> Box<Accounts> {
     let mut m = HashMap::new();
     for a in ["acme-home", "acme-shed"] {
         m.insert(

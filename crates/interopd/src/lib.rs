@@ -1,41 +1,40 @@
 //! interopd: the household end of DMA messaging interoperability.
 //!
-//! One crate, two thin binaries (`interopd`, `interop-hub`). The library holds sans-I/O cores
-//! and, in later modules, the shell that drives them. Crate map, one noun per file:
+//! # Layout
 //!
-//! | module             | owns                                                         | I/O? |
-//! |--------------------|--------------------------------------------------------------|------|
-//! | [`store`]          | the redb file: tables, schema version, row layouts           | disk |
-//! | [`signal`]         | X3DH + Double Ratchet via the Signal crate, over a store txn | no   |
-//! | [`clock`]          | the wall clock, for shells only (cores take `now_ms`)        | clock |
-//! | [`config`]         | the config file: raw TOML, then validated, errors with lines | no   |
-//! | [`content`]        | the `Message` protobuf subset, padding, message ids          | no   |
-//! | [`media_meta`]     | image size, Ogg/Opus and MP4 durations from a passing stream | no   |
-//! | [`media_crypto`]   | streaming media encryption and verification                  | no   |
-//! | [`media_store`]    | blob files, their `media` rows, the quota, expiry sweeps     | disk |
-//! | [`media_host`]     | the HTTPS host the gatekeeper's proxy fetches our blobs from | net  |
-//! | [`inbound_media`]  | received media: download, verify, then release into the inbox | disk, net |
-//! | [`media_pipe`]     | media through encryption, WhatsApp media fields, downloads   | disk, net |
-//! | [`retention`]      | how long outbox, inbox and event rows are kept; the sweep    | no   |
-//! | [`retry`]          | retry receipts: build and read `<receipt type="retry">`      | no   |
-//! | [`logger`]         | one line per event on stderr with journald `<N>` priorities    | stderr |
-//! | [`notify`]         | sd_notify over `NOTIFY_SOCKET` (READY, WATCHDOG, STOPPING)   | socket |
-//! | [`frame`]          | 3-byte length framing and the reassembly buffer              | no   |
-//! | [`stanza`]         | the stanza model, its XML encoding and parser, bounds        | no   |
-//! | [`jid`]            | wire addresses (`user:device@server`), phone numbers         | no   |
-//! | [`client`]         | a small interop-xml/1 client: login, keys, send, receive      | no   |
-//! | [`hub`]            | the reference gatekeeper `interop-hub`: core, store, sim users | disk |
-//! | [`link`]           | the daemon's gatekeeper connection: login, outbox, receipts  | net  |
-//! | [`demo`]           | `interopd demo`: the hub and the daemon in one process       | net  |
-//! | [`login`]          | the login handshake, both sides, and its proof string        | no   |
-//! | [`tls`]            | the hub's CA files, server pinning, TLS connect and accept   | disk, net |
-//! | [`http`]           | HTTP/1.1 framing core and the server loop for both APIs      | socket |
-//! | [`api`]            | the local HTTP API v1: auth, routes, long-poll, SSE, webhooks  | via http |
-//! | [`daemon`]         | the daemon shell: one executor, signals, sd_notify, link slot | process |
-//! | [`events`]         | the durable event log and the bus that wakes its readers       | disk |
-//! | [`metrics`]        | counters, gauges and the commit histogram as Prometheus text  | no   |
+//! This crate is the daemon. It builds on two others in the workspace and never on the hub,
+//! except through the optional `demo` feature (`interopd demo`, and the tests that run the
+//! engine against the hub's core):
 //!
-//! The rest of the code never names the Signal crate; [`signal`] is the boundary.
+//! - `interop-proto`, the protocol with no I/O, re-exported here under its old names:
+//!   [`stanza`], [`frame`], [`jid`], [`login`], [`content`], [`retry`], [`prekeys`], [`row`],
+//!   [`signal_store`], [`media_crypto`], [`media_meta`];
+//! - `interop-io`, the shell plumbing shared with the hub: [`clock`], [`logger`], [`notify`],
+//!   [`tls`], [`http`].
+//!
+//! The daemon's own modules, by role:
+//!
+//! | role | module | owns | I/O? |
+//! |------|--------|------|------|
+//! | core | [`client`] | the interop-xml/1 protocol client: login, keys, send, receive, retries | no |
+//! | core | [`engine`] | one connection as a state machine: outbox statuses, read marks, key schedule, deadlines | no |
+//! | core | [`signal`] | X3DH + Double Ratchet via the Signal crate, over a store txn | no |
+//! | core | [`config`] | the config file: raw TOML, then validated, errors with lines | no |
+//! | core | [`retention`] | how long outbox, inbox and event rows are kept; the sweep | no |
+//! | core | [`metrics`] | counters, gauges and the commit histogram as Prometheus text | no |
+//! | state | [`store`] | the redb file: tables, schema version, row layouts | disk |
+//! | state | [`events`] | the durable event log and the bus that wakes its readers | disk |
+//! | state | [`media_store`] | blob files, their `media` rows, the quota, expiry sweeps | disk |
+//! | shell | [`link`] | the socket around the engine: dial, TLS, frames, wake, backoff | net |
+//! | shell | [`media_host`] | the HTTPS host the gatekeeper's proxy fetches our blobs from | net |
+//! | shell | [`media_pipe`] | media through encryption, WhatsApp media fields, uploads | disk, net |
+//! | shell | [`inbound_media`] | received media: download, verify, then release into the inbox | disk, net |
+//! | shell | [`api`] | the local HTTP API v1: auth, routes, long-poll, SSE, webhooks | via http |
+//! | shell | [`daemon`] | the process: one executor, signals, sd_notify, the link slot | process |
+//! | shell | `demo` | `interopd demo`: the hub and the daemon in one process (feature `demo`) | net |
+//!
+//! Cores take `now_ms` and an rng and return what to do; only shells touch sockets, files
+//! and clocks. The rest of the code never names the Signal crate; [`signal`] is the boundary.
 #![forbid(unsafe_code)]
 
 // The shell plumbing shared with the hub.
@@ -50,6 +49,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod engine;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod events;

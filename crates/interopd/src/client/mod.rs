@@ -1,10 +1,10 @@
 //! A small client of profile `interop-xml/1`: log in, publish prekeys, send and receive
 //! encrypted messages, receipts and notifications. The sans-I/O [`Client`] takes frame
 //! payloads and `now_ms` and gives frame payloads ([`Client::poll_transmit`]) and
-//! [`Event`]s; its Signal state and inbox live in a daemon [`Store`]. The async shell,
-//! [`Connection`] in `connection.rs`, moves frames over TLS. This file holds the state and the
-//! stanza dispatch; `send.rs`, `receive.rs` and `retries.rs` hold the halves they name. The integration tests drive the hub with
-//! it; it is the seed of the daemon's link.
+//! [`Event`]s; its Signal state and inbox live in a daemon [`Store`]. It does no I/O: the
+//! daemon's [`crate::engine`] wraps it, and the link's shell moves its frames over TLS. This
+//! file holds the state and the stanza dispatch; `send.rs`, `receive.rs` and `retries.rs`
+//! hold the halves they name. The in-process tests drive the hub core with it.
 //!
 //! Sending a message takes three round trips at most, each an `<iq>`:
 //!
@@ -39,7 +39,6 @@ use std::rc::Rc;
 use rand::{CryptoRng, Rng};
 
 use crate::content::{self, Message, MessageId};
-use crate::frame;
 use crate::jid::{self, Jid};
 use crate::login::{ClientLogin, ClientStep, Hello, LoggedIn, LoginError};
 use crate::prekeys::{bundle_stanza, parse_bundle};
@@ -144,7 +143,7 @@ pub enum Event {
     /// A keepalive ping went unanswered past [`KEEPALIVE_DEADLINE_MS`]; the connection is
     /// dead and the caller closes it.
     KeepaliveTimeout,
-    /// The transport ended ([`Connection`] only).
+    /// The transport ended (reported by `link::Connection`, the tests' shell).
     Disconnected,
 }
 
@@ -298,6 +297,11 @@ impl Client {
     /// The store (for tests and the daemon's readers).
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The store, shared (the engine commits status changes in it).
+    pub fn shared_store(&self) -> Rc<Store> {
+        self.store.clone()
     }
 
     /// Records inbound messages through `journal` as they commit.
@@ -688,15 +692,21 @@ impl Client {
     }
 }
 
-mod connection;
 mod receive;
 mod retries;
 mod send;
 
 pub use crate::frame::{FrameReader, framed};
-#[cfg(test)]
-use connection::stanza_id;
-pub use connection::{ConnectError, Connection, FlushError};
+
+/// The `id` attribute of a serialised stanza's root element, if it has one in its first bytes.
+pub fn stanza_id(xml: &[u8]) -> Option<&str> {
+    let head = xml.get(..xml.len().min(512))?;
+    let end = head.iter().position(|&b| b == b'>')?;
+    let open = std::str::from_utf8(head.get(..end)?).ok()?;
+    let start = open.find(" id=\"")? + 5;
+    let rest = open.get(start..)?;
+    rest.get(..rest.find('"')?)
+}
 use retries::*;
 pub use retries::{RetryCounts, upload_stanza};
 

@@ -1,0 +1,342 @@
+//! The daemon's engine: one logged-in (or logging-in) connection to the gatekeeper as a
+//! state machine with no I/O, in the style of quinn-proto's `Connection`. It wraps the
+//! protocol [`Client`] and adds what the daemon does around it: the outbox status machine
+//! (queued → sent → delivered → read, or → failed, and held for a changed identity), read
+//! marks, the key schedule and the login deadline. The shell (`link.rs`) owns the socket and
+//! the timer and moves bytes and instants in and out; it never decides anything.
+//!
+//! ```text
+//!   handle_frame(payload, now)  ─┐                       ┌─▶ poll_transmit() → frame payload
+//!   handle_timeout(now)         ─┼─▶ Engine ─(drain)─────┼─▶ poll_timeout()  → next deadline
+//!   handle_api_wake(now)        ─┤   Client + outbox     └─▶ poll_event()    → Up / MediaPending / Down
+//!   handle_closed(why)          ─┘
+//! ```
+//!
+//! # Drain order
+//!
+//! Inputs only record: `handle_*` feed the client and note what is due. The first `poll_*`
+//! call after them drains, in this order, and so does every later one (a drain with nothing
+//! to do costs nothing):
+//!
+//! 1. the client's events: login results, acks and receipts become status changes, holds and
+//!    failures are noted, transport ends become [`LinkEvent::Down`];
+//! 2. the key schedule, once logged in and due ([`KEY_CHECK_INTERVAL_MS`], and right after
+//!    login): a prekey count request and a signed prekey rotation when it is due;
+//! 3. after a wake (and right after login): up to [`OUTBOX_BATCH`] queued outbox rows are
+//!    encrypted and committed, then queued for the wire; then pending read marks. If more
+//!    rows wait, the engine stays woken and `poll_timeout` answers `now`;
+//! 4. the client's events again (what step 3 caused, such as a held send);
+//! 5. every status change gathered since the last drain, in **one** store transaction: a
+//!    batch of frames handed in together costs one commit (group commit).
+//!
+//! So a send on an idle link leaves in the very `poll_transmit` call that follows
+//! `handle_api_wake`: there is no tick. [`poll_transmit`](Engine::poll_transmit) only hands
+//! out payloads that fit a frame; a stanza over [`crate::frame::MAX_FRAME_BYTES`] fails its
+//! outbox row with `too_large` and is logged with its id.
+//!
+//! After [`LinkEvent::Down`] the engine is finished: the shell drops it and dials again.
+
+use std::collections::{HashSet, VecDeque};
+use std::rc::Rc;
+
+use rand::{CryptoRng, Rng};
+
+use crate::client::{Client, Event, KEEPALIVE_DEADLINE_MS};
+use crate::events::EventBus;
+use crate::frame::MAX_FRAME_BYTES;
+use crate::jid::Jid;
+use crate::store::{OutboxStatus, Store, StoreError};
+
+mod outbox;
+#[cfg(all(test, feature = "demo"))]
+mod tests;
+
+pub use outbox::{HELD_CODE, StatusChange, apply_statuses};
+
+/// Time from dialing until login must succeed, in milliseconds.
+pub const LOGIN_WAIT_MS: u64 = 15_000;
+/// How often a logged-in link checks the key schedule (prekey count, signed prekey age), in
+/// milliseconds; it also checks right after each login.
+pub const KEY_CHECK_INTERVAL_MS: u64 = 3_600_000;
+/// Outbox rows started per drain.
+pub const OUTBOX_BATCH: usize = 64;
+/// Most frames the shell hands in between drains (any `poll_*` call drains); the status
+/// changes of up to this many are committed together.
+pub const EVENT_BATCH: usize = 256;
+/// Read receipts sent per drain.
+pub const READ_MARK_BATCH: usize = 64;
+
+/// What the shell acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// Login succeeded: the link is up as `jid`; `enlisted` says the gatekeeper asked for keys.
+    Up { jid: Jid, enlisted: bool },
+    /// A received media message waits for its blob: wake the downloader.
+    MediaPending,
+    /// The connection is over, for the reason given; drop the engine and dial again.
+    Down(String),
+}
+
+enum Phase {
+    LoggingIn { deadline_ms: u64 },
+    Up,
+    Down,
+}
+
+/// One connection's state machine; see the module documentation for its drain order.
+pub struct Engine<R> {
+    client: Client,
+    store: Rc<Store>,
+    bus: Rc<EventBus>,
+    rng: R,
+    now_ms: u64,
+    phase: Phase,
+    /// Outbox rows or read marks may wait: the next drain looks.
+    woken: bool,
+    /// When the key schedule is next checked.
+    keys_due_ms: u64,
+    /// Outbox rows started on this connection (each goes out once per connection).
+    started: HashSet<String>,
+    /// Status changes gathered since the last drain, committed together.
+    statuses: Vec<StatusChange>,
+    events: VecDeque<LinkEvent>,
+}
+
+impl<R: Rng + CryptoRng> Engine<R> {
+    /// Starts a login with `token` on a fresh connection, at `now_ms`.
+    pub fn new(
+        mut client: Client,
+        bus: Rc<EventBus>,
+        token: &str,
+        now_ms: u64,
+        rng: R,
+    ) -> Engine<R> {
+        let store = client.shared_store();
+        client.start(token, now_ms);
+        Engine {
+            client,
+            store,
+            bus,
+            rng,
+            now_ms,
+            phase: Phase::LoggingIn {
+                deadline_ms: now_ms.saturating_add(LOGIN_WAIT_MS),
+            },
+            woken: false,
+            keys_due_ms: now_ms,
+            started: HashSet::new(),
+            statuses: Vec::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The protocol client inside (tests, and the shell's log lines).
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// One frame payload from the gatekeeper.
+    pub fn handle_frame(&mut self, payload: &[u8], now_ms: u64) {
+        self.tick(now_ms);
+        if !matches!(self.phase, Phase::Down) {
+            self.client.handle_frame(payload, now_ms, &mut self.rng);
+        }
+    }
+
+    /// Time passed: keepalives, the login deadline and the key schedule are checked.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.tick(now_ms);
+        if let Phase::LoggingIn { deadline_ms } = self.phase
+            && now_ms >= deadline_ms
+        {
+            self.down(format!("no login answer within {LOGIN_WAIT_MS} ms"));
+            return;
+        }
+        self.client.handle_timeout(now_ms);
+    }
+
+    /// The API committed work for the link (an outbox row, a read mark).
+    pub fn handle_api_wake(&mut self, now_ms: u64) {
+        self.tick(now_ms);
+        self.woken = true;
+    }
+
+    /// The transport ended (closed by the peer, a write failed, or a bad frame): `why`.
+    /// What the client reported before the end (a refused login, a stream error) is the
+    /// reason given, if there was one.
+    pub fn handle_closed(&mut self, why: &str) {
+        self.absorb();
+        self.client.disconnected();
+        self.down(why.to_owned());
+    }
+
+    /// The next frame payload to write. Every payload handed out fits one frame.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.drain();
+        loop {
+            let p = self.client.poll_transmit()?;
+            if p.len() <= MAX_FRAME_BYTES {
+                return Some(p);
+            }
+            // A bug or outside data over a bound: fail the row it belongs to, say which.
+            let id = crate::client::stanza_id(&p).unwrap_or("?").to_owned();
+            log::error!(
+                "link: message {id} is {} bytes as a stanza, over the frame bound of {MAX_FRAME_BYTES} bytes; failed",
+                p.len()
+            );
+            self.statuses
+                .push((id, OutboxStatus::Failed, "too_large".to_owned()));
+            self.commit_statuses();
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next run, in wall milliseconds:
+    /// `now` if work is waiting, else the earliest of the keepalive, the login deadline and
+    /// the key schedule. `None` once the engine is down.
+    pub fn poll_timeout(&mut self) -> Option<u64> {
+        self.drain();
+        let due = match self.phase {
+            Phase::Down => return None,
+            Phase::LoggingIn { deadline_ms } => deadline_ms,
+            Phase::Up if self.woken => self.now_ms,
+            Phase::Up => self.keys_due_ms,
+        };
+        Some(self.client.poll_timeout().map_or(due, |t| t.min(due)))
+    }
+
+    /// The next event for the shell.
+    pub fn poll_event(&mut self) -> Option<LinkEvent> {
+        self.drain();
+        self.events.pop_front()
+    }
+
+    fn tick(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    fn down(&mut self, why: String) {
+        if !matches!(self.phase, Phase::Down) {
+            self.phase = Phase::Down;
+            self.events.push_back(LinkEvent::Down(why));
+        }
+    }
+
+    /// Runs the drain steps in the documented order.
+    fn drain(&mut self) {
+        self.absorb();
+        if matches!(self.phase, Phase::Up) {
+            if self.now_ms >= self.keys_due_ms {
+                self.keys_due_ms = self.now_ms.saturating_add(KEY_CHECK_INTERVAL_MS);
+                self.check_keys();
+            }
+            if std::mem::take(&mut self.woken) {
+                match self.flush_outbox() {
+                    Ok(more) => self.woken = more,
+                    Err(e) => self.down(format!("store: {e}")),
+                }
+                if let Err(e) = self.send_read_marks() {
+                    self.down(format!("store: {e}"));
+                }
+            }
+            self.absorb();
+        }
+        self.commit_statuses();
+    }
+
+    fn commit_statuses(&mut self) {
+        if self.statuses.is_empty() {
+            return;
+        }
+        let changes = std::mem::take(&mut self.statuses);
+        if let Err(e) = apply_statuses(&self.store, &self.bus, &changes, self.now_ms) {
+            self.down(format!("store: {e}"));
+        }
+    }
+
+    /// The client's events, step 1 (and 4) of the drain.
+    fn absorb(&mut self) {
+        while let Some(event) = self.client.poll_event() {
+            match event {
+                Event::LoggedIn(ok) => {
+                    if matches!(self.phase, Phase::LoggingIn { .. }) {
+                        self.phase = Phase::Up;
+                        self.keys_due_ms = self.now_ms;
+                        self.woken = true;
+                        self.events.push_back(LinkEvent::Up {
+                            jid: self.client.jid(),
+                            enlisted: ok.enlisted,
+                        });
+                    }
+                }
+                Event::LoginFailed(e) => self.down(format!("login refused: {e:?}")),
+                Event::Disconnected => self.down("connection closed".to_owned()),
+                Event::KeepaliveTimeout => self.down(format!(
+                    "no keepalive answer within {KEEPALIVE_DEADLINE_MS} ms"
+                )),
+                Event::StreamError { code } => {
+                    self.down(format!("server closed the stream: {code}"));
+                }
+                Event::Acked { class, id, error } if class == "message" => {
+                    let status = if error.is_some() {
+                        OutboxStatus::Failed
+                    } else {
+                        OutboxStatus::Sent
+                    };
+                    self.statuses.push((id, status, error.unwrap_or_default()));
+                }
+                Event::Receipt { id, kind, .. } => match kind.as_deref() {
+                    None => self
+                        .statuses
+                        .push((id, OutboxStatus::Delivered, String::new())),
+                    Some("read") => self.statuses.push((id, OutboxStatus::Read, String::new())),
+                    _ => {}
+                },
+                Event::SendHeld { id, user } => {
+                    log::warn!("link: message {id} held: the verified identity of {user} changed");
+                    self.started.remove(&id);
+                    if let Err(e) = outbox::hold(&self.store, &self.bus, &id, self.now_ms) {
+                        self.down(format!("store: {e}"));
+                    }
+                }
+                Event::MediaPending { .. } => self.events.push_back(LinkEvent::MediaPending),
+                Event::DecryptFailed { id, from, reason } => {
+                    log::warn!("link: message {id} from {from} cannot be decrypted: {reason}");
+                }
+                Event::SendFailed { id, reason } => {
+                    log::warn!("link: message {id} cannot be sent: {reason}");
+                    self.statuses
+                        .push((id, OutboxStatus::Failed, "no_devices".to_owned()));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The key schedule: a prekey count request (the client tops up below
+    /// [`crate::signal::PREKEY_REFILL_THRESHOLD`]) and a signed prekey rotation when due.
+    fn check_keys(&mut self) {
+        self.client.request_count(self.now_ms);
+        match self
+            .client
+            .rotate_signed_prekey_if_due(self.now_ms, &mut self.rng)
+        {
+            Ok(true) => log::info!("link: signed prekey rotated"),
+            Ok(false) => {}
+            Err(e) => log::warn!("link: signed prekey rotation failed: {e}"),
+        }
+    }
+
+    fn send_read_marks(&mut self) -> Result<(), StoreError> {
+        let txn = self.store.begin()?;
+        let marks = crate::api::inbox::pending_read_marks(&txn, READ_MARK_BATCH)?;
+        if marks.is_empty() {
+            return Ok(());
+        }
+        for m in &marks {
+            self.client
+                .mark_read(&m.id, &Jid::whatsapp(m.from.clone(), None), self.now_ms);
+            crate::api::inbox::read_mark_sent(&txn, m.cursor, self.now_ms)?;
+        }
+        txn.commit()
+    }
+}

@@ -1,0 +1,146 @@
+//! The outbox status machine: which queued rows go out on this connection, how a row is held
+//! for a changed verified identity and released once trusted, and how status changes move
+//! rows forward (queued → sent → delivered → read, or → failed), each recorded in the API's
+//! event log in the same transaction.
+
+use super::*;
+use crate::store::Txn;
+
+/// The `error_code` of a queued row held for a changed verified identity.
+pub const HELD_CODE: &str = "identity_changed";
+
+/// One outbox status change: message id, new status, error code (empty unless failed).
+pub type StatusChange = (String, OutboxStatus, String);
+
+impl<R: Rng + CryptoRng> Engine<R> {
+    /// Starts queued outbox rows not yet started on this connection, at most
+    /// [`OUTBOX_BATCH`] per call; returns whether more may be waiting. A row whose stanza was
+    /// committed before (a crash or a lost connection) is resent byte-identical.
+    pub(super) fn flush_outbox(&mut self) -> Result<bool, StoreError> {
+        let (rows, more) = {
+            let txn = self.store.begin()?;
+            let mut out = Vec::new();
+            let mut after = 0;
+            let mut more = false;
+            let mut released = false;
+            'scan: loop {
+                let batch = txn.outbox_scan(after, OUTBOX_BATCH)?;
+                let Some((last, _)) = batch.last() else { break };
+                after = *last;
+                for (seq, mut row) in batch {
+                    if row.status != OutboxStatus::Queued || self.started.contains(&row.id) {
+                        continue;
+                    }
+                    if row.error_code == HELD_CODE {
+                        if identity_pending(&txn, &row.to)? {
+                            continue;
+                        }
+                        // Trusted again: the row goes out like any queued row.
+                        row.error_code.clear();
+                        txn.outbox_write(seq, &row)?;
+                        released = true;
+                    }
+                    if out.len() >= OUTBOX_BATCH {
+                        more = true;
+                        break 'scan;
+                    }
+                    out.push(row);
+                }
+            }
+            if released {
+                txn.commit()?;
+            }
+            (out, more)
+        };
+        for row in rows {
+            self.started.insert(row.id.clone());
+            if row.stanza.is_empty() {
+                if let Err(e) = self.client.send_outbox(&row, self.now_ms, &mut self.rng) {
+                    log::warn!("link: message {} not started: {e}", row.id);
+                    self.started.remove(&row.id);
+                    return Ok(false);
+                }
+            } else {
+                self.client.send_committed(row.stanza.clone(), self.now_ms);
+            }
+        }
+        Ok(more)
+    }
+}
+
+/// Whether any device of `user` holds a new identity that awaits the household's trust.
+fn identity_pending(txn: &Txn, user: &str) -> Result<bool, StoreError> {
+    match crate::signal::remote_identities(txn, user) {
+        Ok(ids) => Ok(ids.iter().any(|(_, r)| r.pending.is_some())),
+        Err(crate::signal::SignalError::Store(e)) => Err(e),
+        Err(e) => {
+            log::warn!("link: identity of {user} unreadable: {e}");
+            Ok(true)
+        }
+    }
+}
+
+/// Keeps a row queued with [`HELD_CODE`], and tells consumers why it waits.
+pub(super) fn hold(store: &Store, bus: &EventBus, id: &str, now_ms: u64) -> Result<(), StoreError> {
+    let txn = store.begin()?;
+    let Some((seq, mut row)) = txn.outbox_by_id(id)? else {
+        return Ok(());
+    };
+    if row.status != OutboxStatus::Queued {
+        return Ok(());
+    }
+    row.error_code = HELD_CODE.to_owned();
+    row.stanza.clear();
+    row.updated_ms = now_ms;
+    txn.outbox_write(seq, &row)?;
+    bus.record_status(&txn, &row)?;
+    txn.commit()?;
+    bus.publish_status(&row.id, row.status);
+    Ok(())
+}
+
+/// Moves outbox rows forward (queued → sent → delivered → read, or → failed) and records
+/// each change in the event log, all in one transaction; then wakes the readers. A change
+/// that would move a row backwards, or out of `failed`, is ignored.
+pub fn apply_statuses(
+    store: &Store,
+    bus: &EventBus,
+    changes: &[StatusChange],
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let rank = |s: OutboxStatus| match s {
+        OutboxStatus::Queued => 0,
+        OutboxStatus::Sent => 1,
+        OutboxStatus::Delivered => 2,
+        OutboxStatus::Read => 3,
+        OutboxStatus::Failed => 4,
+    };
+    let txn = store.begin()?;
+    let mut published = Vec::new();
+    for (id, status, error) in changes {
+        let Some((seq, mut row)) = txn.outbox_by_id(id)? else {
+            continue;
+        };
+        if rank(*status) <= rank(row.status) || row.status == OutboxStatus::Failed {
+            continue;
+        }
+        row.status = *status;
+        row.updated_ms = now_ms;
+        if *status == OutboxStatus::Failed {
+            row.error_code = error.clone();
+        } else if row.error_code == HELD_CODE {
+            row.error_code.clear();
+        }
+        txn.outbox_write(seq, &row)?;
+        bus.record_status(&txn, &row)?;
+        published.push((row.id, row.status));
+    }
+    txn.commit()?;
+    for (id, status) in published {
+        bus.publish_status(&id, status);
+    }
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! The daemon's link: the shell around the [`Engine`], with the one persistent connection to
+//! the gatekeeper. It dials with the pinned TLS config, hands the engine its frames, its
+//! deadlines and the API's wakes, writes what the engine gives, tells systemd and the API
+//! what state the link is in, and reconnects with jittered exponential backoff when the
+//! engine says the connection is down. Every decision is the engine's
+//! (`crate::engine`, tested on a virtual clock); this file only waits.
+//!
+//! ```text
+//!   Down ──dial+TLS──▶ LoggingIn ──Up──▶ Up ──(engine drains: outbox, receipts, keys)──┐
+//!    ▲                      │ Down              │ Down (closed, keepalive, store)        │
+//!    └──── backoff ◀────────┴───────────────────┘◀──────────────────────────────────────┘
+//! ```
+//!
+//! One turn of the session loop: poll the engine's events, write its payloads, then sleep
+//! until a frame arrives, the API wakes the link ([`Link::wake`], an `event_listener::Event`,
+//! never a tick) or the engine's `poll_timeout` passes.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use rand::RngExt;
+
+use crate::client::{Client, Journal};
+use crate::config::{Config, ServerPin};
+use crate::daemon::{LinkControl, LinkState, Runtime};
+use crate::engine::{EVENT_BATCH, Engine, LinkEvent};
+use crate::events::EventBus;
+use crate::inbound_media::{self, InboundMedia};
+use crate::store::{Store, StoreError, Txn};
+
+mod connection;
+mod transport;
+
+pub use connection::{ConnectError, Connection};
+pub use transport::{ReadOutcome, Transport};
+
+/// Our device number at the gatekeeper.
+pub const OWN_DEVICE: u32 = 1;
+/// First reconnect delay, in milliseconds.
+pub const RECONNECT_MIN_MS: u64 = 1_000;
+/// Largest reconnect delay, in milliseconds.
+pub const RECONNECT_MAX_MS: u64 = 60_000;
+/// Longest the session loop sleeps when nothing is due, in milliseconds: a safety net only,
+/// since it wakes for input, for the API ([`Link::wake`]) and at the client's next deadline.
+pub const MAX_IDLE_SLEEP_MS: u64 = 60_000;
+
+/// The link as the API sees it.
+pub struct Link {
+    state: Cell<LinkState>,
+    reconnects: Cell<u64>,
+    /// Work is waiting (outbox rows, read marks); the session loop clears it when it looks.
+    woken: Cell<bool>,
+    /// Fired with `woken`, so a sleeping session loop sees new work at once.
+    wake: event_listener::Event,
+}
+
+impl Link {
+    fn set_woken(&self) {
+        self.woken.set(true);
+        self.wake.notify(usize::MAX);
+    }
+}
+
+impl LinkControl for Link {
+    fn wake(&self) {
+        self.set_woken();
+    }
+
+    fn state(&self) -> LinkState {
+        self.state.get()
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.reconnects.get()
+    }
+
+    fn mark_read(&self, _from_digits: &str, _message_id: &str) {
+        // The request is already durable in `read_marks`; the session loop sends it.
+        self.set_woken();
+    }
+}
+
+/// Records inbound messages in the API's event log, in the client's transaction.
+struct BusJournal(Rc<EventBus>);
+
+impl Journal for BusJournal {
+    fn inbound(&self, txn: &Txn, cursor: u64, now_ms: u64) -> Result<(), StoreError> {
+        self.0.record_message(txn, cursor, now_ms).map(|_| ())
+    }
+
+    fn inbound_committed(&self, cursor: u64) {
+        self.0.publish_message(cursor);
+    }
+}
+
+
+/// Tells systemd what the link is doing (`STATUS=`, shown by `systemctl status`).
+fn status(text: &str) {
+    if let Err(e) = crate::notify::Notifier::from_env().status(text) {
+        log::debug!("sd_notify: {e}");
+    }
+}
+
+/// Starts the link task on the runtime's executor.
+pub fn start(rt: &Runtime) -> Rc<dyn LinkControl> {
+    let link = Rc::new(Link {
+        state: Cell::new(LinkState::Down),
+        reconnects: Cell::new(0),
+        woken: Cell::new(true),
+        wake: event_listener::Event::new(),
+    });
+    let inbound = Rc::new(InboundMedia::default());
+    match crate::tls::client_config(&pin_of(&rt.config)) {
+        Ok(tls) => {
+            let parts = inbound_media::Parts {
+                store: rt.store.clone(),
+                media: rt.media.clone(),
+                bus: rt.bus.clone(),
+                tls,
+                retention_ms: rt.config.media.retention_secs.saturating_mul(1000),
+            };
+            rt.executor
+                .spawn(inbound_media::run(inbound.clone(), parts))
+                .detach();
+        }
+        // The link's own dial reports the same pin problem, once per attempt.
+        Err(e) => log::error!("media: no downloads: the gatekeeper pin is unusable: {e}"),
+    }
+    let task = run(
+        link.clone(),
+        rt.config.clone(),
+        rt.store.clone(),
+        rt.bus.clone(),
+        inbound,
+    );
+    rt.executor.spawn(task).detach();
+    link
+}
+
+fn pin_of(config: &Config) -> crate::tls::Pin {
+    match &config.pin {
+        ServerPin::CaFile(p) => crate::tls::Pin::CaFile(p.clone()),
+        ServerPin::SpkiSha256(h) => crate::tls::Pin::Spki(*h),
+    }
+}
+
+use crate::clock::now_ms as wall_ms;
+
+async fn run(
+    link: Rc<Link>,
+    config: Config,
+    store: Rc<Store>,
+    bus: Rc<EventBus>,
+    inbound: Rc<InboundMedia>,
+) {
+    let pin = pin_of(&config);
+    let mut backoff_ms = RECONNECT_MIN_MS;
+    let mut connected_before = false;
+    loop {
+        let mut client = match Client::new(
+            store.clone(),
+            &config.account(),
+            OWN_DEVICE,
+            &mut rand::rng(),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("link: cannot prepare the client: {e}");
+                smol::Timer::after(Duration::from_millis(RECONNECT_MAX_MS)).await;
+                continue;
+            }
+        };
+        client.set_journal(Rc::new(BusJournal(bus.clone())));
+        client.set_hold_media(true);
+        client.set_keepalive_interval(config.keepalive_secs.saturating_mul(1000));
+        match Transport::open(&config.server_addr, &config.server_name, &pin).await {
+            Err(e) => {
+                log::warn!("link: cannot connect to {}: {e}", config.server_addr);
+                status(&format!(
+                    "link down: cannot connect to {}",
+                    config.server_addr
+                ));
+            }
+            Ok(mut transport) => {
+                let mut engine =
+                    Engine::new(client, bus.clone(), &config.token, wall_ms(), rand::rng());
+                let mut up = false;
+                let why = session(&link, &mut transport, &mut engine, &inbound, &mut |ev| {
+                    let LinkEvent::Up { jid, enlisted } = ev else {
+                        return;
+                    };
+                    up = true;
+                    if connected_before {
+                        link.reconnects.set(link.reconnects.get() + 1);
+                    }
+                    connected_before = true;
+                    log::info!("link: up as {jid} (enlisted: {enlisted})");
+                    link.state.set(LinkState::Up);
+                    status(&format!("link up to {}", config.server_addr));
+                })
+                .await;
+                if up {
+                    backoff_ms = RECONNECT_MIN_MS;
+                    link.state.set(LinkState::Down);
+                    log::warn!("link: down: {why}");
+                    status(&format!("link down: {why}"));
+                } else {
+                    log::warn!("link: login did not complete: {why}");
+                }
+            }
+        }
+        let jitter = rand::rng().random_range(0..=backoff_ms / 2);
+        smol::Timer::after(Duration::from_millis(backoff_ms + jitter)).await;
+        backoff_ms = (backoff_ms * 2).min(RECONNECT_MAX_MS);
+    }
+}
+
+/// One connection, from login to its end: returns why it ended. `on_up` hears
+/// [`LinkEvent::Up`].
+async fn session<R: rand::Rng + rand::CryptoRng>(
+    link: &Link,
+    transport: &mut Transport,
+    engine: &mut Engine<R>,
+    inbound: &InboundMedia,
+    on_up: &mut dyn FnMut(LinkEvent),
+) -> String {
+    loop {
+        engine.handle_timeout(wall_ms());
+        while let Some(event) = engine.poll_event() {
+            match event {
+                LinkEvent::Down(why) => return why,
+                LinkEvent::MediaPending => inbound.wake(),
+                up @ LinkEvent::Up { .. } => on_up(up),
+            }
+        }
+        let mut wrote = false;
+        while let Some(payload) = engine.poll_transmit() {
+            wrote = true;
+            if transport.write(&payload).await.is_err() {
+                engine.handle_closed("write failed");
+                break;
+            }
+        }
+        if wrote && transport.flush().await.is_err() {
+            engine.handle_closed("write failed");
+        }
+        // The listener is made before `woken` is read, so a wake between the two is not lost.
+        let mut listener = link.wake.listen();
+        if link.woken.replace(false) {
+            engine.handle_api_wake(wall_ms());
+            continue;
+        }
+        let Some(due) = engine.poll_timeout() else {
+            continue; // down: the next turn reports why
+        };
+        let now = wall_ms();
+        let sleep_ms = due.saturating_sub(now).min(MAX_IDLE_SLEEP_MS);
+        let deadline = std::time::Instant::now() + Duration::from_millis(sleep_ms);
+        match transport.read(deadline, &mut listener).await {
+            ReadOutcome::Frames(frames) => {
+                // Handed in together, so their status changes share one commit, at most
+                // EVENT_BATCH frames to a drain.
+                for chunk in frames.chunks(EVENT_BATCH) {
+                    for f in chunk {
+                        engine.handle_frame(f, wall_ms());
+                    }
+                    engine.poll_timeout();
+                }
+            }
+            ReadOutcome::TimedOut | ReadOutcome::Woken => {}
+            ReadOutcome::Closed => engine.handle_closed("connection closed"),
+            ReadOutcome::BadFrame(e) => {
+                engine.handle_closed(&format!("bad frame from the server: {}", e.reason()));
+            }
+        }
+    }
+}
