@@ -3,13 +3,14 @@
 //! API over plain HTTP, and connect library clients over TLS pinned to its CA.
 #![allow(dead_code)]
 
-use std::io::{Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use interopd::client::{Client, Connection, Event};
+use interopd::client::{Client, Event};
+use interopd::link::Connection;
 use interopd::store::Store;
 use interopd::tls::Pin;
 
@@ -57,33 +58,42 @@ impl HubProc {
             .arg(state)
             .args(["--listen", &listen, "--control", &control])
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         if demo_users {
             cmd.arg("--demo-users");
         }
         if let Some(m) = &media {
             cmd.args(["--media", m]);
         }
-        let child = cmd.spawn().unwrap();
-        let mut hub = HubProc {
+        let mut child = cmd.spawn().unwrap();
+        // Ready is the hub's own word that every listener is bound. A probe of the port would
+        // not do: another test's hub can hold the same "free" port, answer the probe, and
+        // leave this one to fail its bind and exit while the test goes on without it.
+        let stderr = child.stderr.take().unwrap();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("hub: listening on") {
+                    let _ = ready_tx.send(());
+                }
+                eprintln!("{line}");
+            }
+        });
+        let hub = HubProc {
             child,
             state: state.to_path_buf(),
             listen,
             control,
             media,
         };
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_millis(WAIT_MS) {
-            // The TLS listener is bound before the control API, so one probe tells both.
-            if TcpStream::connect(&hub.control).is_ok() {
-                return Some(hub);
+        match ready_rx.recv_timeout(Duration::from_millis(WAIT_MS)) {
+            Ok(()) => Some(hub),
+            // Its stderr closed before it said so: it exited (a port was taken).
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("interop-hub did not start within {WAIT_MS} ms")
             }
-            if let Ok(Some(_)) = hub.child.try_wait() {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("interop-hub did not start within {WAIT_MS} ms");
     }
 
     pub fn stop(mut self) {

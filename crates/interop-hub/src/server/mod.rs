@@ -300,12 +300,6 @@ pub async fn run(opts: HubOptions) -> Result<(), ServeError> {
             addr: opts.control,
             source,
         })?;
-    log::info!(
-        "hub: listening on {} (TLS), control API on {}, CA {}",
-        opts.listen,
-        opts.control,
-        tls_material.ca_cert_path().display()
-    );
     let media_listener = match opts.media {
         Some(addr) => Some(
             smol::net::TcpListener::bind(addr)
@@ -314,6 +308,13 @@ pub async fn run(opts: HubOptions) -> Result<(), ServeError> {
         ),
         None => None,
     };
+    // Said once every listener is bound: tests and scripts wait for this line.
+    log::info!(
+        "hub: listening on {} (TLS), control API on {}, CA {}",
+        opts.listen,
+        opts.control,
+        tls_material.ca_cert_path().display()
+    );
     let media = opts.media.map(|addr| {
         let host = if addr.ip().is_unspecified() {
             "localhost".to_owned()
