@@ -8,8 +8,8 @@ use std::collections::HashSet;
 
 use hub_support::{HubProc, WAIT_MS, client, online, provision};
 use interopd::client::Event;
-use interopd::link::Connection;
 use interopd::jid::Jid;
+use interopd::link::Connection;
 use interopd::login::{self, Proof};
 use interopd::stanza::Stanza;
 use serde_json::json;

@@ -11,8 +11,8 @@
 
 use std::time::Instant;
 
-use interopd::events::EventBus;
 use interopd::engine::{EVENT_BATCH, StatusChange, apply_statuses};
+use interopd::events::EventBus;
 use interopd::metrics::Metrics;
 use interopd::store::{OutboxRow, OutboxStatus, Store};
 

@@ -49,9 +49,9 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;
-pub mod engine;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod engine;
 pub mod events;
 #[cfg(all(test, feature = "demo"))]
 mod hub_tests;

@@ -6,7 +6,7 @@ use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 
 use super::*;
-use crate::client::{KEEPALIVE_INTERVAL_MS, Client};
+use crate::client::{Client, KEEPALIVE_INTERVAL_MS};
 use crate::content::Message;
 use crate::hub_tests::{T0, TOKEN, accounts};
 use crate::metrics::Metrics;
@@ -160,9 +160,9 @@ impl Rig {
 
 /// A valid message id (`3EB0` and 18 hex digits) named after a test's label.
 fn mid(label: &str) -> String {
-    let hash = label
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let hash = label.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     format!("3EB000{hash:016X}")
 }
 
@@ -272,7 +272,10 @@ fn more_rows_than_one_batch_keep_the_engine_due_now_until_all_are_out() {
     assert_eq!(started(&rig), OUTBOX_BATCH);
     // The shell keeps polling: every row leaves, and then the engine is idle.
     let out = rig.transmit();
-    assert_eq!(out.iter().filter(|s| s.tag == "message").count(), OUTBOX_BATCH + 3);
+    assert_eq!(
+        out.iter().filter(|s| s.tag == "message").count(),
+        OUTBOX_BATCH + 3
+    );
     assert_eq!(started(&rig), OUTBOX_BATCH + 3);
     assert_ne!(rig.engine.poll_timeout(), Some(rig.now));
 }
@@ -282,8 +285,11 @@ fn a_stanza_over_the_frame_bound_fails_its_row_and_the_rest_still_leave() {
     let mut rig = Rig::up("echo");
     let mut big = rig.queue("m-big", "x");
     // A committed stanza is resent byte-identical; this one cannot fit a frame.
-    let mut stanza =
-        format!("<message id=\"{}\" to=\"15550100@s.whatsapp.net\">", mid("m-big")).into_bytes();
+    let mut stanza = format!(
+        "<message id=\"{}\" to=\"15550100@s.whatsapp.net\">",
+        mid("m-big")
+    )
+    .into_bytes();
     stanza.resize(MAX_FRAME_BYTES + 1, b' ');
     big.stanza = stanza;
     let txn = rig.store.begin().unwrap();
@@ -393,7 +399,11 @@ fn a_closed_transport_ends_the_engine_once_and_inputs_after_it_are_ignored() {
     rig.engine.handle_api_wake(rig.now);
     assert!(rig.transmit().is_empty());
     assert_eq!(rig.engine.poll_timeout(), None);
-    assert_eq!(rig.row("m-late").status, OutboxStatus::Queued, "kept for the next link");
+    assert_eq!(
+        rig.row("m-late").status,
+        OutboxStatus::Queued,
+        "kept for the next link"
+    );
 }
 
 #[test]
@@ -421,7 +431,9 @@ fn a_row_started_on_a_lost_connection_is_resent_byte_identical_on_the_next() {
         let Some(p) = rig.engine.poll_transmit() else {
             break;
         };
-        if p.starts_with(b"<message") && crate::client::stanza_id(&p) == Some(mid("m-lost").as_str()) {
+        if p.starts_with(b"<message")
+            && crate::client::stanza_id(&p) == Some(mid("m-lost").as_str())
+        {
             resent = Some(p.clone());
         }
         let c = rig.conn.unwrap();

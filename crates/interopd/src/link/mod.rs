@@ -94,7 +94,6 @@ impl Journal for BusJournal {
     }
 }
 
-
 /// Tells systemd what the link is doing (`STATUS=`, shown by `systemctl status`).
 fn status(text: &str) {
     if let Err(e) = crate::notify::Notifier::from_env().status(text) {

@@ -54,7 +54,10 @@ impl Transport {
         match framed(payload) {
             Ok(f) => self.stream.write_all(&f).await.map_err(|_| ()),
             Err(e) => {
-                log::error!("link: a {}-byte payload did not frame: {e:?}", payload.len());
+                log::error!(
+                    "link: a {}-byte payload did not frame: {e:?}",
+                    payload.len()
+                );
                 Ok(())
             }
         }
