@@ -12,11 +12,11 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _, FutureExt as _};
+use futures_lite::FutureExt as _;
 
 use crate::server::ACCOUNTS_DIR;
 use interop_io::state_dir::StoreError;
-use interop_io::tls;
+use interop_io::{http, tls};
 use interop_proto::jid;
 
 /// Largest blob the proxy fetches, in bytes; a larger one is refused (`too_large`).
@@ -224,31 +224,15 @@ pub fn check_url<'a>(
         .ok_or(ProxyError::NotRegistered)
 }
 
-/// Reads a response head from `buf`: `Ok(None)` if incomplete, else status, declared length
-/// and head size.
-fn parse_response_head(buf: &[u8]) -> Result<Option<(u16, Option<usize>, usize)>, ProxyError> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => {
-            let status = resp.code.unwrap_or(0);
-            let len = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
-            let chunked = resp
-                .headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
-            if chunked {
-                // Media hosts answer with a length; a chunked answer is not one we accept.
-                return Err(ProxyError::Upstream { status });
-            }
-            Ok(Some((status, len, n)))
-        }
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(_) => Err(ProxyError::Upstream { status: 0 }),
+/// What a failed exchange with a provider's host answers: a lost connection is `Connect`, an
+/// oversized body `TooLarge`, anything else malformed `Upstream` with the `status` seen.
+fn upstream_error(e: http::ClientError, status: u16) -> ProxyError {
+    match e {
+        http::ClientError::Io(e) => ProxyError::Connect {
+            detail: e.to_string(),
+        },
+        http::ClientError::BodyTooLarge { .. } => ProxyError::TooLarge,
+        _ => ProxyError::Upstream { status },
     }
 }
 
@@ -267,54 +251,25 @@ pub async fn fetch(host: &MediaHost, path: &str) -> Result<Vec<u8>, ProxyError> 
             .map_err(|e| ProxyError::Connect {
                 detail: e.to_string(),
             })?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\n\r\n",
-            host.host, host.port
-        );
-        let io = |e: std::io::Error| ProxyError::Connect {
-            detail: e.to_string(),
+        let host_header = format!("{}:{}", host.host, host.port);
+        let req = http::ClientRequest {
+            method: "GET",
+            target: path,
+            host: &host_header,
+            headers: &[],
+            body: &[],
         };
-        s.write_all(req.as_bytes()).await.map_err(io)?;
-        s.flush().await.map_err(io)?;
-        let mut buf = Vec::new();
-        let mut chunk = vec![0u8; 16 * 1024];
-        let (status, len, head) = loop {
-            let n = s.read(&mut chunk).await.map_err(io)?;
-            if n == 0 {
-                return Err(ProxyError::Upstream { status: 0 });
-            }
-            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-            if let Some(h) = parse_response_head(&buf)? {
-                break h;
-            }
-            if buf.len() > MAX_PROXY_HEAD_BYTES {
-                return Err(ProxyError::Upstream { status: 0 });
-            }
-        };
+        let resp = http::request(&mut s, &req, MAX_PROXY_HEAD_BYTES)
+            .await
+            .map_err(|e| upstream_error(e, 0))?;
+        let status = resp.head.status;
         if status != 200 {
             return Err(ProxyError::Upstream { status });
         }
-        if len.is_some_and(|l| l > MAX_PROXY_FETCH_BYTES) {
-            return Err(ProxyError::TooLarge);
-        }
-        let mut body = buf.split_off(head.min(buf.len()));
-        loop {
-            if body.len() > MAX_PROXY_FETCH_BYTES {
-                return Err(ProxyError::TooLarge);
-            }
-            if len.is_some_and(|l| body.len() >= l) {
-                body.truncate(len.unwrap_or(body.len()));
-                return Ok(body);
-            }
-            let n = s.read(&mut chunk).await.map_err(io)?;
-            if n == 0 {
-                return match len {
-                    Some(l) if body.len() < l => Err(ProxyError::Upstream { status }),
-                    _ => Ok(body),
-                };
-            }
-            body.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        }
+        // Media hosts answer with a length; a chunked answer is not one we accept.
+        resp.read_to_end(MAX_PROXY_FETCH_BYTES as u64)
+            .await
+            .map_err(|e| upstream_error(e, status))
     };
     let timeout = async {
         smol::Timer::after(Duration::from_millis(PROXY_FETCH_TIMEOUT_MS)).await;
@@ -364,24 +319,11 @@ mod tests {
         assert_eq!(hosts[0].spki_sha256, [1; 32]);
     }
 
-    #[test]
-    fn response_head_needs_a_length_and_refuses_chunked() {
-        assert_eq!(
-            parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").unwrap(),
-            Some((200, Some(5), 38))
-        );
-        assert_eq!(parse_response_head(b"HTTP/1.1 200 OK\r\n").unwrap(), None);
-        assert!(
-            parse_response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").is_err()
-        );
-    }
-
     proptest! {
         #[test]
         fn url_and_line_parsers_never_panic(s in "\\PC{0,80}") {
             let _ = split_url(&s);
             let _ = parse_host_line(&s);
-            let _ = parse_response_head(s.as_bytes());
         }
     }
 }

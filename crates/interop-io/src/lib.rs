@@ -5,7 +5,8 @@
 //! # Layout
 //!
 //! Network:
-//! - [`http`]: the HTTP/1.1 request core and the one server loop (API, media host, hub).
+//! - [`http`]: the HTTP/1.1 request core, the one server loop (API, media host, hub) and the
+//!   one client (webhooks, media downloads, the hub's media proxy).
 //! - [`tls`]: TLS 1.3 dial and accept with CA-file or SPKI pins; the hub's CA files.
 //!
 //! Process:

@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 server: the sans-I/O request-head parser, chunked-body decoder and
+//! A small HTTP/1.1 server, and the one HTTP/1.1 client (`client.rs`: webhooks, media
+//! downloads, the hub's proxy): the sans-I/O request-head parser, chunked-body decoder and
 //! response encoder, and the thin smol shell that runs them on accepted connections.
 //!
 //! This module owns HTTP framing only: request heads, request bodies (Content-Length or
@@ -8,7 +9,8 @@
 //! parsing half ([`parse_head`], [`ChunkedDecoder`], [`encode_response_head`],
 //! [`percent_decode`]) does no I/O, reads no clock and draws no randomness. Files: this one
 //! parses request heads; `chunked.rs` decodes chunked bodies; `response.rs` encodes
-//! responses; `server.rs` is the shell (the accept loop and the per-connection loop).
+//! responses; `server.rs` is the shell (the accept loop and the per-connection loop); `client.rs`
+//! makes one request on a stream the caller opened and streams the answer's body.
 //!
 //! One connection, as [`serve_connection`] runs it:
 //!
@@ -549,10 +551,12 @@ fn hex_value(b: u8) -> Option<u8> {
 }
 
 mod chunked;
+mod client;
 mod response;
 mod server;
 
 pub use chunked::*;
+pub use client::*;
 pub use response::*;
 pub use server::*;
 

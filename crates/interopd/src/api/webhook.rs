@@ -22,7 +22,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _, FutureExt as _};
+use futures_lite::FutureExt as _;
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use sha2::Sha256;
 use smol::Timer;
@@ -116,48 +116,34 @@ pub async fn deliver(
         } else {
             format!("{}:{}", config.host, config.port)
         };
-        let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: interopd/{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Interopd-Event: {event}\r\nX-Interopd-Event-Id: {event_id}\r\nX-Interopd-Signature: {}\r\nConnection: close\r\n\r\n",
-            config.target,
-            env!("CARGO_PKG_VERSION"),
-            body.len(),
-            signature(&config.secret, body),
-        );
-        stream
-            .write_all(head.as_bytes())
+        let signature = signature(&config.secret, body);
+        let event_id = event_id.to_string();
+        let user_agent = concat!("interopd/", env!("CARGO_PKG_VERSION"));
+        let req = crate::http::ClientRequest {
+            method: "POST",
+            target: &config.target,
+            host: &host,
+            headers: &[
+                ("User-Agent", user_agent),
+                ("Content-Type", "application/json"),
+                ("X-Interopd-Event", event),
+                ("X-Interopd-Event-Id", &event_id),
+                ("X-Interopd-Signature", &signature),
+            ],
+            body,
+        };
+        // Only the status counts; the receiver's body (chunked or not) is never read.
+        let resp = crate::http::request(&mut stream, &req, MAX_WEBHOOK_RESPONSE_HEAD_BYTES)
             .await
-            .map_err(|e| format!("write: {e}"))?;
-        stream
-            .write_all(body)
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        stream.flush().await.map_err(|e| format!("write: {e}"))?;
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = stream
-                .read(&mut chunk)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("connection closed before a status line".to_string());
-            }
-            buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&buf) {
-                Ok(_) if resp.code.is_some() => {
-                    let code = resp.code.unwrap_or(0);
-                    return if (200..300).contains(&code) {
-                        Ok(())
-                    } else {
-                        Err(format!("status {code}"))
-                    };
-                }
-                Ok(_) if buf.len() < MAX_WEBHOOK_RESPONSE_HEAD_BYTES => {}
-                Ok(_) => return Err("response head too large".to_string()),
-                Err(e) => return Err(format!("bad response: {e}")),
-            }
+            .map_err(|e| match e {
+                crate::http::ClientError::Io(e) => format!("exchange: {e}"),
+                other => format!("bad response: {other}"),
+            })?;
+        let code = resp.head.status;
+        if (200..300).contains(&code) {
+            Ok(())
+        } else {
+            Err(format!("status {code}"))
         }
     };
     let timed = async {

@@ -32,53 +32,6 @@ pub fn split_https_url(url: &str) -> Option<(&str, u16, &str)> {
     Some((host, port, path))
 }
 
-/// Status and Content-Length of a complete response head in `buf`, and the head's length;
-/// `Ok(None)` while incomplete.
-pub(super) fn parse_response_head(
-    buf: &[u8],
-) -> Result<Option<(u16, Option<u64>, usize)>, PipeError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => {
-            if resp
-                .headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-            {
-                return Err(PipeError::BadResponse {
-                    what: "chunked body",
-                });
-            }
-            let mut lengths = resp
-                .headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("content-length"));
-            let len = match (lengths.next(), lengths.next()) {
-                (Some(h), None) => Some(
-                    std::str::from_utf8(h.value)
-                        .ok()
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .ok_or(PipeError::BadResponse {
-                            what: "bad Content-Length",
-                        })?,
-                ),
-                (None, _) => None,
-                (Some(_), Some(_)) => {
-                    return Err(PipeError::BadResponse {
-                        what: "repeated Content-Length",
-                    });
-                }
-            };
-            Ok(Some((resp.code.unwrap_or(0), len, n)))
-        }
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(_) => Err(PipeError::BadResponse {
-            what: "malformed head",
-        }),
-    }
-}
-
 /// Fetches `url` (`https://host[:port]/path`) over TLS with `tls` (pinned by the caller),
 /// authenticating the server as `server_name`, and writes the body to `out` from its current
 /// position. Requires status 200 and a Content-Length of at most `max_bytes`; the whole fetch
@@ -120,43 +73,32 @@ pub(super) async fn fetch_to_file(
             .map_err(|e| PipeError::Connect {
                 detail: e.to_string(),
             })?;
-    let net = |e: io::Error| PipeError::Connect {
-        detail: e.to_string(),
-    };
     let host_header = if port == HTTPS_DEFAULT_PORT {
         host.to_string()
     } else {
         format!("{host}:{port}")
     };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nAccept: application/octet-stream\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.map_err(net)?;
-    stream.flush().await.map_err(net)?;
-
-    let mut buf = vec![0u8; MEDIA_CHUNK_BYTES];
-    let mut head = Vec::new();
-    let (status, len, head_len) = loop {
-        let n = stream.read(&mut buf).await.map_err(net)?;
-        if n == 0 {
-            return Err(PipeError::BadResponse {
-                what: "closed before the head ended",
-            });
-        }
-        head.extend_from_slice(buf.get(..n).unwrap_or_default());
-        if let Some(parsed) = parse_response_head(&head)? {
-            break parsed;
-        }
-        if head.len() > MAX_RESPONSE_HEAD_BYTES {
-            return Err(PipeError::BadResponse {
-                what: "head too long",
-            });
-        }
+    let req = crate::http::ClientRequest {
+        method: "GET",
+        target: path,
+        host: &host_header,
+        headers: &[("Accept", "application/octet-stream")],
+        body: &[],
     };
-    if status != 200 {
-        return Err(PipeError::Status { status });
+    let mut resp = crate::http::request(&mut stream, &req, MAX_RESPONSE_HEAD_BYTES)
+        .await
+        .map_err(client_error)?;
+    if resp.head.status != 200 {
+        return Err(PipeError::Status {
+            status: resp.head.status,
+        });
     }
-    let Some(expected) = len else {
+    if resp.head.chunked {
+        return Err(PipeError::BadResponse {
+            what: "chunked body",
+        });
+    }
+    let Some(expected) = resp.head.content_length else {
         return Err(PipeError::BadResponse {
             what: "no Content-Length",
         });
@@ -167,22 +109,38 @@ pub(super) async fn fetch_to_file(
             max_bytes,
         });
     }
+    let mut buf = vec![0u8; MEDIA_CHUNK_BYTES];
     let mut got: u64 = 0;
-    let mut write_body = |bytes: &[u8], got: &mut u64| -> Result<(), PipeError> {
-        let room = usize::try_from(expected - *got).unwrap_or(usize::MAX);
-        let take = bytes.get(..room.min(bytes.len())).unwrap_or_default();
-        out.write_all(take).map_err(file_error("write"))?;
-        *got += take.len() as u64;
-        Ok(())
-    };
-    write_body(head.get(head_len..).unwrap_or_default(), &mut got)?;
-    drop(head);
-    while got < expected {
-        let n = stream.read(&mut buf).await.map_err(net)?;
+    loop {
+        let n = resp
+            .read_body(&mut buf, max_bytes)
+            .await
+            .map_err(client_error)?;
         if n == 0 {
-            return Err(PipeError::Truncated { expected, got });
+            return Ok(got);
         }
-        write_body(buf.get(..n).unwrap_or_default(), &mut got)?;
+        out.write_all(buf.get(..n).unwrap_or_default())
+            .map_err(file_error("write"))?;
+        got += n as u64;
     }
-    Ok(got)
+}
+
+/// What a failed exchange with the media host means for the download.
+fn client_error(e: crate::http::ClientError) -> PipeError {
+    use crate::http::ClientError as C;
+    let what = match e {
+        C::Io(e) => {
+            return PipeError::Connect {
+                detail: e.to_string(),
+            };
+        }
+        C::BodyTooLarge { len, max_bytes } => return PipeError::BlobTooLarge { len, max_bytes },
+        C::Truncated { expected, got } => return PipeError::Truncated { expected, got },
+        C::ClosedBeforeHead => "closed before the head ended",
+        C::HeadTooLong { .. } => "head too long",
+        C::MalformedHead => "malformed head",
+        C::BadContentLength => "bad or repeated Content-Length",
+        C::ChunkedBody => "chunked body",
+    };
+    PipeError::BadResponse { what }
 }
