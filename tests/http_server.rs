@@ -46,7 +46,13 @@ fn start(options: ServeOptions) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         let listener = smol::net::TcpListener::try_from(listener).unwrap();
-        smol::block_on(http::serve(listener, options, route));
+        let ex = std::rc::Rc::new(smol::LocalExecutor::new());
+        smol::block_on(ex.run(http::serve(
+            std::rc::Rc::clone(&ex),
+            listener,
+            options,
+            route,
+        )));
     });
     addr
 }

@@ -225,7 +225,9 @@ pub async fn serve(
         max_body_bytes: api::media::MAX_MEDIA_BODY_BYTES,
         ..crate::http::ServeOptions::default()
     };
-    let http = crate::http::serve(listener, options, move |req| Rc::clone(&api).handle(req));
+    let http = crate::http::serve(Rc::clone(&rt.executor), listener, options, move |req| {
+        Rc::clone(&api).handle(req)
+    });
     let hooks: Pin<Box<dyn Future<Output = ()>>> = match &rt.config.webhook {
         Some(w) => Box::pin(webhook::run(
             Rc::clone(&rt.store),
@@ -294,6 +296,7 @@ pub async fn start_media(rt: &Runtime) -> Result<(), DaemonError> {
     log::info!("media host on https://{addr} (pin {pin})");
     rt.executor
         .spawn(crate::media_host::serve(
+            Rc::clone(&rt.executor),
             listener,
             tls,
             Rc::clone(&rt.store),

@@ -22,17 +22,14 @@
 //!   RFC 9110 section 14.2 allows.
 //! - Errors use the API's JSON shape: `{"error": {"code", "message"}}`.
 
-use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
-use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt as _, FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_lite::io::AsyncRead;
 use futures_rustls::rustls;
@@ -56,8 +53,6 @@ pub const MEDIA_HOST_MAX_BODY_BYTES: u64 = 0;
 pub const MEDIA_HOST_CHUNK_BYTES: usize = 64 * 1024;
 /// Longest `Range` header parsed, in bytes; a longer one is ignored.
 pub const MAX_RANGE_HEADER_BYTES: usize = 256;
-/// Pause after a failed `accept` (for example, out of file descriptors), in milliseconds.
-pub const MEDIA_HOST_ACCEPT_BACKOFF_MS: u64 = 100;
 /// Most certificates read from `media.cert_file`.
 pub const MAX_MEDIA_HOST_CERT_CHAIN: usize = 8;
 /// Directory under the state directory for the self-signed identity.
@@ -385,72 +380,22 @@ fn open_blob(
     Ok(found)
 }
 
-/// Accepts connections on `listener` forever and serves each over TLS with `tls_config`,
-/// all on the current thread; at most `options.max_connections` at once (more are closed
-/// at accept). Use [`serve_options`] for the media host's bounds. Stop it by dropping the
-/// future.
+/// Serves the media host over TLS with `tls_config` on `listener` forever, through the one
+/// accept loop ([`http::serve_tls`]) on `ex`; at most `options.max_connections` at once
+/// (more are closed at accept). Use [`serve_options`] for the media host's bounds. Stop it
+/// by dropping the future.
 pub async fn serve(
+    ex: Rc<smol::LocalExecutor<'static>>,
     listener: smol::net::TcpListener,
     tls_config: Arc<rustls::ServerConfig>,
     store: Rc<Store>,
     media: Rc<MediaStore>,
     options: ServeOptions,
 ) {
-    let options = Rc::new(options);
-    let active = Rc::new(Cell::new(0usize));
-    let executor = smol::LocalExecutor::new();
-    executor
-        .run(async {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        log::warn!("media host: accept failed: {e}");
-                        smol::Timer::after(Duration::from_millis(MEDIA_HOST_ACCEPT_BACKOFF_MS))
-                            .await;
-                        continue;
-                    }
-                };
-                if active.get() >= options.max_connections {
-                    log::warn!(
-                        "media host: {peer} refused, {} connections open",
-                        active.get()
-                    );
-                    continue;
-                }
-                let slot = crate::http::ActiveGuard::enter(&active);
-                let config = Arc::clone(&tls_config);
-                let store = Rc::clone(&store);
-                let media = Rc::clone(&media);
-                let options = Rc::clone(&options);
-                executor
-                    .spawn(async move {
-                        serve_one(tcp, peer, config, &store, &media, &options).await;
-                        drop(slot);
-                    })
-                    .detach();
-            }
-        })
-        .await
-}
-
-async fn serve_one(
-    tcp: smol::net::TcpStream,
-    peer: SocketAddr,
-    config: Arc<rustls::ServerConfig>,
-    store: &Store,
-    media: &MediaStore,
-    options: &ServeOptions,
-) {
-    match tls::accept(config, tcp).await {
-        Ok(stream) => {
-            let handler = |req: Request| {
-                std::future::ready(respond(store, media, &req.head, crate::clock::now_ms()))
-            };
-            http::serve_connection(stream, peer, options, &handler).await;
-        }
-        Err(e) => log::debug!("media host: {peer}: TLS handshake failed: {e}"),
-    }
+    let handler = move |req: Request| {
+        std::future::ready(respond(&store, &media, &req.head, crate::clock::now_ms()))
+    };
+    http::serve_tls(ex, listener, "media host", tls_config, options, handler).await
 }
 
 // ---- TLS identity ---------------------------------------------------------------------------
@@ -1136,7 +1081,7 @@ mod tests {
     /// One request over a fresh pinned TLS connection; the status, the head's headers and
     /// the body.
     async fn fetch(
-        addr: SocketAddr,
+        addr: std::net::SocketAddr,
         pin: &str,
         request_head: &str,
     ) -> (u16, Vec<(String, String)>, Vec<u8>) {
@@ -1181,7 +1126,9 @@ mod tests {
         let (tls_config, pin) = load_or_create_identity(h.state.path(), &media_config()).unwrap();
         let listener = smol::block_on(smol::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
+        let ex = Rc::new(smol::LocalExecutor::new());
         let server = serve(
+            Rc::clone(&ex),
             listener,
             tls_config,
             Rc::clone(&h.store),
@@ -1242,7 +1189,7 @@ mod tests {
             .await;
             assert_eq!(status, 404);
         };
-        smol::block_on(async {
+        smol::block_on(ex.run(async {
             let done = async {
                 client.await;
                 true
@@ -1252,7 +1199,7 @@ mod tests {
                 false
             };
             assert!(done.or(served_forever).await);
-        });
+        }));
         assert!(!h.media.path(Direction::Outgoing, &expired).exists());
         let txn = h.store.begin().unwrap();
         assert!(media_store::get_row(&txn, &expired).unwrap().is_none());
@@ -1266,7 +1213,9 @@ mod tests {
         let (tls_config, _) = load_or_create_identity(h.state.path(), &media_config()).unwrap();
         let listener = smol::block_on(smol::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
+        let ex = Rc::new(smol::LocalExecutor::new());
         let server = serve(
+            Rc::clone(&ex),
             listener,
             tls_config,
             Rc::clone(&h.store),
@@ -1279,10 +1228,10 @@ mod tests {
                 .await
                 .is_err()
         };
-        let refused = smol::block_on(client.or(async {
+        let refused = smol::block_on(ex.run(client.or(async {
             server.await;
             false
-        }));
+        })));
         assert!(refused);
     }
 }

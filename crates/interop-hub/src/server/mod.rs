@@ -40,6 +40,8 @@ use interop_proto::login::AccountRecord;
 pub const ACCOUNTS_DIR: &str = "accounts";
 /// Length of a generated provider token, in random bytes (hex on disk and in configs).
 pub const TOKEN_BYTES: usize = 32;
+/// Gatekeeper connections served at once; more are closed at accept.
+pub const MAX_HUB_CONNECTIONS: usize = 512;
 /// Largest control API request body, in bytes (media to send travels base64 inside it).
 pub const MAX_CONTROL_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Longest the timer task sleeps between checks, in milliseconds.
@@ -339,29 +341,24 @@ pub async fn run(opts: HubOptions) -> Result<(), ServeError> {
     let ex = Rc::new(smol::LocalExecutor::new());
     let accept = {
         let shared = Rc::clone(&shared);
-        let ex2 = Rc::clone(&ex);
         let config = tls_material.server_config();
-        async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        log::warn!("hub: accept: {e}");
-                        smol::Timer::after(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
+        http::accept_loop(
+            Rc::clone(&ex),
+            listener,
+            "hub",
+            MAX_HUB_CONNECTIONS,
+            http::Overflow::Close,
+            move |tcp, peer| {
                 let shared = Rc::clone(&shared);
                 let config = config.clone();
-                ex2.spawn(async move {
+                async move {
                     match tls::accept(config, tcp).await {
                         Ok(stream) => serve_conn(shared, stream, peer).await,
                         Err(e) => log::info!("hub: {peer}: TLS handshake failed: {e}"),
                     }
-                })
-                .detach();
-            }
-        }
+                }
+            },
+        )
     };
     let timers = {
         let shared = Rc::clone(&shared);
@@ -397,7 +394,7 @@ pub async fn run(opts: HubOptions) -> Result<(), ServeError> {
             max_body_bytes: MAX_CONTROL_BODY_BYTES as u64,
             ..ServeOptions::default()
         };
-        http::serve(control, options, move |req| {
+        http::serve(Rc::clone(&ex), control, options, move |req| {
             let shared = Rc::clone(&shared);
             async move { handle_control(&shared, req).await }
         })
@@ -410,33 +407,12 @@ pub async fn run(opts: HubOptions) -> Result<(), ServeError> {
             let Some(listener) = media_listener else {
                 return;
             };
-            let options = Rc::new(ServeOptions::default());
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        log::warn!("hub: media accept: {e}");
-                        smol::Timer::after(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
+            let handler = move |req: Request| {
                 let shared = Rc::clone(&shared);
-                let config = config.clone();
-                let options = Rc::clone(&options);
-                ex2.spawn(async move {
-                    match tls::accept(config, tcp).await {
-                        Ok(stream) => {
-                            let handler = |req: Request| {
-                                let shared = Rc::clone(&shared);
-                                async move { handle_media(&shared, &req).await }
-                            };
-                            http::serve_connection(stream, peer, &options, &handler).await;
-                        }
-                        Err(e) => log::info!("hub: media {peer}: TLS handshake failed: {e}"),
-                    }
-                })
-                .detach();
-            }
+                async move { handle_media(&shared, &req).await }
+            };
+            let options = ServeOptions::default();
+            http::serve_tls(ex2, listener, "hub: media", config, options, handler).await
         }
     };
     let fetcher = {

@@ -43,7 +43,7 @@
 //!   within their limits. A handler itself has no limit (long-poll holds a request open).
 //! - Errors are JSON: `{"error": {"code": "snake_case", "message": "sentence"}}`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::io;
