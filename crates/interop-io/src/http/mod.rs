@@ -9,8 +9,9 @@
 //! parsing half ([`parse_head`], [`ChunkedDecoder`], [`encode_response_head`],
 //! [`percent_decode`]) does no I/O, reads no clock and draws no randomness. Files: this one
 //! parses request heads; `chunked.rs` decodes chunked bodies; `response.rs` encodes
-//! responses; `server.rs` is the shell (the accept loop and the per-connection loop); `client.rs`
-//! makes one request on a stream the caller opened and streams the answer's body.
+//! responses; `accept.rs` is the one accept loop, spawning on the caller's executor;
+//! `server.rs` is the per-connection loop; `client.rs` makes one request on a stream the
+//! caller opened and streams the answer's body.
 //!
 //! One connection, as [`serve_connection`] runs it:
 //!
@@ -550,11 +551,13 @@ fn hex_value(b: u8) -> Option<u8> {
     }
 }
 
+mod accept;
 mod chunked;
 mod client;
 mod response;
 mod server;
 
+pub use accept::*;
 pub use chunked::*;
 pub use client::*;
 pub use response::*;
