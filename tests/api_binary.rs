@@ -427,6 +427,46 @@ fn sigterm_stops_the_daemon_with_status_zero_and_state_survives() {
     assert!(txn.outbox_by_id(&id).unwrap().is_some());
 }
 
+#[test]
+fn a_damaged_store_exits_1_naming_the_file_and_what_to_do_never_a_panic() {
+    let mut d = Daemon::start();
+    for i in 0..20 {
+        let r = post_json(
+            d.addr,
+            "/v1/messages",
+            &d.token,
+            &json!({"to": "+4915112345678", "text": format!("message {i}")}),
+        );
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+    assert_eq!(d.terminate().code(), Some(0));
+    let db = d.state.join("interopd.redb");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let len = bytes.len();
+    for b in &mut bytes[len / 4..len * 3 / 4] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let conf = d._dir.path().join("interopd.conf");
+    let out = Command::new(env!("CARGO_BIN_EXE_interopd"))
+        .args(["run", "--config"])
+        .arg(&conf)
+        .arg("--state")
+        .arg(&d.state)
+        .args(["--api", &d.addr.to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // A panic in redb exits 101 here (134 with the release profile's abort).
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} is damaged", db.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("move the file away"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// Sends a request and reads only the status line and headers (an SSE body never ends).
 fn head_only(addr: SocketAddr, method: &str, target: &str, token: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();

@@ -9,7 +9,7 @@ use std::path::Path;
 use redb::{Database, WriteTransaction};
 
 use interop_io::signal_tables;
-use interop_io::state_dir::{StoreError, ensure_state_dir, open_private_file};
+use interop_io::state_dir::{StoreError, ensure_state_dir, open_database};
 
 /// File name of a simulated device's database inside its directory.
 pub const DEVICE_DB_FILE_NAME: &str = "interopd.redb";
@@ -25,11 +25,7 @@ impl DeviceStore {
     /// Opens (creating with mode 0700/0600 on first use) the device database in `dir`.
     pub fn open(dir: &Path) -> Result<DeviceStore, StoreError> {
         ensure_state_dir(dir)?;
-        let file = open_private_file(&dir.join(DEVICE_DB_FILE_NAME))?;
-        let mut builder = Database::builder();
-        builder.set_cache_size(DEVICE_CACHE_BYTES);
-        let backend = redb::backends::FileBackend::new(file)?;
-        let db = builder.create_with_backend(backend)?;
+        let db = open_database(&dir.join(DEVICE_DB_FILE_NAME), DEVICE_CACHE_BYTES)?;
         let txn = db.begin_write()?;
         signal_tables::create_tables(&txn)?;
         txn.commit()?;

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use interop_io::state_dir::{StoreError, ensure_state_dir, open_private_file};
+use interop_io::state_dir::{StoreError, ensure_state_dir, open_database};
 use interop_proto::signal::{RawKey, WirePreKey, WireSignedPreKey};
 
 /// The schema this build writes.
@@ -105,11 +105,7 @@ impl HubStore {
     pub fn open(dir: &Path) -> Result<HubStore, StoreError> {
         ensure_state_dir(dir)?;
         let path = dir.join(HUB_DB_FILE_NAME);
-        let file = open_private_file(&path)?;
-        let mut builder = Database::builder();
-        builder.set_cache_size(HUB_CACHE_BYTES);
-        let backend = redb::backends::FileBackend::new(file)?;
-        let db = builder.create_with_backend(backend)?;
+        let db = open_database(&path, HUB_CACHE_BYTES)?;
         let txn = db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;

@@ -25,6 +25,9 @@ pub enum StoreError {
     },
     /// Environment: redb reported an error (disk full, I/O failure, corruption).
     Database { detail: String },
+    /// Environment: the database file at `path` is damaged (a page fails its checksum, or
+    /// the file is shorter than its own header says). Found at open; the process exits 1.
+    CorruptFile { path: PathBuf, detail: String },
     /// Caller bug or outside data too large for the format (a field over its bound).
     TooLarge {
         what: &'static str,
@@ -43,6 +46,11 @@ impl std::fmt::Display for StoreError {
             ),
             Self::Corrupt { table, detail } => write!(f, "store: corrupt row in {table}: {detail}"),
             Self::Database { detail } => write!(f, "store: {detail}"),
+            Self::CorruptFile { path, detail } => write!(
+                f,
+                "store: {} is damaged ({detail}). Restore a copy taken before the damage, or stop the service and move the file away to start again (a new identity: contacts see a safety-number change, queued messages are lost)",
+                path.display()
+            ),
             Self::TooLarge { what, len, max } => {
                 write!(f, "store: {what} is {len} bytes, over the bound of {max}")
             }
@@ -68,6 +76,47 @@ from_redb!(
     redb::StorageError,
     redb::CommitError
 );
+
+/// Opens (creating with mode 0600) the redb file at `path` with a page cache of
+/// `cache_bytes`, verifying the checksum of every committed page first: redb may panic on a
+/// page altered outside it, so a damaged file is [`StoreError::CorruptFile`] instead. The
+/// check reads the whole file once.
+pub fn open_database(path: &Path, cache_bytes: usize) -> Result<redb::Database, StoreError> {
+    let file = open_private_file(path)?;
+    let mut builder = redb::Database::builder();
+    builder.set_cache_size(cache_bytes);
+    builder.set_check_integrity_on_open(true);
+    let backend = redb::backends::FileBackend::new(file)?;
+    builder
+        .create_with_backend(backend)
+        .map_err(|e| match is_damaged_file(&e) {
+            Some(detail) => StoreError::CorruptFile {
+                path: path.to_path_buf(),
+                detail,
+            },
+            None => e.into(),
+        })
+}
+
+/// Whether a redb error from opening a file means the file itself is damaged: a failed
+/// checksum, a header that is not redb's, or a read past its end (a file shorter than its
+/// header says); with what redb said.
+fn is_damaged_file(e: &redb::DatabaseError) -> Option<String> {
+    match e {
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => Some(detail.clone()),
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == io::ErrorKind::UnexpectedEof =>
+        {
+            Some(format!("shorter than its header says: {io}"))
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == io::ErrorKind::InvalidData =>
+        {
+            Some(io.to_string())
+        }
+        _ => None,
+    }
+}
 
 /// Creates `dir` (and parents) with mode 0700, and tightens an existing one to 0700.
 pub fn ensure_state_dir(dir: &Path) -> Result<(), StoreError> {
