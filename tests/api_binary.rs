@@ -467,6 +467,83 @@ fn a_damaged_store_exits_1_naming_the_file_and_what_to_do_never_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+#[test]
+fn an_emptied_store_refuses_to_start_over_unless_told_to() {
+    let mut d = Daemon::start();
+    let r = post_json(
+        d.addr,
+        "/v1/messages",
+        &d.token,
+        &json!({"to": "+4915112345678", "text": "queued before the loss"}),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(d.terminate().code(), Some(0));
+    assert!(d.state.join("identity-created").exists());
+    let db = d.state.join("interopd.redb");
+    let conf = d._dir.path().join("interopd.conf");
+    let run = |extra: &[&str]| -> Child {
+        Command::new(env!("CARGO_BIN_EXE_interopd"))
+            .args(["run", "--config"])
+            .arg(&conf)
+            .arg("--state")
+            .arg(&d.state)
+            .args(["--api", &d.addr.to_string()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for what in ["emptied", "deleted"] {
+        if what == "emptied" {
+            std::fs::write(&db, b"").unwrap();
+        } else {
+            std::fs::remove_file(&db).unwrap();
+        }
+        let out = run(&[]).wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(stderr.contains("holds no identity"), "{what}: {stderr}");
+        assert!(
+            stderr.contains("identity-created exists"),
+            "{what}: {stderr}"
+        );
+        assert!(stderr.contains("--reset-identity"), "{what}: {stderr}");
+    }
+
+    // On purpose, it starts over, and says so.
+    // On purpose, it starts over, and says so.
+    let out = serve_then_stop(run(&["--reset-identity"]), d.addr);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("starting with a new identity"), "{stderr}");
+
+    // The new identity is the store's now: a plain restart keeps it, without a word.
+    let out = serve_then_stop(run(&[]), d.addr);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("new identity"), "{stderr}");
+}
+
+/// Waits until `child` answers `/healthz` on `addr`, then stops it with SIGTERM.
+fn serve_then_stop(mut child: Child, addr: SocketAddr) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err()
+        || request(addr, "GET", "/healthz", None, &[], b"").status != 200
+    {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!("exited {status}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        assert!(Instant::now() < deadline, "did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait_with_output().unwrap()
+}
+
 /// Sends a request and reads only the status line and headers (an SSE body never ends).
 fn head_only(addr: SocketAddr, method: &str, target: &str, token: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();

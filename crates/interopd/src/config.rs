@@ -98,6 +98,9 @@ pub struct Config {
     pub webhook: Option<WebhookConfig>,
     /// The `[media]` section (defaults when absent).
     pub media: MediaConfig,
+    /// Set by `interopd run --reset-identity`, never by the file: start with a new identity
+    /// even though the state directory shows an earlier one ([`crate::daemon::earlier_life`]).
+    pub reset_identity: bool,
 }
 
 /// The `[media]` section, validated: `public_url` is set exactly when `listen` is, and
@@ -583,6 +586,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         state_dir,
         webhook,
         media,
+        reset_identity: false,
     })
 }
 

@@ -21,7 +21,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
@@ -106,6 +106,9 @@ pub enum DaemonError {
     Signals(io::Error),
     /// Environment or operator: the media directory or the media host's certificate.
     Media { detail: String },
+    /// Environment: the store holds no identity, but the state directory shows an earlier
+    /// one (`found` names what). Starting over needs `--reset-identity`.
+    EmptiedStore { store: PathBuf, found: Vec<String> },
 }
 
 impl fmt::Display for DaemonError {
@@ -117,6 +120,12 @@ impl fmt::Display for DaemonError {
             Self::Bind { addr, source } => write!(f, "API address {addr}: {source}"),
             Self::Signals(e) => write!(f, "signal handlers: {e}"),
             Self::Media { detail } => write!(f, "media: {detail}"),
+            Self::EmptiedStore { store, found } => write!(
+                f,
+                "store: {} holds no identity, but this state directory had one ({}). Refusing to start over: a new identity would take over the account, contacts would see a safety-number change, and the old outbox, inbox and sessions would be gone. Restore the store from a copy, or run once with --reset-identity to start again on purpose",
+                store.display(),
+                found.join(", ")
+            ),
         }
     }
 }
@@ -152,15 +161,35 @@ impl Runtime {
         executor: Rc<LocalExecutor<'static>>,
     ) -> Result<Runtime, DaemonError> {
         let store = Store::open(&config.state_dir).map_err(DaemonError::Store)?;
+        let txn = store.begin().map_err(DaemonError::Store)?;
+        let identity_err = |e: crate::signal::SignalError| DaemonError::Identity {
+            detail: e.to_string(),
+        };
+        if crate::signal::local_identity(&txn)
+            .map_err(identity_err)?
+            .is_none()
+        {
+            let found = earlier_life(&config.state_dir);
+            if !found.is_empty() && !config.reset_identity {
+                return Err(DaemonError::EmptiedStore {
+                    store: store.path().to_path_buf(),
+                    found,
+                });
+            }
+            if !found.is_empty() {
+                log::warn!(
+                    "store: starting with a new identity (--reset-identity); the state directory had one ({})",
+                    found.join(", ")
+                );
+            }
+        }
+        crate::signal::ensure_identity(&txn, &mut rand::rng()).map_err(identity_err)?;
+        txn.commit().map_err(DaemonError::Store)?;
+        write_identity_marker(&config.state_dir).map_err(|source| DaemonError::Identity {
+            detail: format!("{IDENTITY_MARKER_FILE_NAME}: {source}"),
+        })?;
         let token =
             api::auth::load_or_create_token(&config.state_dir).map_err(DaemonError::Token)?;
-        let txn = store.begin().map_err(DaemonError::Store)?;
-        crate::signal::ensure_identity(&txn, &mut rand::rng()).map_err(|e| {
-            DaemonError::Identity {
-                detail: e.to_string(),
-            }
-        })?;
-        txn.commit().map_err(DaemonError::Store)?;
         let media = MediaStore::open(&config.state_dir, config.media.quota_bytes).map_err(|e| {
             DaemonError::Media {
                 detail: e.to_string(),
@@ -184,6 +213,46 @@ impl Runtime {
     pub fn token_path(&self) -> PathBuf {
         self.config.state_dir.join(api::auth::TOKEN_FILE_NAME)
     }
+}
+
+/// The file that marks a state directory whose store has held an identity; written once the
+/// identity is committed. Its text is for a person: the store has the keys.
+pub const IDENTITY_MARKER_FILE_NAME: &str = "identity-created";
+
+/// What in `state_dir` shows that a store there once held an identity: the marker, the API
+/// token (made only after the identity), or any media blob. Empty for a new directory.
+pub fn earlier_life(state_dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for name in [IDENTITY_MARKER_FILE_NAME, api::auth::TOKEN_FILE_NAME] {
+        if state_dir.join(name).exists() {
+            found.push(format!("{name} exists"));
+        }
+    }
+    let media = state_dir.join(crate::media_store::MEDIA_DIR_NAME);
+    let has_blob = [
+        crate::media_store::MEDIA_OUT_DIR_NAME,
+        crate::media_store::MEDIA_IN_DIR_NAME,
+    ]
+    .iter()
+    .any(|d| std::fs::read_dir(media.join(d)).is_ok_and(|mut entries| entries.next().is_some()));
+    if has_blob {
+        found.push("media blobs exist".to_string());
+    }
+    found
+}
+
+/// Writes [`IDENTITY_MARKER_FILE_NAME`] if absent (also for a state directory from before it
+/// existed).
+fn write_identity_marker(state_dir: &Path) -> io::Result<()> {
+    let path = state_dir.join(IDENTITY_MARKER_FILE_NAME);
+    if path.exists() {
+        return Ok(());
+    }
+    let text = "The store in this directory holds an interopd identity. interopd refuses to start with an empty store here unless run with --reset-identity.\n";
+    let mut file = std::fs::File::create(&path)?;
+    io::Write::write_all(&mut file, text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::File::open(state_dir)?.sync_all()
 }
 
 /// Binds the API listener.
@@ -361,4 +430,31 @@ pub fn run(config: Config, start_link: LinkStarter) -> Result<(), DaemonError> {
         log::info!("stopped");
         Ok(())
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earlier_life_is_the_marker_the_token_or_a_blob_and_nothing_in_a_new_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(earlier_life(dir.path()).is_empty());
+        // An empty media tree (made at every start) is not a sign.
+        std::fs::create_dir_all(dir.path().join("media/out")).unwrap();
+        std::fs::create_dir_all(dir.path().join("media/in")).unwrap();
+        assert!(earlier_life(dir.path()).is_empty());
+        std::fs::write(dir.path().join("media/in/blob"), b"x").unwrap();
+        assert_eq!(earlier_life(dir.path()), ["media blobs exist"]);
+        std::fs::write(dir.path().join(api::auth::TOKEN_FILE_NAME), b"t").unwrap();
+        write_identity_marker(dir.path()).unwrap();
+        assert_eq!(
+            earlier_life(dir.path()),
+            [
+                "identity-created exists",
+                "api-token exists",
+                "media blobs exist"
+            ]
+        );
+    }
 }

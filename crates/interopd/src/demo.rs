@@ -213,5 +213,6 @@ pub fn provisioned_config(p: &Provisioned) -> config::Config {
         state_dir: std::path::PathBuf::from(config::DEFAULT_STATE_DIR),
         webhook: None,
         media: config::MediaConfig::default(),
+        reset_identity: false,
     }
 }

@@ -12,8 +12,10 @@ usage: interopd <command> [options]
 
 commands:
   demo [--state DIR] [--api ADDR]      run the reference hub and the daemon in one process
-  run [--config FILE] [--state DIR] [--api ADDR]
-                                       run the daemon (default config /etc/interopd/interopd.conf)
+  run [--config FILE] [--state DIR] [--api ADDR] [--reset-identity]
+                                       run the daemon (default config /etc/interopd/interopd.conf);
+                                       --reset-identity starts a new identity on purpose where
+                                       the state directory had one but its store is empty
   check-config [--config FILE]         validate a config file; exit 0 if OK, 78 if not
   media-pin [--config FILE] [--state DIR]
                                        print the media host's TLS pin (sha256//BASE64) for
@@ -30,6 +32,7 @@ struct Args {
     config: Option<PathBuf>,
     state: Option<PathBuf>,
     api: Option<String>,
+    reset_identity: bool,
 }
 
 fn parse_args() -> Result<Args, lexopt::Error> {
@@ -40,12 +43,14 @@ fn parse_args() -> Result<Args, lexopt::Error> {
         config: None,
         state: None,
         api: None,
+        reset_identity: false,
     };
     while let Some(arg) = p.next()? {
         match arg {
             Long("config") => args.config = Some(p.value()?.into()),
             Long("state") => args.state = Some(p.value()?.into()),
             Long("api") => args.api = Some(p.value()?.string()?),
+            Long("reset-identity") => args.reset_identity = true,
             Long("version") => args.command = "version".into(),
             Long("help") | Short('h') => args.command = "help".into(),
             Value(v) if args.command.is_empty() => args.command = v.string()?,
@@ -123,11 +128,17 @@ fn media_pin(config_path: &std::path::Path, state: Option<PathBuf>) -> ExitCode 
     }
 }
 
-fn run(config_path: &std::path::Path, state: Option<PathBuf>, api: Option<&str>) -> ExitCode {
+fn run(
+    config_path: &std::path::Path,
+    state: Option<PathBuf>,
+    api: Option<&str>,
+    reset_identity: bool,
+) -> ExitCode {
     let mut config = match load_config(config_path, state) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    config.reset_identity = reset_identity;
     if let Some(addr) = api {
         let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
             eprintln!("interopd: --api {addr:?} must be an IP address and port");
@@ -198,7 +209,12 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             ExitCode::SUCCESS
         }
-        "run" => run(&config_path, args.state.clone(), args.api.as_deref()),
+        "run" => run(
+            &config_path,
+            args.state.clone(),
+            args.api.as_deref(),
+            args.reset_identity,
+        ),
         "media-pin" => media_pin(&config_path, args.state.clone()),
         #[cfg(feature = "demo")]
         "demo" => demo(args.state.clone(), args.api.as_deref()),
