@@ -19,12 +19,56 @@ fn check(text: &str) -> (i32, String, String) {
     )
 }
 
+/// The shipped example with its `gatekeeper.ca_file` pointed at `ca` (a path as TOML text).
+fn example_with_ca(ca: &std::path::Path) -> String {
+    include_str!("../board/examples/interopd.conf").replace(
+        "ca_file = \"/etc/interopd/gatekeeper-ca.pem\"",
+        &format!("ca_file = {:?}", ca.display().to_string()),
+    )
+}
+
 #[test]
-fn shipped_example_config_is_ok() {
-    let text = include_str!("../board/examples/interopd.conf");
-    let (code, stdout, _) = check(text);
-    assert_eq!(code, 0);
+fn shipped_example_config_is_ok_once_its_ca_file_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = interop_io::tls::ensure_hub_ca(dir.path(), &["localhost"]).unwrap();
+    drop(hub);
+    let ca = dir.path().join(interop_io::tls::CA_CERT_FILE);
+    let (code, stdout, stderr) = check(&example_with_ca(&ca));
+    assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.trim(), "configuration OK");
+}
+
+#[test]
+fn a_missing_or_unreadable_ca_file_exits_78_naming_it() {
+    // As shipped, the CA file is the one a configured box has and this machine has not.
+    let (code, _, stderr) = check(include_str!("../board/examples/interopd.conf"));
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains("gatekeeper.ca_file /etc/interopd/gatekeeper-ca.pem"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let (code, _, stderr) = check(&example_with_ca(&not_pem));
+    assert_eq!(code, 78, "{stderr}");
+    assert!(stderr.contains("gatekeeper.ca_file"), "{stderr}");
+
+    // `run` refuses it the same way, before it starts anything.
+    let conf = dir.path().join("interopd.conf");
+    std::fs::write(&conf, example_with_ca(&dir.path().join("absent.pem"))).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_interopd"))
+        .args(["run", "--config"])
+        .arg(&conf)
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("absent.pem"), "{stderr}");
+    assert!(!dir.path().join("state").exists(), "nothing was started");
 }
 
 #[test]

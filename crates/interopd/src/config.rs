@@ -241,6 +241,21 @@ pub fn parse_webhook_url(url: &str) -> Option<(String, u16, String)> {
 }
 
 impl Config {
+    /// Checks what the config names on disk, after [`parse`]: `gatekeeper.ca_file` must be a
+    /// readable PEM file of CA certificates, or the daemon would stay up with a pin that can
+    /// never match. `check-config` and `run` both call it (exit 78).
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        if let ServerPin::CaFile(path) = &self.pin {
+            crate::tls::client_config(&crate::tls::Pin::CaFile(path.clone())).map_err(|e| {
+                ConfigError {
+                    line: None,
+                    message: format!("gatekeeper.ca_file {}: {e}", path.display()),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
     /// Our account as the gatekeeper knows it: `{integrator}-{user}`.
     pub fn account(&self) -> String {
         format!("{}-{}", self.integrator, self.user)

@@ -68,8 +68,8 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match config::parse(&text, path) {
-        Ok(_) => {
+    match config::parse(&text, path).and_then(|c| c.check_files()) {
+        Ok(()) => {
             println!("configuration OK");
             ExitCode::SUCCESS
         }
@@ -93,7 +93,8 @@ fn load_config(
             return Err(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let mut config = match config::parse(&text, config_path) {
+    let parsed = config::parse(&text, config_path).and_then(|c| c.check_files().map(|()| c));
+    let mut config = match parsed {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{}: {e}", config_path.display());
