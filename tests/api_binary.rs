@@ -294,6 +294,61 @@ fn the_same_idempotency_key_gives_the_same_id_and_one_message() {
 }
 
 #[test]
+fn a_key_that_is_not_ascii_or_given_twice_is_refused_not_ignored() {
+    let d = Daemon::start();
+    let body = json!({"to": "+4915112345678", "text": "once"}).to_string();
+    let send = |key_lines: &[&[u8]]| {
+        let mut req = format!(
+            "POST /v1/messages HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+            d.addr,
+            d.token,
+            body.len()
+        )
+        .into_bytes();
+        for line in key_lines {
+            req.extend_from_slice(b"Idempotency-Key: ");
+            req.extend_from_slice(line);
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(body.as_bytes());
+        raw(d.addr, &req)
+    };
+    for (what, lines) in [
+        ("Latin-1", &[&b"t\xfcr-1"[..]][..]),
+        ("UTF-8", &["tür-1".as_bytes()][..]),
+        ("twice", &[&b"door-1"[..], &b"door-2"[..]][..]),
+    ] {
+        let r = send(lines);
+        assert_eq!(r.status, 400, "{what}: {r:?}");
+        assert_eq!(r.json()["error"]["code"], "bad_idempotency_key", "{what}");
+    }
+    // Nothing was queued by any of them.
+    let m = get(d.addr, "/metrics", &d.token);
+    let queued: Vec<&str> = m
+        .body
+        .lines()
+        .filter(|l| l.starts_with("interopd_messages_total{direction=\"out\",status=\"queued\"}"))
+        .collect();
+    assert!(
+        queued.iter().all(|l| l.ends_with(" 0")),
+        "{queued:?}\n{}",
+        m.body
+    );
+
+    let twice = request(
+        d.addr,
+        "POST",
+        "/v1/media?to=%2B4915112345678&to=%2B4915100000000&kind=file",
+        Some(&d.token),
+        &[("Content-Type", "application/octet-stream")],
+        b"data",
+    );
+    assert_eq!(twice.status, 400, "{twice:?}");
+    assert_eq!(twice.json()["error"]["code"], "repeated_parameter");
+}
+
+#[test]
 fn too_many_requests_get_429_with_retry_after() {
     let mut d = Daemon::start();
     let mut limited = None;

@@ -281,6 +281,24 @@ fn expect_100_continue_is_answered_before_the_body_is_sent() {
 }
 
 #[test]
+fn a_request_refused_before_its_body_is_read_never_invites_the_body() {
+    let addr = start(ServeOptions::default());
+    let mut stream = connect(addr);
+    stream
+        .write_all(
+            b"POST /ignore HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+        )
+        .unwrap();
+    // The final answer comes first, with no 100 before it, and the connection closes
+    // (the client may never send the body it was not invited to send).
+    let reply = read_reply(&mut stream, false);
+    assert_eq!(reply.status, 204);
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+}
+
+#[test]
 fn a_body_the_handler_ignores_is_drained_and_keep_alive_continues() {
     let addr = start(ServeOptions::default());
     let mut stream = connect(addr);

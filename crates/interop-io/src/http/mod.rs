@@ -33,8 +33,9 @@
 //!   it with [`RequestBody::read_to_vec`] or [`RequestBody::read_json`] under its own cap,
 //!   or streams it (media uploads). A declared `Content-Length` above
 //!   [`ServeOptions::max_body_bytes`] is answered 413 before the handler runs.
-//! - `Expect: 100-continue` is answered `100 Continue` as soon as the head passes these
-//!   checks, before the handler runs.
+//! - `Expect: 100-continue` is answered `100 Continue` when the handler first reads the
+//!   body, so a handler that refuses the request first (no token) never invites the body;
+//!   such a connection then closes after the response.
 //! - The server owns the framing headers: `Content-Length`, `Transfer-Encoding` and
 //!   `Connection` set by a handler are dropped. A handler header holding CR, LF or another
 //!   control byte turns the response into a 500: a bug must not become header injection.
@@ -353,6 +354,27 @@ impl RequestHead {
             (percent_decode(key, true)? == name)
                 .then(|| percent_decode(value, true))
                 .flatten()
+        })
+    }
+
+    /// Every raw value of header `name` (case-insensitive), in order: for a header that must
+    /// appear at most once, or whose bytes must be checked rather than skipped.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_slice())
+    }
+
+    /// How many query pairs are called `name` (undecodable names do not count).
+    pub fn query_param_count(&self, name: &str) -> usize {
+        self.query().map_or(0, |q| {
+            q.split('&')
+                .filter(|pair| {
+                    let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+                    percent_decode(key, true).is_some_and(|k| k == name)
+                })
+                .count()
         })
     }
 

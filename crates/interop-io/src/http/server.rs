@@ -65,7 +65,15 @@ impl Request {
     pub fn query_param(&self, name: &str) -> Option<String> {
         self.head.query_param(name)
     }
+
+    /// See [`RequestHead::query_param_count`].
+    pub fn query_param_count(&self, name: &str) -> usize {
+        self.head.query_param_count(name)
+    }
 }
+
+/// The interim response to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// A byte stream and its type, erased so one connection type serves TCP and TLS alike.
 trait IoStream: AsyncRead + AsyncWrite {}
@@ -90,6 +98,10 @@ pub(super) struct ConnIo {
     buf: Vec<u8>,
     start: usize,
     body: BodyProgress,
+    /// The unsent rest of a `100 Continue` the client asked for. It goes out when the
+    /// handler first reads the body, so a request refused before that (a missing token)
+    /// never invites the body.
+    continue_owed: &'static [u8],
 }
 
 impl ConnIo {
@@ -132,11 +144,32 @@ impl ConnIo {
         if let BodyProgress::Failed(err) = &self.body {
             return Poll::Ready(Err(err.clone()));
         }
+        if let Err(err) = ready!(self.poll_send_continue(cx)) {
+            self.body = BodyProgress::Failed(err.clone());
+            return Poll::Ready(Err(err));
+        }
         let polled = self.poll_body_unchecked(cx, out);
         if let Poll::Ready(Err(err)) = &polled {
             self.body = BodyProgress::Failed(err.clone());
         }
         polled
+    }
+
+    /// Writes and flushes what is owed of `100 Continue`, if anything.
+    fn poll_send_continue(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HttpError>> {
+        let io_err = |e: io::Error| HttpError::Io { kind: e.kind() };
+        while !self.continue_owed.is_empty() {
+            let n =
+                ready!(self.stream.as_mut().poll_write(cx, self.continue_owed)).map_err(io_err)?;
+            if n == 0 {
+                return Poll::Ready(Err(HttpError::ConnectionClosed));
+            }
+            self.continue_owed = self.continue_owed.get(n..).unwrap_or_default();
+            if self.continue_owed.is_empty() {
+                ready!(self.stream.as_mut().poll_flush(cx)).map_err(io_err)?;
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_body_unchecked(
@@ -589,6 +622,7 @@ pub async fn serve_connection<S, H, Fut>(
         buf: Vec::new(),
         start: 0,
         body: BodyProgress::Done,
+        continue_owed: &[],
     }));
     let mut served: u32 = 0;
     loop {
@@ -623,19 +657,7 @@ pub async fn serve_connection<S, H, Fut>(
         let has_body = !matches!(progress, BodyProgress::Done);
         conn.borrow_mut().body = progress;
         if head.expect_continue && has_body && head.minor_version == 1 {
-            let mut writer = ConnWriter(Rc::clone(&conn));
-            let sent = async {
-                write_all(
-                    &mut writer,
-                    b"HTTP/1.1 100 Continue\r\n\r\n",
-                    options.write_timeout_ms,
-                )
-                .await?;
-                flush(&mut writer, options.write_timeout_ms).await
-            };
-            if sent.await.is_err() {
-                return;
-            }
+            conn.borrow_mut().continue_owed = CONTINUE;
         }
         let request = Request {
             body: RequestBody {
@@ -661,8 +683,13 @@ pub async fn serve_connection<S, H, Fut>(
         // connection later: never reuse it then.
         let body_escaped = Rc::strong_count(&conn) > 1;
         let body_done = matches!(conn.borrow().body, BodyProgress::Done);
-        let mut keep_alive =
-            wants_keep_alive && !body_escaped && served < MAX_REQUESTS_PER_CONNECTION;
+        // Answered without reading the body it never invited: the client may not send
+        // it, so the connection cannot carry another request.
+        let continue_unsent = !std::mem::take(&mut conn.borrow_mut().continue_owed).is_empty();
+        let mut keep_alive = wants_keep_alive
+            && !body_escaped
+            && !continue_unsent
+            && served < MAX_REQUESTS_PER_CONNECTION;
         if keep_alive && !body_done {
             keep_alive = drain_body(&conn, options).await;
         }

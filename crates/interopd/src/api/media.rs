@@ -123,6 +123,14 @@ struct SendQuery {
 }
 
 fn send_query(req: &Request) -> Result<SendQuery, Response> {
+    for name in ["to", "kind"] {
+        if req.query_param_count(name) > 1 {
+            return Err(bad(
+                "repeated_parameter",
+                &format!("give '{name}' once; it was given more than once"),
+            ));
+        }
+    }
     let Some(to) = req.query_param("to") else {
         return Err(bad("missing_to", "the recipient goes in ?to=%2B<digits>"));
     };

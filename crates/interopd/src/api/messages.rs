@@ -111,22 +111,28 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
     queue_text(api, key, &digits, text, reply_to)
 }
 
-/// The `Idempotency-Key` header: absent, or 1 to [`MAX_IDEMPOTENCY_KEY_BYTES`] visible ASCII
-/// characters (else the 400 to answer).
+/// The `Idempotency-Key` header: absent, or once with 1 to [`MAX_IDEMPOTENCY_KEY_BYTES`]
+/// visible ASCII characters (else the 400 to answer). A key that is not ASCII, or a second
+/// one, is refused rather than ignored: a retry treated as keyless would queue a duplicate.
 pub(crate) fn idempotency_key(req: &Request) -> Result<Option<String>, Response> {
-    match req.header("idempotency-key") {
-        None => Ok(None),
-        Some(k)
-            if !k.is_empty()
-                && k.len() <= MAX_IDEMPOTENCY_KEY_BYTES
-                && k.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            Ok(Some(k.to_string()))
-        }
-        Some(_) => Err(bad(
+    let mut values = req.head.header_values("idempotency-key");
+    let Some(raw) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(bad(
+            "bad_idempotency_key",
+            "send one Idempotency-Key header, not several",
+        ));
+    }
+    let k = raw.trim_ascii();
+    if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_BYTES && k.iter().all(u8::is_ascii_graphic) {
+        Ok(Some(String::from_utf8_lossy(k).into_owned()))
+    } else {
+        Err(bad(
             "bad_idempotency_key",
             "Idempotency-Key must be 1 to 128 visible ASCII characters",
-        )),
+        ))
     }
 }
 
