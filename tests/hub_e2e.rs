@@ -101,6 +101,15 @@ fn text_to_echo_user_is_read_and_answered() {
         assert_eq!(status, 200);
         assert_eq!(got[0]["text"], "Door opened");
         assert_eq!(got[0]["from"], "acme-home");
+        // A client that encodes the '+' (as curl --data-urlencode users do) gets the same.
+        let (status, encoded) = hub.control("GET", "/users/%2B15550100/received", None);
+        assert_eq!(status, 200, "{encoded}");
+        assert_eq!(encoded, got);
+        let (status, bad) = hub.control("GET", "/users/%ZZ/received", None);
+        assert_eq!(
+            (status, bad["error"]["code"].as_str()),
+            (400, Some("bad_path"))
+        );
     });
 }
 

@@ -117,7 +117,16 @@ pub(super) fn send_message(
 
 pub(super) async fn handle_control(shared: &Shared, req: Request) -> Response {
     let method = req.method().to_owned();
-    let segments: Vec<String> = req.head.path_segments().map(str::to_owned).collect();
+    // Segments are percent-decoded (`/users/%2B15550100/received` names +15550100); one
+    // that does not decode is a 400, not a silent miss.
+    let Some(segments) = req
+        .head
+        .path_segments()
+        .map(|s| http::percent_decode(s, false))
+        .collect::<Option<Vec<String>>>()
+    else {
+        return Response::json_error(400, "bad_path", "the path does not percent-decode");
+    };
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
     let now = now_ms();
     let response = match (method.as_str(), seg.as_slice()) {

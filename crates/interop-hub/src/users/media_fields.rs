@@ -176,3 +176,67 @@ pub fn sha256_hex(data: &[u8]) -> String {
 pub fn b64(data: &[u8]) -> String {
     BASE64.encode(data)
 }
+
+/// The echo's answer in kind: `original` with everything that describes the media kept
+/// (`seconds`, `ptt`, dimensions, caption, file name, …) and only where the blob lives and
+/// how it is sealed (URL, direct path, media key, hashes, length, key timestamp) taken from
+/// `fresh`, the same plaintext re-hosted in the hub's media store.
+pub(super) fn rehosted(original: &Message, fresh: &Message) -> Message {
+    macro_rules! take_blob {
+        ($into:ident . $field:ident) => {
+            if let (Some(out), Some(new)) = (&mut $into.$field, &fresh.$field) {
+                out.url = new.url.clone();
+                out.direct_path = new.direct_path.clone();
+                out.media_key = new.media_key.clone();
+                out.file_sha256 = new.file_sha256.clone();
+                out.file_enc_sha256 = new.file_enc_sha256.clone();
+                out.file_length = new.file_length;
+                out.media_key_timestamp = new.media_key_timestamp;
+            }
+        };
+    }
+    let mut reply = original.clone();
+    take_blob!(reply.image_message);
+    take_blob!(reply.audio_message);
+    take_blob!(reply.video_message);
+    take_blob!(reply.document_message);
+    reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use interop_proto::content::AudioMessage;
+
+    #[test]
+    fn an_echoed_voice_note_keeps_its_seconds_and_takes_the_new_blob() {
+        let original = Message {
+            audio_message: Some(AudioMessage {
+                url: Some("https://old/m/1".into()),
+                mimetype: Some("audio/ogg; codecs=opus".into()),
+                seconds: Some(7),
+                ptt: Some(true),
+                media_key: Some(vec![1; 32]),
+                file_length: Some(100),
+                ..AudioMessage::default()
+            }),
+            ..Message::default()
+        };
+        let fresh = Message {
+            audio_message: Some(AudioMessage {
+                url: Some("https://hub/media/2".into()),
+                ptt: Some(true),
+                media_key: Some(vec![2; 32]),
+                file_length: Some(100),
+                ..AudioMessage::default()
+            }),
+            ..Message::default()
+        };
+        let a = rehosted(&original, &fresh).audio_message.unwrap();
+        assert_eq!(a.seconds, Some(7));
+        assert_eq!(a.ptt, Some(true));
+        assert_eq!(a.mimetype.as_deref(), Some("audio/ogg; codecs=opus"));
+        assert_eq!(a.url.as_deref(), Some("https://hub/media/2"));
+        assert_eq!(a.media_key, Some(vec![2; 32]));
+    }
+}

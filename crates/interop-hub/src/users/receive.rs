@@ -141,7 +141,7 @@ impl SimUser {
                     now_ms,
                     rng,
                 ) {
-                    Ok(m) => Some(m),
+                    Ok(m) => Some(rehosted(&pending.message, &m)),
                     Err(e) => {
                         log::warn!("simulated {}: cannot store echo media: {e}", self.phone);
                         None
