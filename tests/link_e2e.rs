@@ -391,3 +391,72 @@ fn the_daemon_asks_again_for_a_message_it_cannot_decrypt() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(d.inbox_texts(), ["echo: one", "ping"], "stored once");
 }
+
+/// The value of the metric line that starts with `name` (labels included), if present.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+#[test]
+fn ten_thousand_queued_messages_drain_without_a_link_drop() {
+    const TOTAL: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(&dir.path().join("hub"), true);
+    let conf = provision_conf(dir.path(), &hub.state, &hub.listen, "acme-home");
+    let state = dir.path().join("state");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut d = Daemon::spawn(&conf, &state, api);
+    let warm = d.send("+15550101", "warm up");
+    d.wait_status(&warm, "delivered");
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+
+    // A backlog, as a long outage leaves it: every row queued, none started.
+    {
+        let store = interopd::store::Store::open(&state).unwrap();
+        let txn = store.begin().unwrap();
+        for i in 0..TOTAL {
+            let text = interopd::content::Message::text(format!("backlog {i}"));
+            txn.outbox_insert(&interopd::store::OutboxRow {
+                id: format!("3EB0{i:018X}"),
+                to: "15550101".into(),
+                kind: interopd::content::ContentKind::Text.to_byte(),
+                status: interopd::store::OutboxStatus::Queued,
+                created_ms: 1,
+                updated_ms: 1,
+                error_code: String::new(),
+                content: prost::Message::encode_to_vec(&text),
+                stanza: Vec::new(),
+            })
+            .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    let t0 = Instant::now();
+    let d = Daemon::spawn(&conf, &state, api);
+    let delivered = "interopd_messages_total{direction=\"out\",status=\"delivered\"}";
+    let reconnects = "interopd_link_reconnects_total";
+    loop {
+        let m = d.get("/metrics").body;
+        assert_eq!(metric(&m, reconnects), Some(0), "the link dropped:\n{m}");
+        if metric(&m, delivered) == Some(TOTAL as u64) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < WAIT * 5,
+            "only {:?} of {TOTAL} delivered",
+            metric(&m, delivered)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("{TOTAL} queued messages delivered in {:?}", t0.elapsed());
+    // And each once: the hub keeps the last of what a user received; none repeats.
+    let mut received = received_texts(&hub.control, "+15550101");
+    let shown = received.len();
+    assert!(shown > 0);
+    received.sort();
+    received.dedup();
+    assert_eq!(received.len(), shown, "a message arrived twice");
+}

@@ -196,12 +196,26 @@ fn pump(shared: &Shared) {
         match out {
             Output::Send { conn, payload } => match framed(&payload) {
                 Ok(frame) => {
-                    if let Some(tx) = sh.conns.get(&conn)
-                        && (tx.len() >= MAX_PENDING_FRAMES
-                            || tx.try_send(ToConn::Frame(frame)).is_err())
-                    {
-                        let _ = tx.try_send(ToConn::Close);
+                    let Some(tx) = sh.conns.get(&conn) else {
+                        continue;
+                    };
+                    if tx.len() < MAX_PENDING_FRAMES && tx.try_send(ToConn::Frame(frame)).is_ok() {
+                        continue;
                     }
+                    // Say why, to the log and to the client, instead of a bare close.
+                    log::warn!(
+                        "hub: connection {conn} does not read: {} frames wait (MAX_PENDING_FRAMES); closing it as overloaded",
+                        tx.len()
+                    );
+                    let text = format!(
+                        "over {MAX_PENDING_FRAMES} frames waited for this connection to read them"
+                    );
+                    let why = crate::state::stream_error("overloaded", &text).to_xml();
+                    if let Ok(f) = framed(&why) {
+                        let _ = tx.try_send(ToConn::Frame(f));
+                    }
+                    let _ = tx.try_send(ToConn::Close);
+                    sh.conns.remove(&conn);
                 }
                 Err(e) => log::error!("hub: cannot frame a stanza for {conn}: {e}"),
             },

@@ -22,9 +22,12 @@
 //!    failures are noted, transport ends become [`LinkEvent::Down`];
 //! 2. the key schedule, once logged in and due ([`KEY_CHECK_INTERVAL_MS`], and right after
 //!    login): a prekey count request and a signed prekey rotation when it is due;
-//! 3. after a wake (and right after login): up to [`OUTBOX_BATCH`] queued outbox rows are
-//!    encrypted and committed, then queued for the wire; then pending read marks. If more
-//!    rows wait, the engine stays woken and `poll_timeout` answers `now`;
+//! 3. after a wake (and right after login, and whenever an ack frees a slot of the
+//!    [`SEND_WINDOW`]): up to [`OUTBOX_BATCH`] queued outbox rows, and no more than the
+//!    window has room for, are encrypted and committed, then queued for the wire; then
+//!    pending read marks. If more rows wait and the window has room, the engine stays woken
+//!    and `poll_timeout` answers `now`; with the window full it waits for acks (at most
+//!    [`ACK_WAIT_MS`] for the oldest, then the connection is down);
 //! 4. the client's events again (what step 3 caused, such as a held send);
 //! 5. every status change gathered since the last drain, in **one** store transaction: a
 //!    batch of frames handed in together costs one commit (group commit).
@@ -65,6 +68,13 @@ pub const OUTBOX_BATCH: usize = 64;
 pub const EVENT_BATCH: usize = 256;
 /// Read receipts sent per drain.
 pub const READ_MARK_BATCH: usize = 64;
+/// Messages in flight at once: started on this connection and not yet acked. A burst of
+/// queued rows goes out as acks free room, so the gatekeeper's queue towards us (acks,
+/// receipts) stays bounded instead of overflowing and closing the link.
+pub const SEND_WINDOW: usize = 64;
+/// Longest the oldest in-flight message may wait for its ack, in milliseconds; then the
+/// connection is taken as broken, and the message goes out again on the next one.
+pub const ACK_WAIT_MS: u64 = 60_000;
 
 /// What the shell acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +107,11 @@ pub struct Engine<R> {
     keys_due_ms: u64,
     /// Outbox rows started on this connection (each goes out once per connection).
     started: HashSet<String>,
+    /// Of those, the ones not yet acked, oldest first, with when each was started.
+    in_flight: heapless::Deque<(String, u64), SEND_WINDOW>,
+    /// The outbox scan resumes after this row: everything before it was considered since
+    /// the last API wake (which starts the scan over, for rows released from a hold).
+    scan_after: u64,
     /// Status changes gathered since the last drain, committed together.
     statuses: Vec<StatusChange>,
     events: VecDeque<LinkEvent>,
@@ -125,6 +140,8 @@ impl<R: Rng + CryptoRng> Engine<R> {
             woken: false,
             keys_due_ms: now_ms,
             started: HashSet::new(),
+            in_flight: heapless::Deque::new(),
+            scan_after: 0,
             statuses: Vec::new(),
             events: VecDeque::new(),
         }
@@ -152,6 +169,13 @@ impl<R: Rng + CryptoRng> Engine<R> {
             self.down(format!("no login answer within {LOGIN_WAIT_MS} ms"));
             return;
         }
+        if let Some((id, since)) = self.in_flight.front()
+            && now_ms >= since.saturating_add(ACK_WAIT_MS)
+        {
+            let why = format!("message {id} not acked within {ACK_WAIT_MS} ms");
+            self.down(why);
+            return;
+        }
         self.client.handle_timeout(now_ms);
     }
 
@@ -159,6 +183,7 @@ impl<R: Rng + CryptoRng> Engine<R> {
     pub fn handle_api_wake(&mut self, now_ms: u64) {
         self.tick(now_ms);
         self.woken = true;
+        self.scan_after = 0;
     }
 
     /// The transport ended (closed by the peer, a write failed, or a bad frame): `why`.
@@ -184,6 +209,7 @@ impl<R: Rng + CryptoRng> Engine<R> {
                 "link: message {id} is {} bytes as a stanza, over the frame bound of {MAX_FRAME_BYTES} bytes; failed",
                 p.len()
             );
+            self.landed(&id);
             self.statuses
                 .push((id, OutboxStatus::Failed, "too_large".to_owned()));
             self.commit_statuses();
@@ -199,7 +225,10 @@ impl<R: Rng + CryptoRng> Engine<R> {
             Phase::Down => return None,
             Phase::LoggingIn { deadline_ms } => deadline_ms,
             Phase::Up if self.woken => self.now_ms,
-            Phase::Up => self.keys_due_ms,
+            Phase::Up => match self.in_flight.front() {
+                Some((_, since)) => self.keys_due_ms.min(since.saturating_add(ACK_WAIT_MS)),
+                None => self.keys_due_ms,
+            },
         };
         Some(self.client.poll_timeout().map_or(due, |t| t.min(due)))
     }
@@ -277,6 +306,7 @@ impl<R: Rng + CryptoRng> Engine<R> {
                     self.down(format!("server closed the stream: {code}"));
                 }
                 Event::Acked { class, id, error } if class == "message" => {
+                    self.landed(&id);
                     let status = if error.is_some() {
                         OutboxStatus::Failed
                     } else {
@@ -294,6 +324,7 @@ impl<R: Rng + CryptoRng> Engine<R> {
                 Event::SendHeld { id, user } => {
                     log::warn!("link: message {id} held: the verified identity of {user} changed");
                     self.started.remove(&id);
+                    self.landed(&id);
                     if let Err(e) = outbox::hold(&self.store, &self.bus, &id, self.now_ms) {
                         self.down(format!("store: {e}"));
                     }
@@ -304,11 +335,33 @@ impl<R: Rng + CryptoRng> Engine<R> {
                 }
                 Event::SendFailed { id, reason } => {
                     log::warn!("link: message {id} cannot be sent: {reason}");
+                    self.landed(&id);
                     self.statuses
                         .push((id, OutboxStatus::Failed, "no_devices".to_owned()));
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Message `id` needs no more room in the send window (acked, failed or held); if it
+    /// held a slot, the next drain may start another row.
+    fn landed(&mut self, id: &str) {
+        let mut freed = false;
+        // Rotate once through the window, dropping the first entry for `id`; each push
+        // follows a pop, so it always has room.
+        for _ in 0..self.in_flight.len() {
+            let Some(entry) = self.in_flight.pop_front() else {
+                break;
+            };
+            if !freed && entry.0 == id {
+                freed = true;
+            } else {
+                let _ = self.in_flight.push_back(entry);
+            }
+        }
+        if freed {
+            self.woken = true;
         }
     }
 

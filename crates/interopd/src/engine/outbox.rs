@@ -14,25 +14,34 @@ pub type StatusChange = (String, OutboxStatus, String);
 
 impl<R: Rng + CryptoRng> Engine<R> {
     /// Starts queued outbox rows not yet started on this connection, at most
-    /// [`OUTBOX_BATCH`] per call; returns whether more may be waiting. A row whose stanza was
-    /// committed before (a crash or a lost connection) is resent byte-identical.
+    /// [`OUTBOX_BATCH`] per call and only as far as the [`SEND_WINDOW`] has room; returns
+    /// whether more may be waiting that room allows now. A row whose stanza was committed
+    /// before (a crash or a lost connection) is resent byte-identical.
     pub(super) fn flush_outbox(&mut self) -> Result<bool, StoreError> {
+        let room = SEND_WINDOW.saturating_sub(self.in_flight.len());
+        if room == 0 {
+            // An ack frees a slot and wakes the engine again.
+            return Ok(false);
+        }
+        let take = room.min(OUTBOX_BATCH);
         let (rows, more) = {
             let txn = self.store.begin()?;
             let mut out = Vec::new();
-            let mut after = 0;
+            let mut after = self.scan_after;
             let mut more = false;
             let mut released = false;
             'scan: loop {
                 let batch = txn.outbox_scan(after, OUTBOX_BATCH)?;
                 let Some((last, _)) = batch.last() else { break };
-                after = *last;
+                let last = *last;
                 for (seq, mut row) in batch {
                     if row.status != OutboxStatus::Queued || self.started.contains(&row.id) {
+                        after = seq;
                         continue;
                     }
                     if row.error_code == HELD_CODE {
                         if identity_pending(&txn, &row.to)? {
+                            after = seq;
                             continue;
                         }
                         // Trusted again: the row goes out like any queued row.
@@ -40,31 +49,41 @@ impl<R: Rng + CryptoRng> Engine<R> {
                         txn.outbox_write(seq, &row)?;
                         released = true;
                     }
-                    if out.len() >= OUTBOX_BATCH {
+                    if out.len() >= take {
                         more = true;
                         break 'scan;
                     }
+                    after = seq;
                     out.push(row);
                 }
+                after = after.max(last);
             }
+            self.scan_after = after;
             if released {
                 txn.commit()?;
             }
             (out, more)
         };
+        let now_ms = self.now_ms;
         for row in rows {
             self.started.insert(row.id.clone());
             if row.stanza.is_empty() {
-                if let Err(e) = self.client.send_outbox(&row, self.now_ms, &mut self.rng) {
+                if let Err(e) = self.client.send_outbox(&row, now_ms, &mut self.rng) {
                     log::warn!("link: message {} not started: {e}", row.id);
                     self.started.remove(&row.id);
+                    // The next wake looks at it (and what follows it) again.
+                    self.scan_after = 0;
                     return Ok(false);
                 }
             } else {
-                self.client.send_committed(row.stanza.clone(), self.now_ms);
+                self.client.send_committed(row.stanza.clone(), now_ms);
+            }
+            // `take` is at most the room left, so the window has a slot for each row.
+            if self.in_flight.push_back((row.id.clone(), now_ms)).is_err() {
+                log::error!("link: send window full at message {}", row.id);
             }
         }
-        Ok(more)
+        Ok(more && self.in_flight.len() < SEND_WINDOW)
     }
 }
 

@@ -252,32 +252,112 @@ fn a_send_to_a_user_who_is_not_opted_in_fails_with_the_gatekeepers_code() {
 }
 
 #[test]
-fn more_rows_than_one_batch_keep_the_engine_due_now_until_all_are_out() {
+fn a_burst_leaves_within_the_send_window_as_acks_come_back() {
     let mut rig = Rig::up("echo");
     rig.queue("m-0", "warm up");
     rig.engine.handle_api_wake(rig.now);
     rig.pump();
-    for i in 0..OUTBOX_BATCH + 3 {
+    let n = 3 * SEND_WINDOW + 5;
+    for i in 0..n {
         rig.queue(&format!("m-b{i:03}"), "x");
     }
     rig.engine.handle_api_wake(rig.now);
-    // One drain starts one batch: that many rows have committed stanzas, the rest wait, and
-    // the engine says it is due again right now.
-    assert_eq!(rig.engine.poll_timeout(), Some(rig.now), "more rows wait");
-    let started = |rig: &Rig| {
-        (0..OUTBOX_BATCH + 3)
-            .filter(|i| !rig.row(&format!("m-b{i:03}")).stanza.is_empty())
-            .count()
-    };
-    assert_eq!(started(&rig), OUTBOX_BATCH);
-    // The shell keeps polling: every row leaves, and then the engine is idle.
+    // Without acks, one window's worth leaves and no more: the engine is not due again
+    // until an ack (or the ack deadline of the oldest).
     let out = rig.transmit();
     assert_eq!(
         out.iter().filter(|s| s.tag == "message").count(),
-        OUTBOX_BATCH + 3
+        SEND_WINDOW
     );
-    assert_eq!(started(&rig), OUTBOX_BATCH + 3);
+    let due = rig.engine.poll_timeout().unwrap();
+    assert!(due > rig.now && due <= rig.now + ACK_WAIT_MS, "{due}");
+    assert!(rig.transmit().is_empty());
+    // Deliver them: each ack lets another row out, until every one is sent, and nothing
+    // is ever resent on this connection.
+    if let Some(c) = rig.conn {
+        for s in &out {
+            rig.hub.handle_frame(c, &s.to_xml(), rig.now, &mut rig.rng);
+        }
+    }
+    rig.pump();
+    let ids: Vec<&str> = rig
+        .sent
+        .iter()
+        .filter(|s| s.tag == "message")
+        .filter_map(|s| s.attr_value("id"))
+        .collect();
+    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), n + 1, "each message once");
+    assert_eq!(unique.len(), n + 1);
+    for i in 0..n {
+        assert_eq!(rig.row(&format!("m-b{i:03}")).status, OutboxStatus::Read);
+    }
+    assert!(rig.downs().is_empty(), "{:?}", rig.downs());
     assert_ne!(rig.engine.poll_timeout(), Some(rig.now));
+}
+
+#[test]
+fn a_message_never_acked_takes_the_connection_down_at_its_ack_deadline() {
+    let mut rig = Rig::up("echo");
+    rig.queue("m-0", "warm up");
+    rig.engine.handle_api_wake(rig.now);
+    rig.pump();
+    rig.queue("m-lost", "x");
+    rig.engine.handle_api_wake(rig.now);
+    let started = rig.now;
+    // The gatekeeper answers everything (keepalives included) but never sees the message.
+    let mut lost = 0;
+    while rig.downs().is_empty() && rig.now < started + 2 * ACK_WAIT_MS {
+        for _ in 0..100 {
+            let mut moved = false;
+            while let Some(p) = rig.engine.poll_transmit() {
+                moved = true;
+                let s = crate::stanza::parse(&p).unwrap();
+                if s.tag == "message" {
+                    lost += 1;
+                } else if let Some(c) = rig.conn {
+                    rig.hub.handle_frame(c, &p, rig.now, &mut rig.rng);
+                }
+            }
+            while let Some(out) = rig.hub.poll_output() {
+                moved = true;
+                if let Output::Send { conn, payload } = out
+                    && Some(conn) == rig.conn
+                {
+                    rig.engine.handle_frame(&payload, rig.now);
+                }
+            }
+            while let Some(e) = rig.engine.poll_event() {
+                moved = true;
+                rig.events.push(e);
+            }
+            if !moved {
+                break;
+            }
+        }
+        let Some(next) = rig.engine.poll_timeout() else {
+            break;
+        };
+        rig.now = next.max(rig.now + 1);
+        rig.hub.handle_timeout(rig.now, &mut rig.rng);
+        rig.engine.handle_timeout(rig.now);
+        while let Some(e) = rig.engine.poll_event() {
+            rig.events.push(e);
+        }
+    }
+    assert_eq!(lost, 1);
+    let why = format!(
+        "message {} not acked within {ACK_WAIT_MS} ms",
+        mid("m-lost")
+    );
+    assert_eq!(rig.downs(), [why.as_str()]);
+    assert_eq!(
+        rig.now,
+        started + ACK_WAIT_MS,
+        "at the deadline, from poll_timeout"
+    );
+    // Still queued, with its stanza: the next connection resends it byte-identical.
+    assert_eq!(rig.row("m-lost").status, OutboxStatus::Queued);
 }
 
 #[test]
