@@ -140,6 +140,9 @@ pub enum Event {
     ChatState { from: Jid, state: String },
     /// The server closed the stream with `<stream:error>`.
     StreamError { code: String },
+    /// We refused a frame from the server (not a stanza we accept: a DOCTYPE, bad XML, …),
+    /// for `reason`; the connection is over and the caller closes it.
+    FrameRejected { reason: String },
     /// A keepalive ping went unanswered past [`KEEPALIVE_DEADLINE_MS`]; the connection is
     /// dead and the caller closes it.
     KeepaliveTimeout,
@@ -545,8 +548,8 @@ impl Client {
         let s = match stanza::parse(payload) {
             Ok(s) => s,
             Err(e) => {
-                self.events.push_back(Event::StreamError {
-                    code: e.reason().to_owned(),
+                self.events.push_back(Event::FrameRejected {
+                    reason: e.reason().to_owned(),
                 });
                 self.phase = Phase::Closed;
                 return;

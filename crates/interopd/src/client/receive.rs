@@ -43,6 +43,7 @@ impl Client {
             Ok(p) => p,
             Err(SignalError::Duplicate) => {
                 // A redelivery of something we committed: ack again, store nothing.
+                log::info!("client: message {id} from {from} was stored before; acked again");
                 self.push(&ack, now_ms);
                 return Ok(());
             }

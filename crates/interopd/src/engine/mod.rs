@@ -305,6 +305,11 @@ impl<R: Rng + CryptoRng> Engine<R> {
                 Event::StreamError { code } => {
                     self.down(format!("server closed the stream: {code}"));
                 }
+                Event::FrameRejected { reason } => {
+                    self.down(format!(
+                        "rejected a frame from the server ({reason}); closing"
+                    ));
+                }
                 Event::Acked { class, id, error } if class == "message" => {
                     self.landed(&id);
                     let status = if error.is_some() {

@@ -141,6 +141,7 @@ pub fn apply_statuses(
     let mut published = Vec::new();
     for (id, status, error) in changes {
         let Some((seq, mut row)) = txn.outbox_by_id(id)? else {
+            log::info!("link: {status:?} for message {id}, which is not in the outbox; ignored");
             continue;
         };
         if rank(*status) <= rank(row.status) || row.status == OutboxStatus::Failed {

@@ -530,3 +530,20 @@ fn a_row_started_on_a_lost_connection_is_resent_byte_identical_on_the_next() {
     rig.pump();
     assert_eq!(rig.row("m-lost").status, OutboxStatus::Read);
 }
+
+#[test]
+fn a_frame_we_refuse_is_logged_as_our_refusal_not_the_servers_close() {
+    let mut rig = Rig::up("echo");
+    rig.engine
+        .handle_frame(b"<!DOCTYPE x [<!ENTITY a \"b\">]><iq/>", rig.now);
+    while let Some(e) = rig.engine.poll_event() {
+        rig.events.push(e);
+    }
+    let downs = rig.downs();
+    assert_eq!(downs.len(), 1, "{downs:?}");
+    assert!(
+        downs[0].starts_with("rejected a frame from the server ("),
+        "{downs:?}"
+    );
+    assert!(!downs[0].contains("server closed"), "{downs:?}");
+}
