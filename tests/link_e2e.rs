@@ -460,3 +460,33 @@ fn ten_thousand_queued_messages_drain_without_a_link_drop() {
     received.dedup();
     assert_eq!(received.len(), shown, "a message arrived twice");
 }
+
+#[test]
+fn a_second_copy_of_the_account_replaces_the_first_which_then_waits_instead_of_fighting() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProc::start(&dir.path().join("hub"), true);
+    let conf = provision_conf(dir.path(), &hub.state, &hub.listen, "acme-home");
+    let api_a: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let a = Daemon::spawn(&conf, &dir.path().join("state-a"), api_a);
+    a.wait_link_up();
+    let api_b: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let b = Daemon::spawn(&conf, &dir.path().join("state-b"), api_b);
+    b.wait_link_up();
+
+    let t0 = Instant::now();
+    while a.get("/healthz").json()["link"] != "replaced" {
+        assert!(
+            t0.elapsed() < WAIT,
+            "the first copy never saw that it was replaced"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let m = a.get("/metrics").body;
+    assert!(m.contains("interopd_link_replaced 1"), "{m}");
+    // Well past the old 1.5 s comeback, the second copy still has the device.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(b.get("/healthz").json()["link"], "up");
+    assert_eq!(a.get("/healthz").json()["link"], "replaced");
+    let id = b.send("+15550101", "from the copy that stays");
+    b.wait_status(&id, "delivered");
+}

@@ -43,6 +43,9 @@ use crate::store::{Store, StoreError};
 pub enum LinkState {
     Up,
     Down,
+    /// Another client logged in as our device and the gatekeeper closed us with
+    /// `replaced`; the link waits [`crate::link::REPLACED_WAIT_MS`] before it tries again.
+    Replaced,
 }
 
 /// What the API needs from the link. Every method returns at once; the link does the work

@@ -47,6 +47,8 @@ pub enum Counter {
 pub enum Gauge {
     /// 1 while the link is logged in, else 0.
     LinkUp,
+    /// 1 while the link waits after another client took over our device, else 0.
+    LinkReplaced,
     /// Outbound messages waiting to be sent (status `queued`).
     OutboxQueued,
     /// Webhook jobs waiting for delivery (the `webhook_jobs` table's length).
@@ -76,6 +78,7 @@ pub struct Metrics {
     webhook_dead_lettered: Cell<u64>,
     identity_changes: Cell<u64>,
     link_up: Cell<u64>,
+    link_replaced: Cell<u64>,
     outbox_queued: Cell<u64>,
     webhook_pending: Cell<u64>,
     webhook_dead_letters: Cell<u64>,
@@ -149,6 +152,7 @@ impl Metrics {
     fn gauge_cell(&self, gauge: Gauge) -> &Cell<u64> {
         match gauge {
             Gauge::LinkUp => &self.link_up,
+            Gauge::LinkReplaced => &self.link_replaced,
             Gauge::OutboxQueued => &self.outbox_queued,
             Gauge::WebhookPending => &self.webhook_pending,
             Gauge::WebhookDeadLetters => &self.webhook_dead_letters,
@@ -219,12 +223,18 @@ impl Metrics {
                 cell.get(),
             );
         }
-        let simple: [(&str, &str, &str, u64); 11] = [
+        let simple: [(&str, &str, &str, u64); 12] = [
             (
                 "interopd_link_up",
                 "gauge",
                 "1 while the link to the gatekeeper is logged in.",
                 self.link_up.get(),
+            ),
+            (
+                "interopd_link_replaced",
+                "gauge",
+                "1 while the link waits because another client logged in as our device.",
+                self.link_replaced.get(),
             ),
             (
                 "interopd_link_reconnects_total",

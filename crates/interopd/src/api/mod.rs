@@ -323,6 +323,7 @@ impl Api {
         let link = match self.link.state() {
             LinkState::Up => "up",
             LinkState::Down => "down",
+            LinkState::Replaced => "replaced",
         };
         let store = match self.store.schema_version() {
             Ok(_) => "ok",
@@ -340,6 +341,10 @@ impl Api {
     fn metrics_text(&self) -> Response {
         self.metrics
             .set(Gauge::LinkUp, u64::from(self.link.state() == LinkState::Up));
+        self.metrics.set(
+            Gauge::LinkReplaced,
+            u64::from(self.link.state() == LinkState::Replaced),
+        );
         self.metrics.set_link_reconnects(self.link.reconnects());
         self.metrics
             .set(Gauge::SseClients, self.sse_clients.get() as u64);

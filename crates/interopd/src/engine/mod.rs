@@ -114,6 +114,8 @@ pub struct Engine<R> {
     scan_after: u64,
     /// Status changes gathered since the last drain, committed together.
     statuses: Vec<StatusChange>,
+    /// The gatekeeper closed us with `replaced`: another client has our device.
+    replaced: bool,
     events: VecDeque<LinkEvent>,
 }
 
@@ -143,8 +145,15 @@ impl<R: Rng + CryptoRng> Engine<R> {
             in_flight: heapless::Deque::new(),
             scan_after: 0,
             statuses: Vec::new(),
+            replaced: false,
             events: VecDeque::new(),
         }
+    }
+
+    /// Whether the connection ended because another client logged in as our device (the
+    /// shell then waits long instead of taking the device back at once).
+    pub fn was_replaced(&self) -> bool {
+        self.replaced
     }
 
     /// The protocol client inside (tests, and the shell's log lines).
@@ -303,7 +312,12 @@ impl<R: Rng + CryptoRng> Engine<R> {
                     "no keepalive answer within {KEEPALIVE_DEADLINE_MS} ms"
                 )),
                 Event::StreamError { code } => {
-                    self.down(format!("server closed the stream: {code}"));
+                    if code == "replaced" {
+                        self.replaced = true;
+                        self.down("replaced: another client logged in as this device".to_owned());
+                    } else {
+                        self.down(format!("server closed the stream: {code}"));
+                    }
                 }
                 Event::FrameRejected { reason } => {
                     self.down(format!(

@@ -41,6 +41,11 @@ pub const OWN_DEVICE: u32 = 1;
 pub const RECONNECT_MIN_MS: u64 = 1_000;
 /// Largest reconnect delay, in milliseconds.
 pub const RECONNECT_MAX_MS: u64 = 60_000;
+/// How long the link waits after the gatekeeper closed it as `replaced` (another client
+/// logged in as our device) before it logs in again, in milliseconds. Coming back at once
+/// would make two copies take the device from each other for ever; restarting the service
+/// reconnects at once.
+pub const REPLACED_WAIT_MS: u64 = 15 * 60_000;
 /// Longest the session loop sleeps when nothing is due, in milliseconds: a safety net only,
 /// since it wakes for input, for the API ([`Link::wake`]) and at the client's next deadline.
 pub const MAX_IDLE_SLEEP_MS: u64 = 60_000;
@@ -199,6 +204,19 @@ async fn run(
                     status(&format!("link up to {}", config.server_addr));
                 })
                 .await;
+                if engine.was_replaced() {
+                    link.state.set(LinkState::Replaced);
+                    log::error!(
+                        "link: replaced: another client logged in as {} device {OWN_DEVICE}; waiting {} min before logging in again (stop the other copy; restarting this service reconnects now)",
+                        config.account(),
+                        REPLACED_WAIT_MS / 60_000
+                    );
+                    status("link replaced by another client with this account");
+                    smol::Timer::after(Duration::from_millis(REPLACED_WAIT_MS)).await;
+                    link.state.set(LinkState::Down);
+                    backoff_ms = RECONNECT_MIN_MS;
+                    continue;
+                }
                 if up {
                     backoff_ms = RECONNECT_MIN_MS;
                     link.state.set(LinkState::Down);
