@@ -39,7 +39,7 @@
 //!
 //! After [`LinkEvent::Down`] the engine is finished: the shell drops it and dials again.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 
 use rand::{CryptoRng, Rng};
@@ -72,6 +72,14 @@ pub const READ_MARK_BATCH: usize = 64;
 /// queued rows goes out as acks free room, so the gatekeeper's queue towards us (acks,
 /// receipts) stays bounded instead of overflowing and closing the link.
 pub const SEND_WINDOW: usize = 64;
+/// Tries of one message on one connection when the gatekeeper refuses it with a code that a
+/// later try may overcome (`unknown_device`, `queue_full`, `internal`); after the last, the
+/// row fails with that code.
+pub const MAX_SEND_ATTEMPTS: u8 = 5;
+/// Wait before the second try of a `queue_full` or `internal` refusal, in milliseconds; it
+/// doubles for each further try (2, 4, 8, 16 s). An `unknown_device` refusal is tried again
+/// at once, with the recipient's device list fetched afresh.
+pub const SEND_RETRY_BASE_MS: u64 = 2_000;
 /// Longest the oldest in-flight message may wait for its ack, in milliseconds; then the
 /// connection is taken as broken, and the message goes out again on the next one.
 pub const ACK_WAIT_MS: u64 = 60_000;
@@ -116,6 +124,9 @@ pub struct Engine<R> {
     statuses: Vec<StatusChange>,
     /// The gatekeeper closed us with `replaced`: another client has our device.
     replaced: bool,
+    /// Messages the gatekeeper refused with a retryable code: tries so far, and when the
+    /// next may start (`None` while it is in flight again).
+    retries: HashMap<String, (u8, Option<u64>)>,
     events: VecDeque<LinkEvent>,
 }
 
@@ -146,6 +157,7 @@ impl<R: Rng + CryptoRng> Engine<R> {
             scan_after: 0,
             statuses: Vec::new(),
             replaced: false,
+            retries: HashMap::new(),
             events: VecDeque::new(),
         }
     }
@@ -234,10 +246,17 @@ impl<R: Rng + CryptoRng> Engine<R> {
             Phase::Down => return None,
             Phase::LoggingIn { deadline_ms } => deadline_ms,
             Phase::Up if self.woken => self.now_ms,
-            Phase::Up => match self.in_flight.front() {
-                Some((_, since)) => self.keys_due_ms.min(since.saturating_add(ACK_WAIT_MS)),
-                None => self.keys_due_ms,
-            },
+            Phase::Up => {
+                let acks = self
+                    .in_flight
+                    .front()
+                    .map(|(_, t)| t.saturating_add(ACK_WAIT_MS));
+                [Some(self.keys_due_ms), acks, self.next_retry()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(self.keys_due_ms)
+            }
         };
         Some(self.client.poll_timeout().map_or(due, |t| t.min(due)))
     }
@@ -267,6 +286,7 @@ impl<R: Rng + CryptoRng> Engine<R> {
                 self.keys_due_ms = self.now_ms.saturating_add(KEY_CHECK_INTERVAL_MS);
                 self.check_keys();
             }
+            self.release_due_retries();
             if std::mem::take(&mut self.woken) {
                 match self.flush_outbox() {
                     Ok(more) => self.woken = more,
@@ -326,12 +346,13 @@ impl<R: Rng + CryptoRng> Engine<R> {
                 }
                 Event::Acked { class, id, error } if class == "message" => {
                     self.landed(&id);
-                    let status = if error.is_some() {
-                        OutboxStatus::Failed
-                    } else {
-                        OutboxStatus::Sent
-                    };
-                    self.statuses.push((id, status, error.unwrap_or_default()));
+                    match error {
+                        None => {
+                            self.retries.remove(&id);
+                            self.statuses.push((id, OutboxStatus::Sent, String::new()));
+                        }
+                        Some(code) => self.refused(id, code),
+                    }
                 }
                 Event::Receipt { id, kind, .. } => match kind.as_deref() {
                     None => self
@@ -361,6 +382,75 @@ impl<R: Rng + CryptoRng> Engine<R> {
                 _ => {}
             }
         }
+    }
+
+    /// The gatekeeper refused message `id` with `code`: fail it, or try it again later
+    /// (docs/protocol.md section 9), at most [`MAX_SEND_ATTEMPTS`] times.
+    fn refused(&mut self, id: String, code: String) {
+        let retryable = matches!(code.as_str(), "unknown_device" | "queue_full" | "internal");
+        let tries = self
+            .retries
+            .get(&id)
+            .map_or(1, |(n, _)| n.saturating_add(1));
+        if !retryable || tries >= MAX_SEND_ATTEMPTS {
+            if retryable {
+                log::warn!("link: message {id} refused ({code}) {tries} times; failed");
+            }
+            self.retries.remove(&id);
+            self.statuses.push((id, OutboxStatus::Failed, code));
+            return;
+        }
+        let delay = if code == "unknown_device" {
+            if let Err(e) = self.refresh_devices_for(&id) {
+                self.down(format!("store: {e}"));
+                return;
+            }
+            0
+        } else {
+            SEND_RETRY_BASE_MS << (tries - 1)
+        };
+        log::info!(
+            "link: message {id} refused ({code}); try {} in {delay} ms",
+            tries + 1
+        );
+        self.retries
+            .insert(id, (tries, Some(self.now_ms.saturating_add(delay))));
+    }
+
+    /// Forgets the recipient's device list and the committed stanza of message `id`, so its
+    /// next try is encrypted afresh for the devices the gatekeeper lists now.
+    fn refresh_devices_for(&mut self, id: &str) -> Result<(), StoreError> {
+        let txn = self.store.begin()?;
+        if let Some((seq, mut row)) = txn.outbox_by_id(id)? {
+            txn.put_device_list(
+                &row.to,
+                &crate::store::DeviceList {
+                    fetched_ms: 0,
+                    devices: Vec::new(),
+                },
+            )?;
+            row.stanza.clear();
+            txn.outbox_write(seq, &row)?;
+        }
+        txn.commit()
+    }
+
+    /// Retries whose wait is over go back to the outbox scan.
+    fn release_due_retries(&mut self) {
+        let now = self.now_ms;
+        for (id, (_, due)) in self.retries.iter_mut() {
+            if due.is_some_and(|t| t <= now) {
+                *due = None;
+                self.started.remove(id);
+                self.woken = true;
+                self.scan_after = 0;
+            }
+        }
+    }
+
+    /// The earliest wait of a refused message.
+    fn next_retry(&self) -> Option<u64> {
+        self.retries.values().filter_map(|(_, due)| *due).min()
     }
 
     /// Message `id` needs no more room in the send window (acked, failed or held); if it

@@ -547,3 +547,84 @@ fn a_frame_we_refuse_is_logged_as_our_refusal_not_the_servers_close() {
     );
     assert!(!downs[0].contains("server closed"), "{downs:?}");
 }
+
+/// The gatekeeper's refusal of message `label` with `code`, as its `<ack>` carries it.
+fn refusal(label: &str, code: &str) -> Vec<u8> {
+    format!(
+        "<ack class=\"message\" id=\"{}\" t=\"1700000000\" error=\"{code}\" text=\"refused\"/>",
+        mid(label)
+    )
+    .into_bytes()
+}
+
+#[test]
+fn queue_full_is_tried_again_with_a_doubling_wait_then_fails_with_its_code() {
+    let mut rig = Rig::up("silent");
+    rig.queue("m-0", "warm up");
+    rig.engine.handle_api_wake(rig.now);
+    rig.pump();
+    rig.queue("m-q", "x");
+    rig.engine.handle_api_wake(rig.now);
+    let mut tries = Vec::new();
+    let mut waits = Vec::new();
+    for _ in 0..MAX_SEND_ATTEMPTS {
+        let out: Vec<Stanza> = rig
+            .transmit()
+            .into_iter()
+            .filter(|s| s.tag == "message")
+            .collect();
+        assert_eq!(out.len(), 1, "one try at a time: {out:?}");
+        tries.push(out[0].to_xml());
+        rig.engine
+            .handle_frame(&refusal("m-q", "queue_full"), rig.now);
+        let next = rig.engine.poll_timeout().unwrap();
+        if rig.row("m-q").status == OutboxStatus::Failed {
+            break;
+        }
+        assert_eq!(rig.row("m-q").status, OutboxStatus::Queued);
+        assert!(
+            rig.transmit().iter().all(|s| s.tag != "message"),
+            "not before its wait"
+        );
+        waits.push(next - rig.now);
+        rig.now = next;
+        rig.engine.handle_timeout(rig.now);
+    }
+    assert_eq!(tries.len(), usize::from(MAX_SEND_ATTEMPTS));
+    // Each try is the committed stanza, byte for byte.
+    assert!(tries.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(waits, [2_000, 4_000, 8_000, 16_000]);
+    let row = rig.row("m-q");
+    assert_eq!(row.status, OutboxStatus::Failed);
+    assert_eq!(row.error_code, "queue_full");
+}
+
+#[test]
+fn unknown_device_refreshes_the_device_list_and_sends_afresh_at_once() {
+    let mut rig = Rig::up("silent");
+    rig.queue("m-0", "warm up");
+    rig.engine.handle_api_wake(rig.now);
+    rig.pump();
+    rig.queue("m-d", "x");
+    rig.engine.handle_api_wake(rig.now);
+    let first: Vec<Stanza> = rig
+        .transmit()
+        .into_iter()
+        .filter(|s| s.tag == "message")
+        .collect();
+    assert_eq!(first.len(), 1);
+    rig.engine
+        .handle_frame(&refusal("m-d", "unknown_device"), rig.now);
+    // At the same instant: the device list is asked for again, and the message goes out
+    // encrypted anew (not the refused bytes), is accepted and delivered.
+    rig.pump();
+    let again: Vec<&Stanza> = rig
+        .sent
+        .iter()
+        .filter(|s| s.tag == "message" && s.attr_value("id") == Some(mid("m-d").as_str()))
+        .collect();
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert_ne!(again[0].to_xml(), again[1].to_xml());
+    assert_eq!(rig.row("m-d").status, OutboxStatus::Delivered);
+    assert!(rig.downs().is_empty());
+}
