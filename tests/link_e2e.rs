@@ -490,3 +490,31 @@ fn a_second_copy_of_the_account_replaces_the_first_which_then_waits_instead_of_f
     let id = b.send("+15550101", "from the copy that stays");
     b.wait_status(&id, "delivered");
 }
+
+#[test]
+fn a_read_receipt_still_due_when_the_hub_is_killed_is_sent_after_its_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub_state = dir.path().join("hub");
+    let (listen, control) = (hub_support::free_addr(), hub_support::free_addr());
+    let mut hub = hub_at(&hub_state, &listen, &control);
+    let addr: SocketAddr = control.parse().unwrap();
+    let set = request(
+        addr,
+        "POST",
+        "/users/+15550101/behavior",
+        None,
+        &[("Content-Type", "application/json")],
+        json!({"behavior": "read_after:4"}).to_string().as_bytes(),
+    );
+    assert_eq!(set.status, 200, "{set:?}");
+    let d = Daemon::start_for(dir.path(), &hub_state, &listen, "acme-home");
+    let id = d.send("+15550101", "read me later");
+    d.wait_status(&id, "delivered");
+    // Killed while the read receipt waits in the simulated user's timer.
+    let _ = hub.kill();
+    let _ = hub.wait();
+    hub = hub_at(&hub_state, &listen, &control);
+    d.wait_status(&id, "read");
+    let _ = hub.kill();
+    let _ = hub.wait();
+}

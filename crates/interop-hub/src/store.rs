@@ -40,10 +40,16 @@ const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue")
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("sim_users");
 /// (phone digits, seq) → received record (JSON).
 const RECEIVED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("sim_received");
+/// (due ms, seq) → a simulated user's delayed stanza (a `read_after` read receipt): the
+/// sender's JID, NUL, the stanza's XML. Kept so a hub killed before it is due still sends it.
+const SIM_TIMERS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("sim_timers");
 /// (user JID, user JID) → empty: these two users exchanged a message.
 const CONTACTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("contacts");
 
 const META_SCHEMA: &str = "schema_version";
+
+/// A simulated user's delayed stanza as kept: due ms, seq, sender JID, XML.
+pub type DelayedStanza = (u64, u64, String, Vec<u8>);
 
 /// An enlisted device and what it published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +141,7 @@ impl HubStore {
             txn.open_table(USERS)?;
             txn.open_table(RECEIVED)?;
             txn.open_table(CONTACTS)?;
+            txn.open_table(SIM_TIMERS)?;
         }
         txn.commit()?;
         Ok(HubStore { db })
@@ -418,6 +425,52 @@ impl HubStore {
         let mut out = Vec::new();
         for item in t.range((phone, 0u64)..=(phone, u64::MAX))? {
             out.push(item?.1.value().to_vec());
+        }
+        Ok(out)
+    }
+
+    // ---- delayed stanzas of simulated users -------------------------------------------------
+
+    /// Keeps `xml` from `from` to be routed at `due_ms`; returns its key's sequence.
+    pub fn put_timer(&self, due_ms: u64, from: &str, xml: &[u8]) -> Result<u64, StoreError> {
+        self.write(|txn| {
+            let seq = Self::next_seq(txn, "timer_seq")?;
+            let mut value = Vec::with_capacity(from.len() + 1 + xml.len());
+            value.extend_from_slice(from.as_bytes());
+            value.push(0);
+            value.extend_from_slice(xml);
+            txn.open_table(SIM_TIMERS)?
+                .insert((due_ms, seq), value.as_slice())?;
+            Ok(seq)
+        })
+    }
+
+    /// Forgets the delayed stanza `(due_ms, seq)` (it was routed).
+    pub fn remove_timer(&self, due_ms: u64, seq: u64) -> Result<(), StoreError> {
+        self.write(|txn| {
+            txn.open_table(SIM_TIMERS)?.remove((due_ms, seq))?;
+            Ok(())
+        })
+    }
+
+    /// Every delayed stanza, soonest first: (due ms, seq, sender JID, XML). A row that does
+    /// not split is corrupt.
+    pub fn timers(&self) -> Result<Vec<DelayedStanza>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(SIM_TIMERS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let (due, seq) = k.value();
+            let bytes = v.value();
+            let nul = bytes
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or(corrupt("sim_timers"))?;
+            let from = std::str::from_utf8(bytes.get(..nul).unwrap_or_default())
+                .map_err(|_| corrupt("sim_timers"))?;
+            let xml = bytes.get(nul + 1..).unwrap_or_default().to_vec();
+            out.push((due, seq, from.to_owned(), xml));
         }
         Ok(out)
     }

@@ -95,8 +95,12 @@ impl Hub {
             if entry.key().0 > now_ms {
                 break;
             }
+            let (due, seq) = *entry.key();
             let (from, stanza) = entry.remove();
             let _ = self.route(&from, &stanza, now_ms);
+            if let Err(e) = self.store.remove_timer(due, seq) {
+                log::error!("hub: delayed stanza ({due}, {seq}) not forgotten: {e}");
+            }
         }
         self.drain_sims(now_ms, rng);
     }

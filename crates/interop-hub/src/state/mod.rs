@@ -376,6 +376,18 @@ impl Hub {
             next_ticket: 0,
             stats: Stats::default(),
         };
+        // Delayed stanzas of simulated users that a killed hub had not yet sent.
+        for (due, seq, from, xml) in hub.store.timers()? {
+            match (Jid::parse(&from), stanza::parse(&xml)) {
+                (Ok(from), Ok(s)) => {
+                    hub.timers.insert((due, seq), (from, s));
+                }
+                _ => {
+                    log::warn!("hub: delayed stanza ({due}, {seq}) does not parse; dropped");
+                    hub.store.remove_timer(due, seq)?;
+                }
+            }
+        }
         for (phone, rec) in hub.store.users()? {
             let behavior = Behavior::parse(&rec.behavior).unwrap_or(Behavior::Silent);
             let (user, actions) =

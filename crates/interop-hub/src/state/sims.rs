@@ -68,8 +68,19 @@ impl Hub {
                     from,
                     stanza,
                 } => {
-                    self.next_timer += 1;
-                    self.timers.insert((at_ms, self.next_timer), (from, stanza));
+                    // Durable first: a hub killed before it is due still sends it.
+                    let seq = match self
+                        .store
+                        .put_timer(at_ms, &from.to_string(), &stanza.to_xml())
+                    {
+                        Ok(seq) => seq,
+                        Err(e) => {
+                            log::error!("hub: simulated {from}: delayed stanza not kept: {e}");
+                            self.next_timer += 1;
+                            u64::MAX - self.next_timer
+                        }
+                    };
+                    self.timers.insert((at_ms, seq), (from, stanza));
                 }
                 SimAction::Publish {
                     device,
