@@ -79,13 +79,7 @@ impl Client {
     /// Forgets `user`'s cached device list (a devices or identity notification).
     pub(super) fn forget_devices(&self, user: &str) -> Result<(), ClientError> {
         let txn = self.store.begin()?;
-        txn.put_device_list(
-            user,
-            &crate::store::DeviceList {
-                fetched_ms: 0,
-                devices: Vec::new(),
-            },
-        )?;
+        txn.forget_device_list(user)?;
         txn.commit()?;
         Ok(())
     }

@@ -422,13 +422,7 @@ impl<R: Rng + CryptoRng> Engine<R> {
     fn refresh_devices_for(&mut self, id: &str) -> Result<(), StoreError> {
         let txn = self.store.begin()?;
         if let Some((seq, mut row)) = txn.outbox_by_id(id)? {
-            txn.put_device_list(
-                &row.to,
-                &crate::store::DeviceList {
-                    fetched_ms: 0,
-                    devices: Vec::new(),
-                },
-            )?;
+            txn.forget_device_list(&row.to)?;
             row.stanza.clear();
             txn.outbox_write(seq, &row)?;
         }

@@ -6,6 +6,17 @@ use super::*;
 impl Txn {
     // ---- device lists -------------------------------------------------------------------
 
+    /// Forgets `user`'s cached device list, so the next send fetches it afresh.
+    pub fn forget_device_list(&self, user: &str) -> Result<(), StoreError> {
+        self.put_device_list(
+            user,
+            &DeviceList {
+                fetched_ms: 0,
+                devices: Vec::new(),
+            },
+        )
+    }
+
     pub fn put_device_list(&self, user: &str, list: &DeviceList) -> Result<(), StoreError> {
         check_key(user)?;
         if list.devices.len() > MAX_DEVICES_PER_USER {
