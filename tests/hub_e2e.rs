@@ -237,7 +237,7 @@ fn reinstall_shows_identity_change_and_a_new_session_works() {
         let (status, _) = hub.control("POST", "/users/+15550100/reinstall", None);
         assert_eq!(status, 200);
         conn.wait_for(WAIT_MS, |e| {
-            *e == Event::IdentityChanged { user: echo_user() }
+            *e == Event::IdentityAnnounced { user: echo_user() }
         })
         .await
         .unwrap();

@@ -52,6 +52,9 @@ const MAX_OVERFLOW_PER_JOB: u64 = 2;
 
 const KIND_MESSAGE: u8 = 1;
 const KIND_STATUS: u8 = 2;
+const KIND_IDENTITY: u8 = 3;
+/// Longest contact user (the account part of its JID) stored in an identity event, in bytes.
+pub const MAX_IDENTITY_USER_BYTES: usize = 64;
 
 /// One logged event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +69,17 @@ pub enum Event {
         error_code: String,
         updated_ms: u64,
     },
+    /// Device `device` of contact `user` changed its identity key from `previous` to
+    /// `current` at `at_ms`; `held` when the contact was verified, so `current` waits for
+    /// the household's trust. The keys are public identity keys, never secrets.
+    Identity {
+        user: String,
+        device: u32,
+        previous: [u8; 32],
+        current: [u8; 32],
+        held: bool,
+        at_ms: u64,
+    },
 }
 
 impl Event {
@@ -74,6 +88,7 @@ impl Event {
         match self {
             Event::Message { .. } => "message",
             Event::Status { .. } => "status",
+            Event::Identity { .. } => "identity",
         }
     }
 
@@ -104,6 +119,29 @@ impl Event {
                 put_str(&mut v, id)?;
                 put_str(&mut v, error_code)?;
             }
+            Event::Identity {
+                user,
+                device,
+                previous,
+                current,
+                held,
+                at_ms,
+            } => {
+                if user.len() > MAX_IDENTITY_USER_BYTES {
+                    return Err(StoreError::TooLarge {
+                        what: "identity event user",
+                        len: user.len() as u64,
+                        max: MAX_IDENTITY_USER_BYTES as u64,
+                    });
+                }
+                v.push(KIND_IDENTITY);
+                v.push(u8::from(*held));
+                v.extend_from_slice(&at_ms.to_be_bytes());
+                v.extend_from_slice(&device.to_be_bytes());
+                v.extend_from_slice(previous);
+                v.extend_from_slice(current);
+                put_str(&mut v, user)?;
+            }
         }
         Ok(v)
     }
@@ -133,6 +171,37 @@ impl Event {
                     status,
                     error_code,
                     updated_ms,
+                }
+            }
+            KIND_IDENTITY => {
+                let held = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => {
+                        return Err(StoreError::Corrupt {
+                            table: "events",
+                            detail: "bad held flag",
+                        });
+                    }
+                };
+                let at_ms = r.u64()?;
+                let device = r.u32()?;
+                let previous = r.array::<32>()?;
+                let current = r.array::<32>()?;
+                let user = r.string()?;
+                if user.len() > MAX_IDENTITY_USER_BYTES {
+                    return Err(StoreError::Corrupt {
+                        table: "events",
+                        detail: "identity event user too long",
+                    });
+                }
+                Event::Identity {
+                    user,
+                    device,
+                    previous,
+                    current,
+                    held,
+                    at_ms,
                 }
             }
             _ => {
@@ -267,6 +336,25 @@ impl EventBus {
         self.record(txn, &event, row.updated_ms)
     }
 
+    /// Logs "a contact device's identity changed" in `txn` (and its webhook job). Call it in
+    /// the transaction that stored the change. Returns the event's sequence.
+    pub fn record_identity(
+        &self,
+        txn: &Txn,
+        change: &crate::client::IdentityChange,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let event = Event::Identity {
+            user: change.device.user.clone(),
+            device: change.device.device.unwrap_or(0),
+            previous: change.previous,
+            current: change.current,
+            held: change.held,
+            at_ms: now_ms,
+        };
+        self.record(txn, &event, now_ms)
+    }
+
     fn record(&self, txn: &Txn, event: &Event, now_ms: u64) -> Result<u64, StoreError> {
         let seq = txn.append_event(&event.encode()?)?;
         if self.webhooks {
@@ -323,6 +411,27 @@ impl EventBus {
         self.notify();
     }
 
+    /// After the commit of a [`EventBus::record_identity`]: counts it, logs it (ids and
+    /// fingerprints only) and wakes the waiters.
+    pub fn publish_identity(&self, change: &crate::client::IdentityChange) {
+        self.metrics.inc(Counter::IdentityChanged);
+        let d = &change.device;
+        log::warn!(
+            "identity: contact {} device {} changed its identity key ({} -> {}){}",
+            d.user,
+            d.device.unwrap_or(0),
+            crate::signal::fingerprint(&change.previous, &d.user),
+            crate::signal::fingerprint(&change.current, &d.user),
+            if change.held {
+                "; the contact was verified, so messages to and from it are held until \
+                 POST /v1/contacts/{phone}/trust"
+            } else {
+                ""
+            }
+        );
+        self.notify();
+    }
+
     /// Wakes every waiter without counting anything.
     pub fn notify(&self) {
         self.generation.set(self.generation.get().wrapping_add(1));
@@ -374,9 +483,41 @@ mod tests {
                 error_code: "unknown_user".into(),
                 updated_ms: 9,
             },
+            Event::Identity {
+                user: "15550100".into(),
+                device: 3,
+                previous: [1; 32],
+                current: [2; 32],
+                held: true,
+                at_ms: 11,
+            },
         ] {
             assert_eq!(Event::decode(&e.encode().unwrap()).unwrap(), e);
         }
+        let long = Event::Identity {
+            user: "1".repeat(MAX_IDENTITY_USER_BYTES + 1),
+            device: 0,
+            previous: [0; 32],
+            current: [0; 32],
+            held: false,
+            at_ms: 0,
+        };
+        assert!(matches!(long.encode(), Err(StoreError::TooLarge { .. })));
+        let mut bad_flag = Event::Identity {
+            user: "1".into(),
+            device: 0,
+            previous: [0; 32],
+            current: [0; 32],
+            held: false,
+            at_ms: 0,
+        }
+        .encode()
+        .unwrap();
+        bad_flag[2] = 2;
+        assert!(matches!(
+            Event::decode(&bad_flag),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -517,6 +658,19 @@ mod tests {
                     error_code: code,
                     updated_ms,
                 };
+                prop_assert_eq!(Event::decode(&e.encode().unwrap()).unwrap(), e);
+            }
+
+            #[test]
+            fn identity_events_round_trip(
+                user in "[0-9]{1,64}",
+                device in any::<u32>(),
+                previous in any::<[u8; 32]>(),
+                current in any::<[u8; 32]>(),
+                held in any::<bool>(),
+                at_ms in any::<u64>(),
+            ) {
+                let e = Event::Identity { user, device, previous, current, held, at_ms };
                 prop_assert_eq!(Event::decode(&e.encode().unwrap()).unwrap(), e);
             }
         }

@@ -423,7 +423,7 @@ fn reinstall_is_seen_as_identity_change_and_new_session_works() {
     net.run();
     let ev = net.take_events(a);
     assert!(
-        ev.contains(&Event::IdentityChanged {
+        ev.contains(&Event::IdentityAnnounced {
             user: wa("15550100")
         }),
         "{ev:?}"
@@ -431,9 +431,17 @@ fn reinstall_is_seen_as_identity_change_and_new_session_works() {
     net.send_text(a, &wa("15550100"), "after");
     let ev = net.take_events(a);
     assert_eq!(texts(&ev), vec!["echo: after".to_owned()]);
-    assert!(ev.contains(&Event::IdentityChanged {
-        user: wa("15550100")
-    }));
+    let changes: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::IdentityChanged(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changes.len(), 1, "reported once, by the bundle: {ev:?}");
+    assert_eq!(changes[0].device.to_user(), wa("15550100"));
+    assert_ne!(changes[0].previous, changes[0].current);
+    assert!(!changes[0].held);
 }
 
 #[test]
@@ -727,8 +735,10 @@ fn reinstall_without_notification_reaches_the_client_only_as_a_retry_receipt() {
     net.run();
     let ev = net.take_events(a);
     assert!(
-        !ev.iter()
-            .any(|e| matches!(e, Event::IdentityChanged { .. })),
+        !ev.iter().any(|e| matches!(
+            e,
+            Event::IdentityChanged(_) | Event::IdentityAnnounced { .. }
+        )),
         "{ev:?}"
     );
     let id = net.send_text(a, &wa("15550100"), "after");

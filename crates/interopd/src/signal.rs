@@ -243,7 +243,13 @@ mod tests {
             addr: bob.addr.clone(),
             ..peer("bob")
         };
-        assert_eq!(connect(&alice, &bob2, true), IdentityEvent::Changed);
+        assert_eq!(
+            connect(&alice, &bob2, true),
+            IdentityEvent::Changed {
+                previous: bundle(&bob, false).identity,
+                current: bundle(&bob2, false).identity,
+            }
+        );
         let txn = alice.store.begin().unwrap();
         let r = remote_identity(&txn, &bob.addr).unwrap().unwrap();
         assert_eq!(r.trust, TrustState::Changed);
@@ -263,7 +269,13 @@ mod tests {
         };
         connect(&alice3, &bob2, true);
         let d = recv(&bob2, &alice3, &send(&alice3, &bob2, b"newer me")).unwrap();
-        assert_eq!(d.identity, IdentityEvent::Changed);
+        assert_eq!(
+            d.identity,
+            IdentityEvent::Changed {
+                previous: bundle(&alice2, false).identity,
+                current: bundle(&alice3, false).identity,
+            }
+        );
         assert_eq!(d.plaintext, b"newer me");
     }
 

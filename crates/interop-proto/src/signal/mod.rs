@@ -213,8 +213,19 @@ pub enum IdentityEvent {
     Unchanged,
     /// First time this device's identity was seen.
     New,
-    /// The device's identity changed and was accepted (its contact was not verified).
-    Changed,
+    /// The device's identity changed and was accepted (its contact was not verified):
+    /// `previous` was replaced by `current`.
+    Changed {
+        previous: RawKey,
+        current: RawKey,
+    },
+}
+
+impl IdentityEvent {
+    /// Whether this is a [`IdentityEvent::Changed`].
+    pub fn is_changed(&self) -> bool {
+        matches!(self, IdentityEvent::Changed { .. })
+    }
 }
 
 /// A decrypted message.
@@ -237,8 +248,13 @@ pub enum SignalError<E> {
     /// Peer or us: no session with this device; fetch a bundle first.
     NoSession { address: Address },
     /// Household policy: a verified contact's identity changed. Sending and receiving for
-    /// this device are held until the household trusts the new identity.
-    UntrustedIdentity { address: Address },
+    /// this device are held until the household trusts the new identity. `newly_held` is
+    /// `(verified key, offered key)` when this operation put the offered key on hold (it was
+    /// not pending already), so the caller reports a change once, not once per message.
+    UntrustedIdentity {
+        address: Address,
+        newly_held: Option<(RawKey, RawKey)>,
+    },
     /// Peer (replay or redelivery): this message's key was already used.
     Duplicate,
     /// Peer: the message skips more than [`MAX_SKIPPED_KEYS`] ahead.
@@ -261,7 +277,7 @@ impl<E: std::fmt::Display> std::fmt::Display for SignalError<E> {
             Self::BadSignature => f.write_str("signed prekey signature does not verify"),
             Self::BadKey => f.write_str("invalid public key"),
             Self::NoSession { address } => write!(f, "no session with {address}"),
-            Self::UntrustedIdentity { address } => {
+            Self::UntrustedIdentity { address, .. } => {
                 write!(
                     f,
                     "identity of verified contact device {address} changed; trust it again to continue"
@@ -303,6 +319,7 @@ fn map_err<E>(e: SignalProtocolError, address: &Address) -> SignalError<E> {
         },
         E::UntrustedIdentity(_) => SignalError::UntrustedIdentity {
             address: address.clone(),
+            newly_held: None,
         },
         E::DuplicatedMessage(..) => SignalError::Duplicate,
         E::BadMac(_) => SignalError::BadMac,

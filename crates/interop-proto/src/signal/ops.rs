@@ -58,22 +58,28 @@ pub fn process_bundle<S: SignalStore, R: Rng + CryptoRng>(
     });
     match result {
         Ok(change) => {
+            let replaced = scratch.replaced;
             scratch.flush(txn)?;
-            Ok(identity_event(first, change))
+            Ok(identity_event(first, change, replaced))
         }
         Err(SignalProtocolError::UntrustedIdentity(_)) => {
-            hold_pending_identity(txn, address, bundle.identity)?;
+            let newly_held = hold_pending_identity(txn, address, bundle.identity)?;
             Err(SignalError::UntrustedIdentity {
                 address: address.clone(),
+                newly_held,
             })
         }
         Err(e) => Err(map_err(e, address)),
     }
 }
 
-pub(super) fn identity_event(first: bool, change: IdentityChange) -> IdentityEvent {
-    if matches!(change, IdentityChange::ReplacedExisting) {
-        IdentityEvent::Changed
+pub(super) fn identity_event(
+    first: bool,
+    change: IdentityChange,
+    replaced: Option<(RawKey, RawKey)>,
+) -> IdentityEvent {
+    if let (IdentityChange::ReplacedExisting, Some((previous, current))) = (change, replaced) {
+        IdentityEvent::Changed { previous, current }
     } else if first {
         IdentityEvent::New
     } else {
@@ -81,16 +87,22 @@ pub(super) fn identity_event(first: bool, change: IdentityChange) -> IdentityEve
     }
 }
 
+/// Holds `key` as the pending identity of `address`. Returns `(current key, key)` when that
+/// is news: no key, or another one, was pending before.
 pub(super) fn hold_pending_identity<S: SignalStore>(
     txn: &S,
     address: &Address,
     key: RawKey,
-) -> Result<(), Fail<S>> {
-    if let Some(mut r) = remote_identity(txn, address)? {
-        r.pending = Some(key);
-        put_remote(txn, address, &r)?;
+) -> Result<Option<(RawKey, RawKey)>, Fail<S>> {
+    let Some(mut r) = remote_identity(txn, address)? else {
+        return Ok(None);
+    };
+    if r.pending == Some(key) {
+        return Ok(None);
     }
-    Ok(())
+    r.pending = Some(key);
+    put_remote(txn, address, &r)?;
+    Ok(Some((r.key, key)))
 }
 
 /// The session half of a [`Scratch`], split off so the identity half can be borrowed at the
@@ -231,20 +243,23 @@ pub fn decrypt<S: SignalStore, R: Rng + CryptoRng>(
                 scratch.removed_prekeys.push(id);
             }
             scratch.dirty_sessions.insert(pa);
+            let replaced = scratch.replaced;
             scratch.flush(txn)?;
             Ok(Decrypted {
                 plaintext: d.plaintext,
-                identity: identity_event(first, d.identity_change),
+                identity: identity_event(first, d.identity_change, replaced),
                 consumed_prekey: consumed,
             })
         }
         Err(SignalProtocolError::UntrustedIdentity(_)) => {
+            let mut newly_held = None;
             if let CiphertextMessage::PreKeySignalMessage(m) = &parsed {
                 let raw = raw_from_public(m.identity_key().public_key())?;
-                hold_pending_identity(txn, address, raw)?;
+                newly_held = hold_pending_identity(txn, address, raw)?;
             }
             Err(SignalError::UntrustedIdentity {
                 address: address.clone(),
+                newly_held,
             })
         }
         Err(e) => Err(map_err(e, address)),

@@ -15,6 +15,8 @@ pub(super) struct Scratch {
     pub(super) prekeys: HashMap<PreKeyId, PreKeyRecord>,
     pub(super) removed_prekeys: Vec<PreKeyId>,
     pub(super) signed_prekeys: HashMap<SignedPreKeyId, SignedPreKeyRecord>,
+    /// The identity key this operation replaced, and its replacement.
+    pub(super) replaced: Option<(RawKey, RawKey)>,
 }
 
 impl Scratch {
@@ -54,6 +56,7 @@ impl Scratch {
             prekeys: HashMap::new(),
             removed_prekeys: Vec::new(),
             signed_prekeys: HashMap::new(),
+            replaced: None,
         })
     }
 
@@ -127,6 +130,7 @@ impl IdentityKeyStore for Scratch {
         let changed = match self.remotes.get_mut(address) {
             Some(r) if r.key == raw => false,
             Some(r) => {
+                self.replaced = Some((r.key, raw));
                 r.key = raw;
                 r.changed_ms = now;
                 r.pending = None;

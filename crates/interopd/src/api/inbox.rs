@@ -160,6 +160,21 @@ pub fn event_json(txn: &Txn, event: &Event) -> Result<Option<serde_json::Value>,
             }
             Ok(Some(v))
         }
+        Event::Identity {
+            user,
+            device,
+            previous,
+            current,
+            held,
+            at_ms,
+        } => Ok(Some(serde_json::json!({
+            "phone": format!("+{user}"),
+            "device": device,
+            "previous_fingerprint": crate::signal::fingerprint(previous, user),
+            "fingerprint": crate::signal::fingerprint(current, user),
+            "held": held,
+            "changed_at": rfc3339(*at_ms),
+        }))),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The webhook worker: delivers every logged event (inbound message, status change) to the
 //! configured `webhook.url` as a signed JSON POST, in event order, from durable jobs.
 //!
-//! - Body: `{"event": "message"|"status", "id": <event id>, "data": <the SSE object>}`.
+//! - Body: `{"event": "message"|"status"|"identity", "id": <event id>, "data": <the SSE object>}`.
 //! - Headers: `X-Interopd-Signature: sha256=<hex HMAC-SHA256 of the body, key webhook.secret>`,
 //!   `X-Interopd-Event` (the event name) and `X-Interopd-Event-Id` (the event id; receivers
 //!   de-duplicate on it, since delivery is at least once: a crash between the receiver's 2xx

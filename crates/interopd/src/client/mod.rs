@@ -120,8 +120,15 @@ pub enum Event {
         id: String,
         error: Option<String>,
     },
-    /// A contact's identity changed (notification, or a new key seen in a bundle).
-    IdentityChanged { user: Jid },
+    /// A contact device's identity key changed from `previous` to `current`, seen in a
+    /// bundle or a message. `held`: its contact was verified, so `current` waits as pending
+    /// (sends and receives for the device are held) until the household trusts it; otherwise
+    /// `current` is in use. Reported once per change, and journalled in the transaction
+    /// that stored it.
+    IdentityChanged(IdentityChange),
+    /// The gatekeeper announced that `user`'s identity changed: its sessions were dropped,
+    /// and the new key is checked (and reported as [`Event::IdentityChanged`]) when met.
+    IdentityAnnounced { user: Jid },
     /// A contact's device list changed.
     DevicesChanged { user: Jid },
     /// The server says our one-time prekeys run low; a top-up was sent.
@@ -221,6 +228,21 @@ pub trait Journal {
     fn inbound(&self, txn: &Txn, cursor: u64, now_ms: u64) -> Result<(), StoreError>;
     /// The transaction holding [`Journal::inbound`] committed.
     fn inbound_committed(&self, cursor: u64);
+    /// A contact device's identity changed in `txn` (not yet committed); the fields are
+    /// those of [`Event::IdentityChanged`].
+    fn identity(&self, txn: &Txn, change: &IdentityChange, now_ms: u64) -> Result<(), StoreError>;
+    /// The transaction holding [`Journal::identity`] committed.
+    fn identity_committed(&self, change: &IdentityChange);
+}
+
+/// A contact device's identity change, as the client reports and journals it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityChange {
+    pub device: Jid,
+    pub previous: signal::RawKey,
+    pub current: signal::RawKey,
+    /// The contact was verified: `current` waits as pending until trusted.
+    pub held: bool,
 }
 
 /// The client's state machine.
@@ -310,6 +332,36 @@ impl Client {
     /// Records inbound messages through `journal` as they commit.
     pub fn set_journal(&mut self, journal: Rc<dyn Journal>) {
         self.journal = Some(journal);
+    }
+
+    /// Journals identity change `(device, previous, current, held)` in `txn`, before its
+    /// commit; hand the result to [`Client::identity_committed`] after the commit.
+    fn journal_identity(
+        &self,
+        txn: &Txn,
+        device: &Jid,
+        (previous, current): (signal::RawKey, signal::RawKey),
+        held: bool,
+        now_ms: u64,
+    ) -> Result<IdentityChange, ClientError> {
+        let change = IdentityChange {
+            device: device.clone(),
+            previous,
+            current,
+            held,
+        };
+        if let Some(j) = &self.journal {
+            j.identity(txn, &change, now_ms)?;
+        }
+        Ok(change)
+    }
+
+    /// After the commit of a [`Client::journal_identity`]: announces the change.
+    fn identity_committed(&mut self, change: IdentityChange) {
+        if let Some(j) = &self.journal {
+            j.identity_committed(&change);
+        }
+        self.events.push_back(Event::IdentityChanged(change));
     }
 
     /// Keeps received media messages out of the inbox as pending rows until a downloader
@@ -671,7 +723,7 @@ impl Client {
                         signal::delete_session(&txn, &user.with_device(device).address())?;
                     }
                     txn.commit()?;
-                    self.events.push_back(Event::IdentityChanged {
+                    self.events.push_back(Event::IdentityAnnounced {
                         user: user.to_user(),
                     });
                 }
@@ -1051,9 +1103,11 @@ mod tests {
             to: peer(),
             count: 1
         }));
-        assert!(ev.contains(&Event::IdentityChanged {
-            user: peer().to_user()
-        }));
+        assert!(
+            ev.iter().any(|e| matches!(e, Event::IdentityChanged(c)
+                if c.device == peer() && c.previous != c.current && !c.held)),
+            "{ev:?}"
+        );
         // The row keeps its original stanza.
         let txn = a.store().begin().unwrap();
         let (_, stored) = txn.outbox_by_id(&row.id).unwrap().unwrap();

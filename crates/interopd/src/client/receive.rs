@@ -48,13 +48,17 @@ impl Client {
                 return Ok(());
             }
             Err(e) => {
-                if matches!(e, SignalError::UntrustedIdentity { .. }) {
+                if let SignalError::UntrustedIdentity { newly_held, .. } = &e {
                     // The offered identity is held as pending (signal::decrypt wrote it):
                     // keep it, so the contact shows `changed` and trust can adopt it.
+                    let change = match *newly_held {
+                        Some(keys) => Some(self.journal_identity(&txn, &from, keys, true, now_ms)?),
+                        None => None,
+                    };
                     txn.commit()?;
-                    self.events.push_back(Event::IdentityChanged {
-                        user: from.to_user(),
-                    });
+                    if let Some(c) = change {
+                        self.identity_committed(c);
+                    }
                 } else {
                     drop(txn);
                 }
@@ -101,16 +105,20 @@ impl Client {
                 row,
             };
             let fresh = txn.pending_inbox_insert(&dedupe, &pending)?;
+            let change = match plain.identity {
+                IdentityEvent::Changed { previous, current } => {
+                    Some(self.journal_identity(&txn, &from, (previous, current), false, now_ms)?)
+                }
+                _ => None,
+            };
             txn.commit()?;
             self.push(&ack, now_ms);
             let receipt = Stanza::new("receipt")
                 .attr("id", id.clone())
                 .attr("to", from.to_user().to_string());
             self.push(&receipt, now_ms);
-            if plain.identity == IdentityEvent::Changed {
-                self.events.push_back(Event::IdentityChanged {
-                    user: from.to_user(),
-                });
+            if let Some(c) = change {
+                self.identity_committed(c);
             }
             if fresh {
                 self.events.push_back(Event::MediaPending { id, from });
@@ -121,6 +129,12 @@ impl Client {
         if let (Some(j), Some(c)) = (&self.journal, cursor) {
             j.inbound(&txn, c, now_ms)?;
         }
+        let change = match plain.identity {
+            IdentityEvent::Changed { previous, current } => {
+                Some(self.journal_identity(&txn, &from, (previous, current), false, now_ms)?)
+            }
+            _ => None,
+        };
         txn.commit()?;
         if let (Some(j), Some(c)) = (&self.journal, cursor) {
             j.inbound_committed(c);
@@ -130,10 +144,8 @@ impl Client {
             .attr("id", id.clone())
             .attr("to", from.to_user().to_string());
         self.push(&receipt, now_ms);
-        if plain.identity == IdentityEvent::Changed {
-            self.events.push_back(Event::IdentityChanged {
-                user: from.to_user(),
-            });
+        if let Some(c) = change {
+            self.identity_committed(c);
         }
         if let Some(cursor) = cursor {
             self.events.push_back(Event::Message {
@@ -213,17 +225,29 @@ impl Client {
                         continue;
                     }
                     match signal::process_bundle(&txn, &j.address(), &b, rng, now_ms) {
-                        Ok(IdentityEvent::Changed) => changed.push(j.to_user()),
+                        Ok(IdentityEvent::Changed { previous, current }) => {
+                            changed.push(self.journal_identity(
+                                &txn,
+                                &j,
+                                (previous, current),
+                                false,
+                                now_ms,
+                            )?);
+                        }
                         Ok(_) => {}
-                        Err(SignalError::UntrustedIdentity { .. }) => held = Some(j.to_user()),
+                        Err(SignalError::UntrustedIdentity { newly_held, .. }) => {
+                            if let Some(keys) = newly_held {
+                                changed.push(self.journal_identity(&txn, &j, keys, true, now_ms)?);
+                            }
+                            held = Some(j.to_user());
+                        }
                         Err(e) => log::warn!("client: bundle of {j} refused: {e}"),
                     }
                 }
                 // The refused key is kept as pending in this transaction.
                 txn.commit()?;
-                changed.dedup();
-                for user in changed {
-                    self.events.push_back(Event::IdentityChanged { user });
+                for c in changed {
+                    self.identity_committed(c);
                 }
                 if let Some(user) = held {
                     self.sends.remove(&send);

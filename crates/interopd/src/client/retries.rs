@@ -274,9 +274,17 @@ impl Client {
         let addr = device.address();
         signal::delete_session(&txn, &addr)?;
         let changed = match signal::process_bundle(&txn, &addr, bundle, rng, now_ms) {
-            Ok(event) => event == IdentityEvent::Changed,
-            Err(SignalError::UntrustedIdentity { .. }) => {
+            Ok(IdentityEvent::Changed { previous, current }) => Some((previous, current)),
+            Ok(_) => None,
+            Err(SignalError::UntrustedIdentity { newly_held, .. }) => {
+                let change = match newly_held {
+                    Some(keys) => Some(self.journal_identity(&txn, device, keys, true, now_ms)?),
+                    None => None,
+                };
                 txn.commit()?;
+                if let Some(c) = change {
+                    self.identity_committed(c);
+                }
                 self.events.push_back(Event::SendHeld {
                     id: id.to_owned(),
                     user: device.to_user(),
@@ -313,15 +321,17 @@ impl Client {
             );
         answered.set(&key, count);
         answered.save(&txn, META_RETRY_ANSWERED)?;
+        let change = match changed {
+            Some(keys) => Some(self.journal_identity(&txn, device, keys, false, now_ms)?),
+            None => None,
+        };
         // The rebuilt session and the count commit before the bytes reach the wire.
         txn.commit()?;
         self.push(&m, now_ms);
         *self.resends.entry(id.to_owned()).or_default() += 1;
         log::warn!("client: resending {id} to {device} (retry {count})");
-        if changed {
-            self.events.push_back(Event::IdentityChanged {
-                user: device.to_user(),
-            });
+        if let Some(c) = change {
+            self.identity_committed(c);
         }
         self.events.push_back(Event::Resent {
             id: id.to_owned(),

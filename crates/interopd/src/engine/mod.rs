@@ -370,6 +370,12 @@ impl<R: Rng + CryptoRng> Engine<R> {
                     }
                 }
                 Event::MediaPending { .. } => self.events.push_back(LinkEvent::MediaPending),
+                Event::IdentityAnnounced { user } => {
+                    log::info!(
+                        "link: the gatekeeper says {user} has a new identity; its sessions were \
+                         dropped and the new key is checked when next met"
+                    );
+                }
                 Event::DecryptFailed { id, from, reason } => {
                     log::warn!("link: message {id} from {from} cannot be decrypted: {reason}");
                 }

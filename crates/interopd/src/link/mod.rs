@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use rand::RngExt;
 
-use crate::client::{Client, Journal};
+use crate::client::{Client, IdentityChange, Journal};
 use crate::config::{Config, ServerPin};
 use crate::daemon::{LinkControl, LinkState, Runtime};
 use crate::engine::{EVENT_BATCH, Engine, LinkEvent};
@@ -96,6 +96,14 @@ impl Journal for BusJournal {
 
     fn inbound_committed(&self, cursor: u64) {
         self.0.publish_message(cursor);
+    }
+
+    fn identity(&self, txn: &Txn, change: &IdentityChange, now_ms: u64) -> Result<(), StoreError> {
+        self.0.record_identity(txn, change, now_ms).map(|_| ())
+    }
+
+    fn identity_committed(&self, change: &IdentityChange) {
+        self.0.publish_identity(change);
     }
 }
 
