@@ -680,3 +680,112 @@ fn run_exits_78_on_bad_config_and_1_when_the_api_address_is_taken() {
         "a LAN --api needs the config's consent"
     );
 }
+
+/// What one slow attacker connection sends first; the rest it trickles a byte at a time.
+enum Slow {
+    /// A head without a token that never ends.
+    Head,
+    /// A whole head with the token, then a body far slower than the minimum rate.
+    Body,
+}
+
+/// Holds `n` slow connections of `kind` open against `addr` until `stop`, trickling a byte
+/// to each every 300 ms; with `reconnect`, one that the daemon closed is opened again.
+fn slow_clients(
+    addr: SocketAddr,
+    token: String,
+    kind: Slow,
+    n: usize,
+    reconnect: bool,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let start = |token: &str| -> Option<TcpStream> {
+            let mut s = TcpStream::connect(addr).ok()?;
+            let first = match kind {
+                Slow::Head => format!("GET /v1/inbox HTTP/1.1\r\nHost: {addr}\r\nX-Pad: "),
+                Slow::Body => format!(
+                    "POST /v1/messages HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+                     Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                ),
+            };
+            s.write_all(first.as_bytes()).ok()?;
+            Some(s)
+        };
+        let mut conns: Vec<Option<TcpStream>> = (0..n).map(|_| start(&token)).collect();
+        let mut opened = n;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for c in conns.iter_mut() {
+                let alive = c.as_mut().is_some_and(|s| s.write_all(b" ").is_ok());
+                if !alive {
+                    *c = None;
+                    if reconnect {
+                        *c = start(&token);
+                        opened += 1;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        opened
+    })
+}
+
+#[test]
+fn three_hundred_slow_connections_leave_a_prompt_client_fully_served() {
+    let mut d = Daemon::start();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let heads = slow_clients(d.addr, d.token.clone(), Slow::Head, 300, true, stop.clone());
+    let bodies = slow_clients(d.addr, d.token.clone(), Slow::Body, 70, false, stop.clone());
+    // Let every slow connection open and start trickling.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut failures = Vec::new();
+    let total = 50;
+    let mut slowest = Duration::ZERO;
+    for i in 0..total {
+        let asked = Instant::now();
+        let r = if i % 2 == 0 {
+            request(d.addr, "GET", "/v1/identity", Some(&d.token), &[], b"")
+        } else {
+            let body = json!({"to": "+15550100", "text": format!("prompt {i}")}).to_string();
+            request(
+                d.addr,
+                "POST",
+                "/v1/messages",
+                Some(&d.token),
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+        };
+        slowest = slowest.max(asked.elapsed());
+        if !(200..300).contains(&r.status) {
+            failures.push((i, r.status, r.body.clone()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let metrics = request(d.addr, "GET", "/metrics", Some(&d.token), &[], b"");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reopened = heads.join().unwrap();
+    bodies.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {total} prompt requests failed under 370 slow connections: {failures:?}",
+        failures.len()
+    );
+    let evicted = metrics
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("interopd_api_connections_evicted_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        evicted > 0,
+        "the slow connections were never in the way:\n{}",
+        metrics.body
+    );
+    eprintln!(
+        "{total}/{total} served, the slowest in {slowest:?}; {evicted} idle connections \
+         evicted; {reopened} slow heads opened"
+    );
+    d.assert_alive();
+}

@@ -33,6 +33,8 @@ async fn route(req: Request) -> Response {
                 .with_header("Content-Type", "text/event-stream")
                 .with_body(Body::Stream(Box::pin(futures_lite::stream::iter(parts))))
         }
+        // A handler that waits for ever, as a long-poll does.
+        ("GET", "/wait") => futures_lite::future::pending().await,
         ("GET", "/query") => {
             let to = req.query_param("to").unwrap_or_default();
             Response::text(200, &to)
@@ -431,23 +433,25 @@ fn smuggling_shaped_framing_is_refused_and_closed() {
 }
 
 #[test]
-fn connections_over_the_limit_get_503() {
+fn connections_over_the_limit_get_503_and_a_hang_up_frees_the_slot() {
     let options = ServeOptions {
-        max_connections: 1,
+        limits: http::AcceptLimits::for_max(1),
         ..ServeOptions::default()
     };
     let addr = start(options);
     let mut first = connect(addr);
     first
-        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    assert_eq!(read_reply(&mut first, false).status, 200);
+    // The waiting handler is busy: a newcomer cannot take its slot.
+    std::thread::sleep(Duration::from_millis(100));
     let mut second = connect(addr);
     let reply = read_reply(&mut second, false);
     assert_eq!(reply.status, 503);
     assert_eq!(reply.error_code(), "overloaded");
+    // The client of the waiting request hangs up: its slot is free at once, not when the
+    // handler would have finished (never).
     drop(first);
-    // Once the first connection is gone, a new one is served again.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let mut third = connect(addr);
@@ -463,6 +467,98 @@ fn connections_over_the_limit_get_503() {
 }
 
 #[test]
+fn an_idle_keep_alive_connection_gives_its_slot_to_a_newcomer() {
+    let options = ServeOptions {
+        limits: http::AcceptLimits::for_max(1),
+        ..ServeOptions::default()
+    };
+    let addr = start(options);
+    let mut first = connect(addr);
+    first
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_reply(&mut first, false).status, 200);
+    // `first` now idles between requests; the newcomer is served in its place.
+    let mut second = connect(addr);
+    second
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_reply(&mut second, false).status, 200);
+    assert!(closed_by_server(&mut first), "the idle one was closed");
+}
+
+#[test]
+fn a_head_sent_a_byte_at_a_time_still_ends_at_the_head_deadline() {
+    let options = ServeOptions {
+        head_timeout_ms: 600,
+        ..ServeOptions::default()
+    };
+    let addr = start(options);
+    let mut slow = connect(addr);
+    let started = Instant::now();
+    let head = b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut cut_off = false;
+    for b in head {
+        if slow.write_all(&[*b]).is_err() {
+            cut_off = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        if started.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    // Each byte came well within the limit, yet the whole head did not.
+    let reply = if cut_off {
+        None
+    } else {
+        Some(read_reply(&mut slow, false))
+    };
+    if let Some(reply) = reply {
+        assert_eq!(reply.status, 408);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the head deadline reset per byte"
+    );
+}
+
+#[test]
+fn a_body_slower_than_the_minimum_rate_is_refused() {
+    let options = ServeOptions {
+        body_rate_grace_ms: 300,
+        min_body_bytes_per_sec: 1000,
+        ..ServeOptions::default()
+    };
+    let addr = start(options);
+    let mut slow = connect(addr);
+    slow.write_all(b"POST /json HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    // 20 bytes per 100 ms is 200 B/s: progress on every read, but too slow on average.
+    let writer = {
+        let mut w = slow.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..49 {
+                if w.write_all(&[b' '; 20]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let reply = read_reply(&mut slow, false);
+    assert_eq!(reply.status, 408, "{reply:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(slow);
+    writer.join().unwrap();
+}
+
+#[test]
 fn the_same_server_runs_behind_tls() {
     let dir = tempfile::tempdir().unwrap();
     let hub = interopd::tls::ensure_hub_ca(dir.path(), &["localhost"]).unwrap();
@@ -475,7 +571,8 @@ fn the_same_server_runs_behind_tls() {
             let options = ServeOptions::default();
             let (tcp, peer) = listener.accept().await.unwrap();
             let tls = interopd::tls::accept(server_config, tcp).await.unwrap();
-            http::serve_connection(tls, peer, &options, &route).await;
+            let slot = std::rc::Rc::new(http::Slot::new(http::PeerKey::of(peer), Instant::now()));
+            http::serve_connection(tls, peer, &options, &slot, &route).await;
         });
     });
     let pin = interopd::tls::Pin::CaFile(hub.ca_cert_path().to_path_buf());

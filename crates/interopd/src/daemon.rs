@@ -297,6 +297,8 @@ pub async fn serve(
         max_body_bytes: api::media::MAX_MEDIA_BODY_BYTES,
         ..crate::http::ServeOptions::default()
     };
+    rt.metrics
+        .watch_api_listener(std::sync::Arc::clone(&options.stats));
     let http = crate::http::serve(Rc::clone(&rt.executor), listener, options, move |req| {
         Rc::clone(&api).handle(req)
     });

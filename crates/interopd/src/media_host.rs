@@ -85,7 +85,7 @@ pub fn blob_url(public_url: &str, id: &MediaId) -> String {
 pub fn serve_options() -> ServeOptions {
     ServeOptions {
         max_body_bytes: MEDIA_HOST_MAX_BODY_BYTES,
-        max_connections: MEDIA_HOST_MAX_CONNECTIONS,
+        limits: http::AcceptLimits::for_max(MEDIA_HOST_MAX_CONNECTIONS),
         ..ServeOptions::default()
     }
 }
@@ -381,7 +381,7 @@ fn open_blob(
 }
 
 /// Serves the media host over TLS with `tls_config` on `listener` forever, through the one
-/// accept loop ([`http::serve_tls`]) on `ex`; at most `options.max_connections` at once
+/// accept loop ([`http::serve_tls`]) on `ex`; at most `options.limits.max_connections` at once
 /// (more are closed at accept). Use [`serve_options`] for the media host's bounds. Stop it
 /// by dropping the future.
 pub async fn serve(

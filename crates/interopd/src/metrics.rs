@@ -87,6 +87,8 @@ pub struct Metrics {
     commit_buckets: [Cell<u64>; COMMIT_BUCKETS_SECS.len()],
     commit_count: Cell<u64>,
     commit_sum_secs: Cell<f64>,
+    /// The local API listener's refusal counters, once it listens.
+    api_listener: std::cell::OnceCell<std::sync::Arc<crate::http::ListenerStats>>,
 }
 
 fn bump(c: &Cell<u64>, by: u64) {
@@ -104,6 +106,11 @@ fn status_index(s: OutboxStatus) -> usize {
 }
 
 impl Metrics {
+    /// Reports the local API listener's counters from now on (once; later calls are ignored).
+    pub fn watch_api_listener(&self, stats: std::sync::Arc<crate::http::ListenerStats>) {
+        let _ = self.api_listener.set(stats);
+    }
+
     /// Adds one to `counter`.
     pub fn inc(&self, counter: Counter) {
         self.add(counter, 1);
@@ -297,7 +304,37 @@ impl Metrics {
                 self.commit_count.get(),
             ),
         ];
-        for (name, kind, help, value) in simple {
+        let api = self.api_listener.get().map(|a| &**a);
+        let listener = |f: fn(&crate::http::ListenerStats) -> &std::sync::atomic::AtomicU64| {
+            api.map_or(0, |a| crate::http::ListenerStats::get(f(a)))
+        };
+        let listener_counters = [
+            (
+                "interopd_api_connections_refused_total",
+                "counter",
+                "Local API connections refused: every slot they could take was busy.",
+                listener(|a| &a.refused),
+            ),
+            (
+                "interopd_api_connections_evicted_total",
+                "counter",
+                "Idle local API connections closed to make room for a newcomer.",
+                listener(|a| &a.evicted),
+            ),
+            (
+                "interopd_api_requests_timed_out_total",
+                "counter",
+                "Local API requests whose head or body came too slowly.",
+                listener(|a| &a.timed_out),
+            ),
+            (
+                "interopd_api_requests_abandoned_total",
+                "counter",
+                "Local API long-polls and event streams abandoned when the client hung up.",
+                listener(|a| &a.hung_up),
+            ),
+        ];
+        for (name, kind, help, value) in simple.into_iter().chain(listener_counters) {
             family(&mut out, name, kind, help);
             sample(&mut out, name, &[], value);
         }

@@ -360,9 +360,12 @@ pub async fn run(opts: HubOptions) -> Result<(), ServeError> {
             Rc::clone(&ex),
             listener,
             "hub",
-            MAX_HUB_CONNECTIONS,
+            http::AcceptLimits::for_max(MAX_HUB_CONNECTIONS),
             http::Overflow::Close,
-            move |tcp, peer| {
+            std::sync::Arc::default(),
+            move |tcp, peer, slot: Rc<http::Slot>| {
+                // A link is a long-lived conversation, never idle in the HTTP sense.
+                slot.busy();
                 let shared = Rc::clone(&shared);
                 let config = config.clone();
                 async move {

@@ -1,6 +1,8 @@
 //! The one accept loop ([`accept_loop`]) on the one executor, its plain-HTTP and TLS forms
 //! ([`serve`], [`serve_tls`]), and the overload refusal.
 
+use std::time::Instant;
+
 use super::*;
 
 /// What [`accept_loop`] does with a connection over its limit.
@@ -13,21 +15,25 @@ pub enum Overflow {
 }
 
 /// The one accept loop: accepts on `listener` forever and runs `conn` for each connection as
-/// a task on `ex`, the daemon's (or the hub's) one executor. At most `max_connections` run
-/// at once; the rest get `overflow`. The loop owns its connection tasks: dropping its
-/// future cancels every connection it accepted. `name` prefixes its log lines.
+/// a task on `ex`, the daemon's (or the hub's) one executor, with its [`Slot`]. Admission
+/// follows `limits` by the policy of `slots.rs`: an idle connection may be closed to make
+/// room, and a newcomer is refused only when every slot it may take is busy; refusals get
+/// `overflow`. The loop owns its connection tasks: dropping its future cancels every
+/// connection it accepted. `name` prefixes its log lines; `stats` counts what it turned away.
 pub async fn accept_loop<C, Fut>(
     ex: Rc<smol::LocalExecutor<'static>>,
     listener: smol::net::TcpListener,
     name: &'static str,
-    max_connections: usize,
+    limits: AcceptLimits,
     overflow: Overflow,
+    stats: std::sync::Arc<ListenerStats>,
     conn: C,
 ) where
-    C: Fn(smol::net::TcpStream, SocketAddr) -> Fut,
+    C: Fn(smol::net::TcpStream, SocketAddr, Rc<Slot>) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
-    let mut tasks: Vec<smol::Task<()>> = Vec::new();
+    let mut tasks: Vec<(smol::Task<()>, Rc<Slot>)> = Vec::new();
+    let (refusals, evictions) = (RateLimitedLog::default(), RateLimitedLog::default());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -40,22 +46,51 @@ pub async fn accept_loop<C, Fut>(
         if let Err(err) = stream.set_nodelay(true) {
             log::debug!("{name}: {peer}: TCP_NODELAY refused: {err}");
         }
-        tasks.retain(|t| !t.is_finished());
-        if tasks.len() >= max_connections {
-            log::warn!("{name}: {peer} refused, {} connections open", tasks.len());
-            if overflow == Overflow::Answer503 {
-                // Bounded by OVERLOAD_WRITE_TIMEOUT_MS, so it may outlive the loop.
-                ex.spawn(refuse_overloaded(stream)).detach();
+        tasks.retain(|(t, _)| !t.is_finished());
+        let key = PeerKey::of(peer);
+        let now = Instant::now();
+        match admit(tasks.iter().map(|(_, s)| &**s), key, &limits, now) {
+            Admission::Admit => {}
+            Admission::Evict(i) if i < tasks.len() => {
+                // Dropping the task cancels it and closes its socket.
+                drop(tasks.swap_remove(i));
+                ListenerStats::bump(&stats.evicted);
+                if let Some(held) = evictions.allow(now) {
+                    log::info!(
+                        "{name}: closed an idle connection to make room for {peer} \
+                         ({held} more since the last such line; {} connections open)",
+                        tasks.len()
+                    );
+                }
             }
-            continue;
+            Admission::Evict(_) => {}
+            Admission::Refuse(why) => {
+                ListenerStats::bump(&stats.refused);
+                if let Some(held) = refusals.allow(now) {
+                    log::warn!(
+                        "{name}: {peer} refused ({why}; {held} more refused since the last such \
+                         line; {} connections open)",
+                        tasks.len()
+                    );
+                }
+                if overflow == Overflow::Answer503 {
+                    // Bounded by OVERLOAD_WRITE_TIMEOUT_MS, so it may outlive the loop.
+                    ex.spawn(refuse_overloaded(stream)).detach();
+                }
+                continue;
+            }
         }
-        tasks.push(ex.spawn(conn(stream, peer)));
+        let slot = Rc::new(Slot::new(key, now));
+        tasks.push((ex.spawn(conn(stream, peer, Rc::clone(&slot))), slot));
+        // Let the new connection read the head that usually came with it before the next
+        // accept, so a burst of newcomers cannot evict it before it was even looked at.
+        futures_lite::future::yield_now().await;
     }
 }
 
 /// Serves plain HTTP on `listener` with [`serve_connection`] per connection, through
-/// [`accept_loop`] on `ex`. At most [`ServeOptions::max_connections`] are served at once;
-/// the rest get a 503 and are closed. Stop it by dropping the future: every connection it
+/// [`accept_loop`] on `ex`, under [`ServeOptions::limits`]; a refused connection gets a 503
+/// and is closed. Stop it by dropping the future: every connection it
 /// serves is dropped with it.
 pub async fn serve<H, Fut>(
     ex: Rc<smol::LocalExecutor<'static>>,
@@ -68,17 +103,18 @@ pub async fn serve<H, Fut>(
 {
     let handler = Rc::new(handler);
     let options = Rc::new(options);
-    let max = options.max_connections;
+    let (limits, stats) = (options.limits, std::sync::Arc::clone(&options.stats));
     accept_loop(
         ex,
         listener,
         "http",
-        max,
+        limits,
         Overflow::Answer503,
-        |stream, peer| {
+        stats,
+        |stream, peer, slot| {
             let handler = Rc::clone(&handler);
             let options = Rc::clone(&options);
-            async move { serve_connection(stream, peer, &options, &*handler).await }
+            async move { serve_connection(stream, peer, &options, &slot, &*handler).await }
         },
     )
     .await
@@ -100,18 +136,26 @@ pub async fn serve_tls<H, Fut>(
 {
     let handler = Rc::new(handler);
     let options = Rc::new(options);
-    let max = options.max_connections;
-    accept_loop(ex, listener, name, max, Overflow::Close, |tcp, peer| {
-        let handler = Rc::clone(&handler);
-        let options = Rc::clone(&options);
-        let config = std::sync::Arc::clone(&tls_config);
-        async move {
-            match crate::tls::accept(config, tcp).await {
-                Ok(stream) => serve_connection(stream, peer, &options, &*handler).await,
-                Err(e) => log::debug!("{name}: {peer}: TLS handshake failed: {e}"),
+    let (limits, stats) = (options.limits, std::sync::Arc::clone(&options.stats));
+    accept_loop(
+        ex,
+        listener,
+        name,
+        limits,
+        Overflow::Close,
+        stats,
+        |tcp, peer, slot| {
+            let handler = Rc::clone(&handler);
+            let options = Rc::clone(&options);
+            let config = std::sync::Arc::clone(&tls_config);
+            async move {
+                match crate::tls::accept(config, tcp).await {
+                    Ok(stream) => serve_connection(stream, peer, &options, &slot, &*handler).await,
+                    Err(e) => log::debug!("{name}: {peer}: TLS handshake failed: {e}"),
+                }
             }
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -189,9 +233,12 @@ mod accept_tests {
                 Rc::clone(&ex),
                 listener,
                 "test",
-                1,
+                AcceptLimits::for_max(1),
                 Overflow::Close,
-                move |stream, _peer| {
+                std::sync::Arc::new(ListenerStats::default()),
+                move |stream, _peer, slot: Rc<Slot>| {
+                    // Busy, so the newcomer cannot take its slot.
+                    slot.busy();
                     let guard = Live::enter(&counter);
                     async move {
                         let _held = (guard, stream);

@@ -9,7 +9,8 @@
 //! parsing half ([`parse_head`], [`ChunkedDecoder`], [`encode_response_head`],
 //! [`percent_decode`]) does no I/O, reads no clock and draws no randomness. Files: this one
 //! parses request heads; `chunked.rs` decodes chunked bodies; `response.rs` encodes
-//! responses; `accept.rs` is the one accept loop, spawning on the caller's executor;
+//! responses; `body.rs` is a request body as a stream; `slots.rs` who holds the
+//! connection slots; `accept.rs` is the one accept loop, spawning on the caller's executor;
 //! `server.rs` is the per-connection loop; `client.rs` makes one request on a stream the
 //! caller opened and streams the answer's body.
 //!
@@ -39,10 +40,15 @@
 //! - The server owns the framing headers: `Content-Length`, `Transfer-Encoding` and
 //!   `Connection` set by a handler are dropped. A handler header holding CR, LF or another
 //!   control byte turns the response into a 500: a bug must not become header injection.
-//! - Time limits (defaults in [`ServeOptions`]): a connection's first byte within the head
-//!   limit; each head complete within the head limit of its first byte; keep-alive idle
-//!   limit between requests; the body read and every response write must make progress
-//!   within their limits. A handler itself has no limit (long-poll holds a request open).
+//! - Time limits (defaults in [`ServeOptions`]): a connection's whole first head within the
+//!   head limit of the accept; later heads complete within the head limit of their first
+//!   byte, which must come within the keep-alive idle limit; a body must make progress within
+//!   its read limit and keep a minimum average rate; every response write must make progress
+//!   within its limit. A handler itself has no limit (long-poll holds a request open), but a
+//!   `GET` whose client hangs up is abandoned at once.
+//! - Connection slots (`slots.rs`): caps in all, for connections still waiting for a head,
+//!   and per peer (a uid on loopback); an idle connection gives up its slot to a newcomer
+//!   before a newcomer is refused.
 //! - Errors are JSON: `{"error": {"code": "snake_case", "message": "sentence"}}`.
 
 use std::cell::RefCell;
@@ -80,12 +86,22 @@ pub const DEFAULT_HEAD_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Default time a body read may go without progress, in milliseconds.
 pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// Default minimum average rate of a request body, in bytes per second after
+/// [`DEFAULT_BODY_RATE_GRACE_MS`]: a body that falls behind it is refused with 408, so a
+/// trickle of one byte per read timeout cannot hold a connection for ever.
+pub const DEFAULT_MIN_BODY_BYTES_PER_SEC: u64 = MIN_INPUT_BYTES_PER_SEC;
+/// Default time a request body may take before [`DEFAULT_MIN_BODY_BYTES_PER_SEC`] applies, in
+/// milliseconds.
+pub const DEFAULT_BODY_RATE_GRACE_MS: u64 = 5_000;
 /// Default time a response write may go without progress, in milliseconds.
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 30_000;
 /// Most requests served on one connection before it is closed.
 pub const MAX_REQUESTS_PER_CONNECTION: u32 = 1000;
 /// Most unread body bytes the server discards itself to keep a connection alive.
 pub const MAX_DRAIN_BYTES: u64 = 64 * 1024;
+/// Longest the server discards an unread body to keep a connection alive, in milliseconds;
+/// then it answers and closes instead.
+pub const MAX_DRAIN_MS: u64 = 2_000;
 /// How long a closing connection keeps discarding input, so the peer reads our response
 /// before a reset, in milliseconds.
 pub const LINGER_TIMEOUT_MS: u64 = 2_000;
@@ -574,16 +590,20 @@ fn hex_value(b: u8) -> Option<u8> {
 }
 
 mod accept;
+mod body;
 mod chunked;
 mod client;
 mod response;
 mod server;
+mod slots;
 
 pub use accept::*;
+pub use body::*;
 pub use chunked::*;
 pub use client::*;
 pub use response::*;
 pub use server::*;
+pub use slots::*;
 
 #[cfg(test)]
 mod tests {

@@ -2,6 +2,8 @@
 //! With `accept.rs` (the one accept loop and the overload refusal) and `client.rs`, the only
 //! files of `http` that do I/O.
 
+use std::time::Instant;
+
 use super::*;
 
 /// Limits for [`serve`] and [`serve_connection`]; `Default` gives the `DEFAULT_*` bounds.
@@ -9,27 +11,36 @@ use super::*;
 pub struct ServeOptions {
     /// Largest request body accepted, in bytes. A handler may cap lower.
     pub max_body_bytes: u64,
-    /// Connections served at once by [`serve`]; more are answered 503.
-    pub max_connections: usize,
+    /// Connection caps of [`serve`] (see `slots.rs` for the policy).
+    pub limits: AcceptLimits,
     /// See [`DEFAULT_HEAD_TIMEOUT_MS`].
     pub head_timeout_ms: u64,
     /// See [`DEFAULT_IDLE_TIMEOUT_MS`].
     pub idle_timeout_ms: u64,
     /// See [`DEFAULT_BODY_READ_TIMEOUT_MS`].
     pub body_read_timeout_ms: u64,
+    /// See [`DEFAULT_MIN_BODY_BYTES_PER_SEC`].
+    pub min_body_bytes_per_sec: u64,
+    /// See [`DEFAULT_BODY_RATE_GRACE_MS`].
+    pub body_rate_grace_ms: u64,
     /// See [`DEFAULT_WRITE_TIMEOUT_MS`].
     pub write_timeout_ms: u64,
+    /// What the listener refused, evicted and timed out, for metrics.
+    pub stats: std::sync::Arc<ListenerStats>,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
+            limits: AcceptLimits::for_max(DEFAULT_MAX_CONNECTIONS),
             head_timeout_ms: DEFAULT_HEAD_TIMEOUT_MS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
+            min_body_bytes_per_sec: DEFAULT_MIN_BODY_BYTES_PER_SEC,
+            body_rate_grace_ms: DEFAULT_BODY_RATE_GRACE_MS,
             write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
+            stats: std::sync::Arc::default(),
         }
     }
 }
@@ -97,7 +108,7 @@ pub(super) struct ConnIo {
     stream: Pin<Box<dyn IoStream>>,
     buf: Vec<u8>,
     start: usize,
-    body: BodyProgress,
+    pub(super) body: BodyProgress,
     /// The unsent rest of a `100 Continue` the client asked for. It goes out when the
     /// handler first reads the body, so a request refused before that (a missing token)
     /// never invites the body.
@@ -136,7 +147,7 @@ impl ConnIo {
     }
 
     /// Reads body bytes of the current request into `out`; `Ok(0)` once the body is done.
-    fn poll_body(
+    pub(super) fn poll_body(
         &mut self,
         cx: &mut Context<'_>,
         out: &mut [u8],
@@ -233,119 +244,6 @@ impl ConnIo {
     }
 }
 
-/// The body of a request, read from the connection on demand. Implements `AsyncRead`
-/// (errors carry an [`HttpError`] inside the `io::Error`). Each read must make progress
-/// within [`ServeOptions::body_read_timeout_ms`].
-pub struct RequestBody {
-    conn: Option<Rc<RefCell<ConnIo>>>,
-    declared_len: Option<u64>,
-    timeout: Duration,
-    timer: Option<Timer>,
-}
-
-impl fmt::Debug for RequestBody {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequestBody")
-            .field("declared_len", &self.declared_len)
-            .field("finished", &self.conn.is_none())
-            .finish()
-    }
-}
-
-impl RequestBody {
-    /// The body length the client declared: `Some(0)` without a body, `None` if chunked.
-    pub fn declared_len(&self) -> Option<u64> {
-        self.declared_len
-    }
-
-    /// Reads the whole body, refusing more than `max_bytes` ([`HttpError::BodyTooLarge`],
-    /// without reading on when the declared length already exceeds it).
-    pub async fn read_to_vec(mut self, max_bytes: usize) -> Result<Vec<u8>, HttpError> {
-        let limit = HttpError::BodyTooLarge {
-            limit_bytes: max_bytes as u64,
-        };
-        if self.declared_len.is_some_and(|len| len > max_bytes as u64) {
-            return Err(limit);
-        }
-        let initial = self.declared_len.unwrap_or(0).min(READ_CHUNK_BYTES as u64) as usize;
-        let mut out = Vec::with_capacity(initial);
-        let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-        loop {
-            let n = futures_lite::future::poll_fn(|cx| self.poll_read_body(cx, &mut chunk)).await?;
-            if n == 0 {
-                return Ok(out);
-            }
-            if out.len() + n > max_bytes {
-                return Err(limit);
-            }
-            out.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
-        }
-    }
-
-    /// Reads the whole body (at most `max_bytes`) and parses it as JSON.
-    pub async fn read_json<T: DeserializeOwned>(self, max_bytes: usize) -> Result<T, HttpError> {
-        let bytes = self.read_to_vec(max_bytes).await?;
-        serde_json::from_slice(&bytes).map_err(|err| HttpError::BadJson {
-            detail: err.to_string(),
-        })
-    }
-
-    fn poll_read_body(
-        &mut self,
-        cx: &mut Context<'_>,
-        out: &mut [u8],
-    ) -> Poll<Result<usize, HttpError>> {
-        let Some(conn) = &self.conn else {
-            return Poll::Ready(Ok(0));
-        };
-        let polled = conn.borrow_mut().poll_body(cx, out);
-        match polled {
-            Poll::Ready(Ok(n)) => {
-                if matches!(conn.borrow().body, BodyProgress::Done) {
-                    // Let go of the connection: the server may reuse it at once.
-                    self.conn = None;
-                }
-                if let Some(timer) = &mut self.timer {
-                    timer.set_after(self.timeout);
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(err)) => {
-                self.conn = None;
-                Poll::Ready(Err(err))
-            }
-            Poll::Pending => {
-                let timer = self.timer.get_or_insert_with(|| Timer::after(self.timeout));
-                if Pin::new(timer).poll(cx).is_ready() {
-                    let err = HttpError::Timeout { phase: "body" };
-                    conn.borrow_mut().body = BodyProgress::Failed(err.clone());
-                    self.conn = None;
-                    return Poll::Ready(Err(err));
-                }
-                Poll::Pending
-            }
-        }
-    }
-}
-
-impl AsyncRead for RequestBody {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_read_body(cx, buf).map_err(|err| {
-            let kind = match err {
-                HttpError::Timeout { .. } => io::ErrorKind::TimedOut,
-                HttpError::ConnectionClosed => io::ErrorKind::UnexpectedEof,
-                HttpError::Io { kind } => kind,
-                _ => io::ErrorKind::InvalidData,
-            };
-            io::Error::new(kind, err)
-        })
-    }
-}
-
 /// The write side of a shared connection, borrowing it only inside each poll.
 pub(super) struct ConnWriter(Rc<RefCell<ConnIo>>);
 
@@ -407,24 +305,33 @@ pub(super) async fn flush(writer: &mut ConnWriter, limit_ms: u64) -> io::Result<
 
 /// Waits for the next request head. `Ok(None)`: the peer went quiet or closed between
 /// requests, and the connection ends without a response.
+///
+/// A new connection's whole first head must come within the head limit of the accept, so
+/// a head sent a byte at a time cannot hold the slot longer; between requests, the first
+/// byte within the idle limit, and the rest of the head within the head limit of it.
 pub(super) async fn read_head(
     conn: &Rc<RefCell<ConnIo>>,
     options: &ServeOptions,
     first: bool,
 ) -> Result<Option<RequestHead>, HttpError> {
-    if conn.borrow().buffered().is_empty() {
-        let wait_ms = if first {
-            options.head_timeout_ms
+    let head_limit = Duration::from_millis(options.head_timeout_ms);
+    let mut deadline = Instant::now()
+        + if first {
+            head_limit
         } else {
-            options.idle_timeout_ms
+            Duration::from_millis(options.idle_timeout_ms)
         };
-        match within(wait_ms, fill(conn)).await {
+    if conn.borrow().buffered().is_empty() {
+        match until(deadline, fill(conn)).await {
             None | Some(Ok(0)) => return Ok(None),
             Some(Ok(_)) => {}
             Some(Err(err)) => return Err(HttpError::Io { kind: err.kind() }),
         }
     }
-    let head = within(options.head_timeout_ms, async {
+    if !first {
+        deadline = Instant::now() + head_limit;
+    }
+    let head = until(deadline, async {
         loop {
             let parsed = {
                 let io = conn.borrow();
@@ -446,28 +353,54 @@ pub(super) async fn read_head(
     Ok(Some(head))
 }
 
-/// Reads and discards what is left of the current body, up to [`MAX_DRAIN_BYTES`]; true
-/// if the body ended.
-pub(super) async fn drain_body(conn: &Rc<RefCell<ConnIo>>, options: &ServeOptions) -> bool {
-    let mut scratch = vec![0u8; READ_CHUNK_BYTES];
-    let mut drained = 0u64;
+/// Runs `work` until `deadline`; `None` if it passed first.
+async fn until<T>(deadline: Instant, work: impl Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(work.await) }, async {
+        Timer::at(deadline).await;
+        None
+    })
+    .await
+}
+
+/// Returns when the peer closes (or breaks) the connection. Bytes it sends meanwhile (a
+/// pipelined request) stay buffered for later, up to [`MAX_HEAD_BYTES`]; beyond that it
+/// stops reading, and so never returns.
+async fn until_hangup(conn: &Rc<RefCell<ConnIo>>) {
     loop {
-        let step = within(
-            options.body_read_timeout_ms,
-            futures_lite::future::poll_fn(|cx| conn.borrow_mut().poll_body(cx, &mut scratch)),
-        )
-        .await;
-        match step {
-            Some(Ok(0)) => return matches!(conn.borrow().body, BodyProgress::Done),
-            Some(Ok(n)) => {
-                drained += n as u64;
-                if drained > MAX_DRAIN_BYTES {
-                    return false;
-                }
-            }
-            Some(Err(_)) | None => return false,
+        if conn.borrow().buffered().len() >= MAX_HEAD_BYTES {
+            futures_lite::future::pending::<()>().await;
+        }
+        match fill(conn).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
     }
+}
+
+/// Reads and discards what is left of the current body, up to [`MAX_DRAIN_BYTES`]; true
+/// if the body ended within [`MAX_DRAIN_MS`] (a trickle cannot delay the response longer).
+pub(super) async fn drain_body(conn: &Rc<RefCell<ConnIo>>) -> bool {
+    let mut scratch = vec![0u8; READ_CHUNK_BYTES];
+    let mut drained = 0u64;
+    let deadline = Instant::now() + Duration::from_millis(MAX_DRAIN_MS);
+    let drain = async {
+        loop {
+            let step =
+                futures_lite::future::poll_fn(|cx| conn.borrow_mut().poll_body(cx, &mut scratch))
+                    .await;
+            match step {
+                Ok(0) => return matches!(conn.borrow().body, BodyProgress::Done),
+                Ok(n) => {
+                    drained += n as u64;
+                    if drained > MAX_DRAIN_BYTES {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    };
+    until(deadline, drain).await.unwrap_or(false)
 }
 
 /// Shuts down our sending side, then discards input for a short while so the peer reads
@@ -607,10 +540,15 @@ pub(super) async fn write_response(
 /// Serves HTTP/1.1 on one established connection (plain TCP, or a TLS stream from
 /// [`crate::tls::accept`]) until it closes, calling `handler` once per request. Returns
 /// when the connection is done; never fails (problems are answered or logged at debug).
+///
+/// `slot` is told what the connection waits for, so its accept loop can tell idle from busy;
+/// a `GET` or `HEAD` whose client hangs up while its handler waits (long-poll) or while its
+/// response streams (SSE) is abandoned at once, freeing the slot.
 pub async fn serve_connection<S, H, Fut>(
     stream: S,
     peer: SocketAddr,
     options: &ServeOptions,
+    slot: &Rc<Slot>,
     handler: &H,
 ) where
     S: AsyncRead + AsyncWrite + 'static,
@@ -626,11 +564,15 @@ pub async fn serve_connection<S, H, Fut>(
     }));
     let mut served: u32 = 0;
     loop {
+        slot.waiting_for_head(Instant::now());
         let head = match read_head(&conn, options, served == 0).await {
             Ok(Some(head)) => head,
             Ok(None) => break,
             Err(err) => {
                 log::debug!("{peer}: bad request: {err}");
+                if matches!(err, HttpError::Timeout { .. }) {
+                    ListenerStats::bump(&options.stats.timed_out);
+                }
                 if err.answerable() {
                     answer_and_close(&conn, err.to_response(), options).await;
                 }
@@ -638,12 +580,14 @@ pub async fn serve_connection<S, H, Fut>(
             }
         };
         served += 1;
+        slot.busy();
         let (progress, declared_len) = match head.body {
             BodyFraming::None => (BodyProgress::Done, Some(0)),
             BodyFraming::Length(len) if len > options.max_body_bytes => {
                 let err = HttpError::BodyTooLarge {
                     limit_bytes: options.max_body_bytes,
                 };
+                slot.closing(Instant::now());
                 answer_and_close(&conn, err.to_response(), options).await;
                 return;
             }
@@ -659,12 +603,24 @@ pub async fn serve_connection<S, H, Fut>(
         if head.expect_continue && has_body && head.minor_version == 1 {
             conn.borrow_mut().continue_owed = CONTINUE;
         }
+        let now = Instant::now();
+        if has_body {
+            slot.reading_body(now);
+        }
         let request = Request {
             body: RequestBody {
                 conn: has_body.then(|| Rc::clone(&conn)),
                 declared_len,
                 timeout: Duration::from_millis(options.body_read_timeout_ms),
                 timer: None,
+                rate: BodyRate {
+                    started: now,
+                    grace: Duration::from_millis(options.body_rate_grace_ms),
+                    min_bytes_per_sec: options.min_body_bytes_per_sec,
+                    received: 0,
+                },
+                slot: has_body.then(|| Rc::clone(slot)),
+                stats: has_body.then(|| std::sync::Arc::clone(&options.stats)),
             },
             head,
             peer,
@@ -676,8 +632,30 @@ pub async fn serve_connection<S, H, Fut>(
             http10: request.head.minor_version == 0,
         };
         let wants_keep_alive = request.head.keep_alive;
-        let response = handler(request).await;
+        // Only a request without a body can be watched for a hang-up while it is handled:
+        // the handler reads the socket itself otherwise.
+        let watch = !has_body && matches!(method.as_str(), "GET" | "HEAD");
+        let response = if watch {
+            let handled = async { Some(handler(request).await) };
+            match futures_lite::future::or(handled, async {
+                until_hangup(&conn).await;
+                None
+            })
+            .await
+            {
+                Some(response) => response,
+                None => {
+                    ListenerStats::bump(&options.stats.hung_up);
+                    log::debug!("{peer}: {method} {path}: the client hung up; abandoned");
+                    return;
+                }
+            }
+        } else {
+            handler(request).await
+        };
+        slot.busy();
         log::debug!("{peer}: {method} {path} -> {}", response.status);
+        let streams = watch && matches!(response.body, Body::Stream(_));
 
         // A body handle still alive after the handler returned may read from this
         // connection later: never reuse it then.
@@ -691,14 +669,36 @@ pub async fn serve_connection<S, H, Fut>(
             && !continue_unsent
             && served < MAX_REQUESTS_PER_CONNECTION;
         if keep_alive && !body_done {
-            keep_alive = drain_body(&conn, options).await;
+            slot.closing(Instant::now());
+            keep_alive = drain_body(&conn).await;
+            slot.busy();
         }
-        match write_response(&conn, response, reply, keep_alive, options).await {
+        let written = if streams {
+            let writing =
+                async { Some(write_response(&conn, response, reply, keep_alive, options).await) };
+            match futures_lite::future::or(writing, async {
+                until_hangup(&conn).await;
+                None
+            })
+            .await
+            {
+                Some(written) => written,
+                None => {
+                    ListenerStats::bump(&options.stats.hung_up);
+                    log::debug!("{peer}: {method} {path}: the client hung up; stream ended");
+                    return;
+                }
+            }
+        } else {
+            write_response(&conn, response, reply, keep_alive, options).await
+        };
+        match written {
             Ok(true) if keep_alive => {}
             Ok(_) => {
                 let unread = !matches!(conn.borrow().body, BodyProgress::Done)
                     || !conn.borrow().buffered().is_empty();
                 if unread {
+                    slot.closing(Instant::now());
                     close_lingering(&conn, options).await;
                 } else {
                     let mut writer = ConnWriter(Rc::clone(&conn));
