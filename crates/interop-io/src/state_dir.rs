@@ -23,8 +23,12 @@ pub enum StoreError {
         table: &'static str,
         detail: &'static str,
     },
-    /// Environment: redb reported an error (disk full, I/O failure, corruption).
+    /// Environment: redb reported an error other than an I/O failure.
     Database { detail: String },
+    /// Environment: a read or write of the database file failed (`disk_full`: the file
+    /// system is full, ENOSPC or EDQUOT), and redb refuses every later call until the file is
+    /// opened again. The daemon's store reopens it by itself once space is free.
+    Failed { detail: String, disk_full: bool },
     /// Environment: the database file at `path` is damaged (a page fails its checksum, or
     /// the file is shorter than its own header says). Found at open; the process exits 1.
     CorruptFile { path: PathBuf, detail: String },
@@ -46,6 +50,14 @@ impl std::fmt::Display for StoreError {
             ),
             Self::Corrupt { table, detail } => write!(f, "store: corrupt row in {table}: {detail}"),
             Self::Database { detail } => write!(f, "store: {detail}"),
+            Self::Failed {
+                detail,
+                disk_full: true,
+            } => write!(
+                f,
+                "store: the disk is full ({detail}); free space on the state directory's file system"
+            ),
+            Self::Failed { detail, .. } => write!(f, "store: I/O error: {detail}"),
             Self::CorruptFile { path, detail } => write!(
                 f,
                 "store: {} is damaged ({detail}). Restore a copy taken before the damage, or stop the service and move the file away to start again (a new identity: contacts see a safety-number change, queued messages are lost)",
@@ -60,22 +72,48 @@ impl std::fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// A redb error as ours: an I/O failure (after which redb refuses every call until the file
+/// is opened again) is [`StoreError::Failed`], the rest [`StoreError::Database`].
+fn from_storage(e: &redb::StorageError, detail: String) -> StoreError {
+    match e {
+        redb::StorageError::Io(io) => StoreError::Failed {
+            detail,
+            disk_full: is_disk_full(io),
+        },
+        redb::StorageError::PreviousIo => StoreError::Failed {
+            detail,
+            disk_full: false,
+        },
+        _ => StoreError::Database { detail },
+    }
+}
+
+/// Whether an I/O error says the file system is full: ENOSPC (28) or EDQUOT (122).
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(28 | 122)) || e.kind() == io::ErrorKind::StorageFull
+}
+
 macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::Database { detail: e.to_string() }
+    ($($t:ident),*) => {$(
+        impl From<redb::$t> for StoreError {
+            fn from(e: redb::$t) -> Self {
+                let detail = e.to_string();
+                match e {
+                    redb::$t::Storage(s) => from_storage(&s, detail),
+                    _ => StoreError::Database { detail },
+                }
             }
         }
     )*};
 }
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+from_redb!(DatabaseError, TransactionError, TableError, CommitError);
+
+impl From<redb::StorageError> for StoreError {
+    fn from(e: redb::StorageError) -> Self {
+        let detail = e.to_string();
+        from_storage(&e, detail)
+    }
+}
 
 /// Opens (creating with mode 0600) the redb file at `path` with a page cache of
 /// `cache_bytes`, verifying the checksum of every committed page first: redb may panic on a

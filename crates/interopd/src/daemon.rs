@@ -36,7 +36,7 @@ use crate::events::EventBus;
 use crate::media_store::MediaStore;
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
-use crate::store::{Store, StoreError};
+use crate::store::{self, Store, StoreError};
 
 /// Whether the link is logged in at the gatekeeper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -384,6 +384,43 @@ pub async fn start_media(rt: &Runtime) -> Result<(), DaemonError> {
 /// A function that starts the link on the runtime's executor and returns its control handle.
 pub type LinkStarter = Box<dyn FnOnce(&Runtime) -> Rc<dyn LinkControl>>;
 
+/// Reopens a failed store every [`store::STORE_REOPEN_INTERVAL_MS`] (docs/store.md, "A
+/// full disk"), and wakes the link when it works again. A failure other than a full disk
+/// that outlasts [`store::STORE_GIVE_UP_MS`] clears `feed_watchdog`, so systemd restarts us.
+async fn keep_store(store: Rc<Store>, link: Rc<dyn LinkControl>, feed_watchdog: Rc<Cell<bool>>) {
+    loop {
+        smol::Timer::after(Duration::from_millis(store::STORE_REOPEN_INTERVAL_MS)).await;
+        let Some(failure) = store.failure() else {
+            continue;
+        };
+        match store.recover() {
+            Ok(true) => {
+                log::info!(
+                    "store: reopened {} ms after it failed; serving again",
+                    failure.since.elapsed().as_millis()
+                );
+                feed_watchdog.set(true);
+                link.wake();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                log::debug!("store: still failed: {e}");
+                let Some(now) = store.failure() else {
+                    continue;
+                };
+                let long = now.since.elapsed() >= Duration::from_millis(store::STORE_GIVE_UP_MS);
+                if long && !now.disk_full && feed_watchdog.replace(false) {
+                    log::error!(
+                        "store: failed for {} s and reopening does not help ({e}); no longer \
+                         feeding the systemd watchdog, so that systemd restarts the service",
+                        store::STORE_GIVE_UP_MS / 1000
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT: the whole of `interopd run`.
 pub fn run(config: Config, start_link: LinkStarter) -> Result<(), DaemonError> {
     let executor = Rc::new(LocalExecutor::new());
@@ -402,6 +439,14 @@ pub fn run(config: Config, start_link: LinkStarter) -> Result<(), DaemonError> {
         if let Err(e) = notifier.ready(&status) {
             log::warn!("sd_notify: {e}");
         }
+        let feed_watchdog = Rc::new(Cell::new(true));
+        rt.executor
+            .spawn(keep_store(
+                Rc::clone(&rt.store),
+                Rc::clone(&link),
+                Rc::clone(&feed_watchdog),
+            ))
+            .detach();
         let interval = notify::watchdog_interval(std::env::var("WATCHDOG_USEC").ok().as_deref());
         if let Some(every) = interval {
             let n = Rc::clone(&notifier);
@@ -409,6 +454,9 @@ pub fn run(config: Config, start_link: LinkStarter) -> Result<(), DaemonError> {
                 .spawn(async move {
                     loop {
                         smol::Timer::after(every).await;
+                        if !feed_watchdog.get() {
+                            continue;
+                        }
                         if let Err(e) = n.watchdog() {
                             log::warn!("sd_notify: {e}");
                         }

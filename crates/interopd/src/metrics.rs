@@ -57,6 +57,12 @@ pub enum Gauge {
     WebhookDeadLetters,
     /// Open SSE streams.
     SseClients,
+    /// 1 while the store works, 0 while it is failed (docs/store.md, "A full disk").
+    StoreUp,
+    /// Times the store failed since start (rendered as a counter).
+    StoreFailures,
+    /// Times a failed store was reopened since start (rendered as a counter).
+    StoreReopens,
 }
 
 const OUT_STATUSES: [OutboxStatus; 5] = [
@@ -83,6 +89,9 @@ pub struct Metrics {
     webhook_pending: Cell<u64>,
     webhook_dead_letters: Cell<u64>,
     sse_clients: Cell<u64>,
+    store_up: Cell<u64>,
+    store_failures: Cell<u64>,
+    store_reopens: Cell<u64>,
     http_responses: RefCell<BTreeMap<u16, u64>>,
     commit_buckets: [Cell<u64>; COMMIT_BUCKETS_SECS.len()],
     commit_count: Cell<u64>,
@@ -164,6 +173,9 @@ impl Metrics {
             Gauge::WebhookPending => &self.webhook_pending,
             Gauge::WebhookDeadLetters => &self.webhook_dead_letters,
             Gauge::SseClients => &self.sse_clients,
+            Gauge::StoreUp => &self.store_up,
+            Gauge::StoreFailures => &self.store_failures,
+            Gauge::StoreReopens => &self.store_reopens,
         }
     }
 
@@ -309,6 +321,24 @@ impl Metrics {
             api.map_or(0, |a| crate::http::ListenerStats::get(f(a)))
         };
         let listener_counters = [
+            (
+                "interopd_store_up",
+                "gauge",
+                "1 while the store reads and writes, 0 while it is failed (a full disk, an I/O error).",
+                self.store_up.get(),
+            ),
+            (
+                "interopd_store_failures_total",
+                "counter",
+                "Times the store failed (a full disk, an I/O error) since start.",
+                self.store_failures.get(),
+            ),
+            (
+                "interopd_store_reopens_total",
+                "counter",
+                "Times a failed store was reopened by itself since start.",
+                self.store_reopens.get(),
+            ),
             (
                 "interopd_api_connections_refused_total",
                 "counter",

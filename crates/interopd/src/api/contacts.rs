@@ -28,6 +28,9 @@ fn bad_phone() -> Response {
 }
 
 fn signal_error(e: &signal::SignalError) -> Response {
+    if let signal::SignalError::Store(e) = e {
+        return super::store_error(e);
+    }
     log::error!("API: {e}");
     Response::json_error(503, "store_unavailable", "the key store is unavailable")
 }

@@ -218,10 +218,35 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
-/// The JSON error for a store failure (503).
+/// The JSON error for a store failure: `507 insufficient_storage` when the disk is full,
+/// else `503 store_unavailable`. A failed store was logged once when it failed, so its
+/// refusals log at debug only.
 pub(crate) fn store_error(e: &StoreError) -> Response {
-    log::error!("API: {e}");
-    Response::json_error(503, "store_unavailable", "the message store is unavailable")
+    match e {
+        StoreError::Failed {
+            disk_full: true, ..
+        } => {
+            log::debug!("API: {e}");
+            Response::json_error(
+                507,
+                "insufficient_storage",
+                "the disk holding the state directory is full; nothing was stored. Free space: \
+                 interopd reopens its store by itself within seconds",
+            )
+        }
+        StoreError::Failed { .. } => {
+            log::debug!("API: {e}");
+            Response::json_error(
+                503,
+                "store_unavailable",
+                "the message store failed to read or write its file; interopd is reopening it",
+            )
+        }
+        _ => {
+            log::error!("API: {e}");
+            Response::json_error(503, "store_unavailable", "the message store is unavailable")
+        }
+    }
 }
 
 /// The JSON error for a body that could not be read.
@@ -325,17 +350,33 @@ impl Api {
             LinkState::Down => "down",
             LinkState::Replaced => "replaced",
         };
-        let store = match self.store.schema_version() {
-            Ok(_) => "ok",
+        match self.store.schema_version() {
+            Ok(_) => Response::json(
+                200,
+                &serde_json::json!({"status": "ok", "link": link, "store": "ok"}),
+            ),
             Err(e) => {
-                log::error!("health: {e}");
-                "unavailable"
+                let code = match &e {
+                    StoreError::Failed {
+                        disk_full: true, ..
+                    } => "insufficient_storage",
+                    StoreError::Failed { .. } => "store_failed",
+                    _ => {
+                        log::error!("health: {e}");
+                        "store_unavailable"
+                    }
+                };
+                Response::json(
+                    503,
+                    &serde_json::json!({
+                        "status": "failed",
+                        "link": link,
+                        "store": "failed",
+                        "error": {"code": code, "message": e.to_string()},
+                    }),
+                )
             }
-        };
-        Response::json(
-            200,
-            &serde_json::json!({"status": "ok", "link": link, "store": store}),
-        )
+        }
     }
 
     fn metrics_text(&self) -> Response {
@@ -348,6 +389,11 @@ impl Api {
         self.metrics.set_link_reconnects(self.link.reconnects());
         self.metrics
             .set(Gauge::SseClients, self.sse_clients.get() as u64);
+        let (failures, reopens) = self.store.failure_counts();
+        self.metrics
+            .set(Gauge::StoreUp, u64::from(self.store.failure().is_none()));
+        self.metrics.set(Gauge::StoreFailures, failures);
+        self.metrics.set(Gauge::StoreReopens, reopens);
         Response::bytes(
             200,
             "text/plain; version=0.0.4; charset=utf-8",

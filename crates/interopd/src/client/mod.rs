@@ -126,6 +126,9 @@ pub enum Event {
     /// `current` is in use. Reported once per change, and journalled in the transaction
     /// that stored it.
     IdentityChanged(IdentityChange),
+    /// Our store failed while handling a stanza: the connection is closed (what the stanza
+    /// asked was not committed, so it was not acked and comes again on the next connection).
+    StoreFailed { detail: String },
     /// The gatekeeper announced that `user`'s identity changed: its sessions were dropped,
     /// and the new key is checked (and reported as [`Event::IdentityChanged`]) when met.
     IdentityAnnounced { user: Jid },
@@ -614,8 +617,17 @@ impl Client {
             self.phase = Phase::Closed;
             return;
         }
-        if let Err(e) = self.handle_stanza(&s, now_ms, rng) {
-            log::error!("client: {e}");
+        match self.handle_stanza(&s, now_ms, rng) {
+            Ok(()) => {}
+            // Nothing of the stanza was committed, so it was not acked either: end the
+            // connection, and the gatekeeper delivers it again on the next one.
+            Err(ClientError::Store(e) | ClientError::Signal(SignalError::Store(e))) => {
+                self.events.push_back(Event::StoreFailed {
+                    detail: e.to_string(),
+                });
+                self.phase = Phase::Closed;
+            }
+            Err(e) => log::error!("client: {e}"),
         }
     }
 

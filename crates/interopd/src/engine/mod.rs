@@ -328,6 +328,7 @@ impl<R: Rng + CryptoRng> Engine<R> {
                 }
                 Event::LoginFailed(e) => self.down(format!("login refused: {e:?}")),
                 Event::Disconnected => self.down("connection closed".to_owned()),
+                Event::StoreFailed { detail } => self.down(detail),
                 Event::KeepaliveTimeout => self.down(format!(
                     "no keepalive answer within {KEEPALIVE_DEADLINE_MS} ms"
                 )),

@@ -179,7 +179,9 @@ async fn run(
             Ok(c) => c,
             Err(e) => {
                 log::error!("link: cannot prepare the client: {e}");
-                smol::Timer::after(Duration::from_millis(RECONNECT_MAX_MS)).await;
+                if !until_store_recovers(&store).await {
+                    smol::Timer::after(Duration::from_millis(RECONNECT_MAX_MS)).await;
+                }
                 continue;
             }
         };
@@ -235,10 +237,33 @@ async fn run(
                 }
             }
         }
+        if until_store_recovers(&store).await {
+            // The connection ended because the store failed, not the gatekeeper: dial again
+            // at once, so sends flow within a second of the store coming back.
+            backoff_ms = RECONNECT_MIN_MS;
+            continue;
+        }
         let jitter = rand::rng().random_range(0..=backoff_ms / 2);
         smol::Timer::after(Duration::from_millis(backoff_ms + jitter)).await;
         backoff_ms = (backoff_ms * 2).min(RECONNECT_MAX_MS);
     }
+}
+
+/// While the store is failed, waits for the daemon to reopen it (checking every
+/// `STORE_REOPEN_INTERVAL_MS`); true if it was failed.
+async fn until_store_recovers(store: &Store) -> bool {
+    if store.failure().is_none() {
+        return false;
+    }
+    status("link down: the store is failed (see /healthz)");
+    while store.failure().is_some() {
+        smol::Timer::after(Duration::from_millis(
+            crate::store::STORE_REOPEN_INTERVAL_MS,
+        ))
+        .await;
+    }
+    log::info!("link: the store works again; reconnecting");
+    true
 }
 
 /// One connection, from login to its end: returns why it ended. `on_up` hears

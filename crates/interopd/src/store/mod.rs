@@ -13,11 +13,14 @@
 //! - no `usize` in the format, so a store moves between 64-bit and 32-bit ARM unchanged;
 //! - every value that is a struct starts with a one-byte row version.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 pub(crate) use crate::row::Reader;
 
 mod codec;
+mod health;
 mod inbox;
 mod jobs;
 mod log;
@@ -25,6 +28,7 @@ mod outbox;
 
 use crate::signal_store::{IdTable, KeyTable, SignalStore};
 use codec::*;
+pub use health::{Failure, STORE_GIVE_UP_MS, STORE_RECOVERY_FREE_BYTES, STORE_REOPEN_INTERVAL_MS};
 use interop_io::signal_tables::SignalTables;
 pub use interop_io::state_dir::{StoreError, ensure_state_dir, open_database, open_private_file};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -73,8 +77,10 @@ const META_SCHEMA_VERSION: &str = "schema_version";
 
 /// The open store. Cheap to share by reference; all access goes through transactions.
 pub struct Store {
-    db: Database,
+    /// `None` only inside [`Store::recover`], between closing and reopening the file.
+    db: RefCell<Option<Database>>,
     path: PathBuf,
+    health: Rc<health::Health>,
 }
 
 impl Store {
@@ -89,7 +95,7 @@ impl Store {
         ensure_state_dir(state_dir)?;
         let path = state_dir.join(DB_FILE_NAME);
         let db = open_database(&path, STORE_CACHE_BYTES)?;
-        let store = Store { db, path };
+        let store = Store::with_database(db, path);
         store.init_schema()?;
         Ok(store)
     }
@@ -98,12 +104,54 @@ impl Store {
     /// tables and schema check as [`Store::open`], no directory, gone when dropped.
     pub fn in_memory() -> Result<Store, StoreError> {
         let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
-        let store = Store {
-            db,
-            path: PathBuf::from(":memory:"),
-        };
+        let store = Store::with_database(db, PathBuf::from(":memory:"));
         store.init_schema()?;
         Ok(store)
+    }
+
+    fn with_database(db: Database, path: PathBuf) -> Store {
+        Store {
+            db: RefCell::new(Some(db)),
+            path,
+            health: Rc::default(),
+        }
+    }
+
+    /// Why and since when the store is failed (docs/store.md, "A full disk"), if it is.
+    pub fn failure(&self) -> Option<Failure> {
+        self.health.failure()
+    }
+
+    /// Times the store failed, and times it was reopened after a failure, since start.
+    pub fn failure_counts(&self) -> (u64, u64) {
+        self.health.counts()
+    }
+
+    /// Reopens a failed store: proves free space beside the file, closes the database, opens
+    /// it again (with the integrity check of every open) and checks the schema. `Ok(true)`
+    /// once the store works again, `Ok(false)` if it was not failed; on `Err` it stays failed
+    /// and the caller tries again later. Call it with no [`Txn`] open.
+    pub fn recover(&self) -> Result<bool, StoreError> {
+        if self.health.failure().is_none() {
+            return Ok(false);
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        health::probe_free_space(dir).map_err(|e| self.health.note(e))?;
+        // redb holds a lock on the file until the database is dropped.
+        drop(self.db.borrow_mut().take());
+        let db = open_database(&self.path, STORE_CACHE_BYTES).map_err(|e| self.health.note(e))?;
+        *self.db.borrow_mut() = Some(db);
+        // A commit proves that writes work again; its failure continues the old one.
+        let fresh = Rc::new(health::Health::default());
+        let checked = self.begin_with(&fresh).and_then(|txn| {
+            txn.inner.open_table(META)?;
+            txn.commit()
+        });
+        checked
+            .and_then(|()| self.schema_version_unchecked())
+            .map_err(|e| self.health.note(e))?;
+        self.health.clear();
+        Ok(true)
     }
 
     /// The database file's path (for logs and diagnostics).
@@ -154,7 +202,17 @@ impl Store {
 
     /// The schema version recorded in the file.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
-        let txn = self.db.begin_read()?;
+        if let Some(f) = self.health.failure() {
+            return Err(f.error());
+        }
+        self.schema_version_unchecked()
+            .map_err(|e| self.health.note(e))
+    }
+
+    fn schema_version_unchecked(&self) -> Result<u32, StoreError> {
+        let db = self.db.borrow();
+        let db = db.as_ref().ok_or_else(closed)?;
+        let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
         let v = meta.get(META_SCHEMA_VERSION)?.ok_or(StoreError::Corrupt {
             table: "meta",
@@ -164,11 +222,26 @@ impl Store {
     }
 
     /// Starts a write transaction. Only one is open at a time (redb serialises writers), which
-    /// suits our single-threaded shell: batch a loop turn's work into one [`Txn`].
+    /// suits our single-threaded shell: batch a loop turn's work into one [`Txn`]. While the
+    /// store is failed ([`Store::failure`]), answers that failure without touching the file.
     pub fn begin(&self) -> Result<Txn, StoreError> {
-        Ok(Txn {
-            inner: self.db.begin_write()?,
-        })
+        if let Some(f) = self.health.failure() {
+            return Err(f.error());
+        }
+        let health = Rc::clone(&self.health);
+        self.begin_with(&health)
+    }
+
+    fn begin_with(&self, health: &Rc<health::Health>) -> Result<Txn, StoreError> {
+        let db = self.db.borrow();
+        let db = db.as_ref().ok_or_else(closed)?;
+        match db.begin_write() {
+            Ok(inner) => Ok(Txn {
+                inner,
+                health: Rc::clone(health),
+            }),
+            Err(e) => Err(health.note(e.into())),
+        }
     }
 
     /// Test and migration hook: overwrite the recorded schema version.
@@ -185,6 +258,16 @@ impl Store {
 /// A write transaction. Reads see its own writes. Nothing reaches disk until [`Txn::commit`].
 pub struct Txn {
     pub(crate) inner: redb::WriteTransaction,
+    /// Where a failed commit is recorded.
+    health: Rc<health::Health>,
+}
+
+/// The error while the database is closed inside [`Store::recover`] (never seen outside it).
+fn closed() -> StoreError {
+    StoreError::Failed {
+        detail: "the database is being reopened".into(),
+        disk_full: false,
+    }
 }
 
 /// Delivery state of an outbound message (DESIGN.md section 6).
@@ -269,8 +352,7 @@ pub struct DeviceList {
 impl Txn {
     /// Makes every write durable (fsync) or none of them.
     pub fn commit(self) -> Result<(), StoreError> {
-        self.inner.commit()?;
-        Ok(())
+        self.inner.commit().map_err(|e| self.health.note(e.into()))
     }
 
     /// Discards every write. Dropping the transaction does the same.
