@@ -23,6 +23,11 @@
 //! tests, by an in-process network with a virtual clock.
 #![forbid(unsafe_code)]
 
+/// Directory of provider accounts inside the hub's state directory: one record per account
+/// (the server's provisioning) and its registered media hosts (the proxy's). At the crate
+/// root so that neither of the two depends on the other.
+pub const ACCOUNTS_DIR: &str = "accounts";
+
 pub mod device_store;
 pub mod media;
 pub mod proxy;

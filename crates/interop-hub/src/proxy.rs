@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures_lite::FutureExt as _;
 
-use crate::server::ACCOUNTS_DIR;
+use crate::ACCOUNTS_DIR;
 use interop_io::state_dir::StoreError;
 use interop_io::{http, tls};
 use interop_proto::jid;

@@ -38,60 +38,7 @@ use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
 use crate::store::{self, Store, StoreError};
 
-/// Whether the link is logged in at the gatekeeper.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkState {
-    Up,
-    Down,
-    /// Another client logged in as our device and the gatekeeper closed us with
-    /// `replaced`; the link waits [`crate::link::REPLACED_WAIT_MS`] before it tries again.
-    Replaced,
-}
-
-/// What the API needs from the link. Every method returns at once; the link does the work
-/// on its own tasks.
-pub trait LinkControl {
-    /// New outbox rows were committed (or a contact was trusted): flush the outbox soon.
-    fn wake(&self);
-    /// Whether the link is logged in now.
-    fn state(&self) -> LinkState;
-    /// How many times the link connected again after losing its connection.
-    fn reconnects(&self) -> u64;
-    /// The consumer marked inbox message `message_id` from `from_digits` read; the request is
-    /// already committed in `read_marks` (see `api::inbox::pending_read_marks`). Send the read
-    /// receipt now if connected; after each login the link sends all pending ones anyway.
-    fn mark_read(&self, from_digits: &str, message_id: &str);
-}
-
-/// A link that is never connected. The daemon uses it until the real link is plugged in, and
-/// tests use it to run the API alone.
-#[derive(Debug, Default)]
-pub struct OfflineLink {
-    wakes: Cell<u64>,
-}
-
-impl OfflineLink {
-    /// How many times [`LinkControl::wake`] was called.
-    pub fn wakes(&self) -> u64 {
-        self.wakes.get()
-    }
-}
-
-impl LinkControl for OfflineLink {
-    fn wake(&self) {
-        self.wakes.set(self.wakes.get() + 1);
-    }
-
-    fn state(&self) -> LinkState {
-        LinkState::Down
-    }
-
-    fn reconnects(&self) -> u64 {
-        0
-    }
-
-    fn mark_read(&self, _from_digits: &str, _message_id: &str) {}
-}
+pub use crate::link_control::{LinkControl, LinkState, OfflineLink};
 
 /// Why the daemon could not start or keep running. `interopd run` exits with status 1.
 #[derive(Debug)]

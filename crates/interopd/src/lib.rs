@@ -22,6 +22,7 @@
 //! | core | [`config`] | the config file: raw TOML, then validated, errors with lines | no |
 //! | core | [`retention`] | how long outbox, inbox and event rows are kept; the sweep | no |
 //! | core | [`metrics`] | counters, gauges and the commit histogram as Prometheus text | no |
+//! | core | [`link_control`] | the link's handle as the API and daemon see it: state, wake | no |
 //! | state | [`store`] | the redb file: tables, schema version, row layouts | disk |
 //! | state | [`events`] | the durable event log and the bus that wakes its readers | disk |
 //! | state | [`media_store`] | blob files, their `media` rows, the quota, expiry sweeps | disk |
@@ -57,6 +58,7 @@ pub mod events;
 mod hub_tests;
 pub mod inbound_media;
 pub mod link;
+pub mod link_control;
 pub mod media_host;
 pub mod media_pipe;
 pub mod media_store;

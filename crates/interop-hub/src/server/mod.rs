@@ -36,8 +36,7 @@ use interop_proto::frame::{FrameReader, framed};
 use interop_proto::jid;
 use interop_proto::login::AccountRecord;
 
-/// Directory of provider accounts inside the hub's state directory.
-pub const ACCOUNTS_DIR: &str = "accounts";
+pub use crate::ACCOUNTS_DIR;
 /// Length of a generated provider token, in random bytes (hex on disk and in configs).
 pub const TOKEN_BYTES: usize = 32;
 /// Gatekeeper connections served at once; more are closed at accept.

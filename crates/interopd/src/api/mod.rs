@@ -23,9 +23,9 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use crate::daemon::{LinkControl, LinkState};
 use crate::events::EventBus;
 use crate::http::{HttpError, Request, Response, percent_decode};
+use crate::link_control::{LinkControl, LinkState};
 use crate::media_store::MediaStore;
 use crate::metrics::{Gauge, Metrics};
 use crate::store::{Store, StoreError};
