@@ -22,6 +22,8 @@ mod inbox;
 mod jobs;
 mod log;
 mod outbox;
+#[cfg(test)]
+pub(crate) mod powercut;
 
 use crate::signal_store::{IdTable, KeyTable, SignalStore};
 use codec::*;
@@ -101,6 +103,21 @@ impl Store {
         let store = Store {
             db,
             path: PathBuf::from(":memory:"),
+        };
+        store.init_schema()?;
+        Ok(store)
+    }
+
+    /// A store on a test's own redb backend (such as [`powercut::CutDisk`]), opened as
+    /// [`Store::open`] opens its file: the integrity check first, then the schema.
+    #[cfg(test)]
+    pub(crate) fn with_backend(backend: impl redb::StorageBackend) -> Result<Store, StoreError> {
+        let mut builder = Database::builder();
+        builder.set_cache_size(STORE_CACHE_BYTES);
+        builder.set_check_integrity_on_open(true);
+        let store = Store {
+            db: builder.create_with_backend(backend)?,
+            path: PathBuf::from(":backend:"),
         };
         store.init_schema()?;
         Ok(store)
