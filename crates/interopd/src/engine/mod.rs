@@ -52,6 +52,8 @@ use crate::store::{OutboxStatus, Store, StoreError};
 
 mod outbox;
 #[cfg(all(test, feature = "demo"))]
+mod powercut_tests;
+#[cfg(all(test, feature = "demo"))]
 mod tests;
 
 pub use outbox::{HELD_CODE, StatusChange, apply_statuses};

@@ -25,6 +25,8 @@ mod inbox;
 mod jobs;
 mod log;
 mod outbox;
+#[cfg(test)]
+pub(crate) mod powercut;
 
 use crate::signal_store::{IdTable, KeyTable, SignalStore};
 use codec::*;
@@ -152,6 +154,21 @@ impl Store {
             .map_err(|e| self.health.note(e))?;
         self.health.clear();
         Ok(true)
+    }
+
+    /// A store on a test's own redb backend (such as [`powercut::CutDisk`]), opened as
+    /// [`Store::open`] opens its file: the integrity check first, then the schema.
+    #[cfg(test)]
+    pub(crate) fn with_backend(backend: impl redb::StorageBackend) -> Result<Store, StoreError> {
+        let mut builder = Database::builder();
+        builder.set_cache_size(STORE_CACHE_BYTES);
+        builder.set_check_integrity_on_open(true);
+        let store = Store::with_database(
+            builder.create_with_backend(backend)?,
+            PathBuf::from(":backend:"),
+        );
+        store.init_schema()?;
+        Ok(store)
     }
 
     /// The database file's path (for logs and diagnostics).
