@@ -1,6 +1,7 @@
-//! Writes the schema-v1 store fixture used by `tests/store_format.rs`: a state directory with
-//! an identity, prekeys, a session with a peer, one outbox row and one inbox row.
-//! Run: `cargo run --example store_fixture -- tests/data/store/v1` (into an empty directory).
+//! Writes a store fixture of the current schema version for `tests/store_format.rs`: a state
+//! directory with an identity, prekeys, a session with a peer, one outbox row and one inbox
+//! row. Run: `cargo run --example store_fixture -- tests/data/store/v2` (into an empty
+//! directory; `v1` was made the same way by schema version 1).
 //! The fixture is committed; regenerate it only when adding a new schema version's fixture.
 
 use interopd::signal::{self, Address};

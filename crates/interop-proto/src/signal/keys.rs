@@ -141,27 +141,66 @@ impl LocalIdentity {
             })
     }
 
-    fn encode(&self) -> Vec<u8> {
+    /// The stored bytes, row version [`LOCAL_IDENTITY_ROW_VERSION`]: version, registration
+    /// id, private key, public key.
+    pub(super) fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(69);
-        v.push(1);
+        v.push(LOCAL_IDENTITY_ROW_VERSION);
         v.extend_from_slice(&self.registration_id.to_be_bytes());
         v.extend_from_slice(self.key_pair.private_key().serialize());
+        v.extend_from_slice(&self.public());
         v
     }
 
+    /// Parses a version 2 row, or a version 1 row (no public key), whose public key it
+    /// derives from the private one.
     fn decode(b: &[u8]) -> Result<LocalIdentity, RowError> {
+        let corrupt = |detail| RowError {
+            table: "local_identity",
+            detail,
+        };
         let mut r = Reader::new(b, "local_identity");
-        r.version(1)?;
+        let version = r.u8()?;
         let registration_id = r.u32()?;
         let private: [u8; 32] = r.array()?;
+        let kp = match version {
+            1 => key_pair_from_raw(&private, "local_identity")?,
+            2 => {
+                let public: [u8; 32] = r.array()?;
+                let private =
+                    PrivateKey::deserialize(&private).map_err(|_| corrupt("bad private key"))?;
+                let public = PublicKey::from_djb_public_key_bytes(&public)
+                    .map_err(|_| corrupt("bad public key"))?;
+                KeyPair::new(public, private)
+            }
+            _ => return Err(corrupt("unknown row version")),
+        };
         r.end()?;
-        let kp = key_pair_from_raw(&private, "local_identity")?;
         let key_pair = IdentityKeyPair::new(IdentityKey::new(kp.public_key), kp.private_key);
         Ok(LocalIdentity {
             registration_id,
             key_pair,
         })
     }
+}
+
+/// Row version of a `local_identity` value. Version 2 stores the public key beside the
+/// private one, so that no encrypt or decrypt derives it again (an X25519 base-point
+/// multiply, most of the CPU of one such operation); version 1 rows are still read.
+pub const LOCAL_IDENTITY_ROW_VERSION: u8 = 2;
+
+/// Rewrites a version 1 `local_identity` row as the current version (a schema migration
+/// step); true if it did. Refuses a row whose stored and derived public keys would differ.
+pub fn upgrade_identity_record<S: SignalStore>(txn: &S) -> Result<bool, Fail<S>> {
+    let Some(b) = txn.get(LOCAL_IDENTITY, IDENTITY_KEY)? else {
+        return Ok(false);
+    };
+    if b.first() != Some(&1) {
+        return Ok(false);
+    }
+    let id = LocalIdentity::decode(&b).map_err(corrupt)?;
+    txn.put(LOCAL_IDENTITY, IDENTITY_KEY, &id.encode())?;
+    Ok(true)
 }
 
 /// Our identity from the store, creating and storing one on first use.

@@ -400,6 +400,38 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_identity_row_reads_and_upgrades_to_the_same_key() {
+        let me = LocalIdentity::generate(&mut rand::rng());
+        let v2 = me.encode();
+        assert_eq!((v2.len(), v2[0]), (69, LOCAL_IDENTITY_ROW_VERSION));
+        // Version 1 is the first 37 bytes, with version 1 and no public key.
+        let mut v1 = v2[..37].to_vec();
+        v1[0] = 1;
+        let m = MemoryStore::default();
+        m.put(KeyTable::LocalIdentity, IDENTITY_KEY, &v1).unwrap();
+        let read = local_identity(&m).unwrap().unwrap();
+        assert_eq!(read.public(), me.public(), "version 1 derives the same key");
+        assert!(upgrade_identity_record(&m).unwrap());
+        assert_eq!(
+            m.get(KeyTable::LocalIdentity, IDENTITY_KEY).unwrap(),
+            Some(v2)
+        );
+        assert!(
+            !upgrade_identity_record(&m).unwrap(),
+            "version 2 is left alone"
+        );
+        let read = local_identity(&m).unwrap().unwrap();
+        assert_eq!(
+            (read.public(), read.registration_id()),
+            (me.public(), me.registration_id())
+        );
+        for bad in [&v1[..36], &[3u8; 69][..], &[2u8; 37][..]] {
+            m.put(KeyTable::LocalIdentity, IDENTITY_KEY, bad).unwrap();
+            assert!(local_identity(&m).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn debug_output_of_identity_hides_the_private_key() {
         let me = LocalIdentity::generate(&mut rand::rng());
         let dbg = format!("{me:?}");

@@ -35,8 +35,10 @@ use interop_io::signal_tables::SignalTables;
 pub use interop_io::state_dir::{StoreError, ensure_state_dir, open_database, open_private_file};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-/// The schema this build writes. A store with a larger version is refused.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema this build writes. A store with a larger version is refused; a smaller one is
+/// migrated at open (docs/store.md, "Schema versions"). Version 2: `local_identity` rows
+/// store the public key (row version 2).
+pub const SCHEMA_VERSION: u32 = 2;
 /// The file name of the database inside the state directory.
 pub const DB_FILE_NAME: &str = "interopd.redb";
 /// Bytes redb may use for its page cache. redb's own default is sized for servers; a home
@@ -191,7 +193,19 @@ impl Store {
                         supported: SCHEMA_VERSION,
                     });
                 }
-                Some(_) => {}
+                Some(v) if v == SCHEMA_VERSION => {}
+                Some(v) => {
+                    // Migrations, oldest first, in this transaction: a crash keeps the old
+                    // version whole.
+                    if v < 2 {
+                        // Version 2: the local identity row stores its public key.
+                        drop(meta);
+                        crate::signal::upgrade_identity_record(&txn).map_err(signal_store_error)?;
+                        meta = txn.inner.open_table(META)?;
+                    }
+                    meta.insert(META_SCHEMA_VERSION, &SCHEMA_VERSION.to_be_bytes()[..])?;
+                    ::log::info!("store: migrated schema version {v} to {SCHEMA_VERSION}");
+                }
                 None => {
                     meta.insert(META_SCHEMA_VERSION, &SCHEMA_VERSION.to_be_bytes()[..])?;
                 }
@@ -277,6 +291,16 @@ pub struct Txn {
     pub(crate) inner: redb::WriteTransaction,
     /// Where a failed commit is recorded.
     health: Rc<health::Health>,
+}
+
+/// A Signal engine error from a migration step, as the store error it is.
+fn signal_store_error(e: crate::signal::SignalError) -> StoreError {
+    match e {
+        crate::signal::SignalError::Store(e) => e,
+        other => StoreError::Database {
+            detail: other.to_string(),
+        },
+    }
 }
 
 /// The error while the database is closed inside [`Store::recover`] (never seen outside it).
