@@ -15,6 +15,8 @@ use std::sync::Mutex;
 pub const PROMETHEUS_CLIENT: &str = "prometheus_client==0.26.0";
 /// The reference validator for `docs/openapi.yaml`.
 pub const OPENAPI_SPEC_VALIDATOR: &str = "openapi-spec-validator==0.9.0";
+/// The property-based API tester that runs `docs/openapi.yaml` against the server.
+pub const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
 /// Where `requirement` is installed: one directory per pinned requirement, so a bump gets a
 /// fresh install and two test binaries never share a half-written directory.

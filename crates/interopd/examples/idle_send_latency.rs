@@ -52,7 +52,7 @@ fn main() {
     let state = dir.path().join("demo");
     let api = free_port();
     let demo_state = state.clone();
-    std::thread::spawn(move || interopd::demo::run(&demo_state, api));
+    std::thread::spawn(move || interopd::demo::run(&demo_state, api, None));
 
     // Wait for the link.
     let token_file = state.join("daemon/api-token");

@@ -147,6 +147,14 @@ impl Runtime {
         })?;
         let metrics = Rc::new(Metrics::default());
         let bus = EventBus::new(config.webhook.is_some(), Rc::clone(&metrics));
+        let tuning = Tuning {
+            api: ApiLimits {
+                rate_burst_requests: config.api_rate.burst_requests,
+                rate_requests_per_sec: config.api_rate.requests_per_sec,
+                ..ApiLimits::default()
+            },
+            ..Tuning::default()
+        };
         Ok(Runtime {
             config,
             store: Rc::new(store),
@@ -154,7 +162,7 @@ impl Runtime {
             metrics,
             executor,
             token,
-            tuning: Tuning::default(),
+            tuning,
             media: Rc::new(media),
         })
     }

@@ -129,8 +129,12 @@ fn enable_media_host(
     Ok(())
 }
 
-/// Runs the demo until SIGTERM or SIGINT.
-pub fn run(state: &Path, api: SocketAddr) -> Result<(), DemoError> {
+/// Runs the demo until SIGTERM or SIGINT. `api_rate` replaces the API's default rate limit.
+pub fn run(
+    state: &Path,
+    api: SocketAddr,
+    api_rate: Option<config::ApiRate>,
+) -> Result<(), DemoError> {
     crate::store::ensure_state_dir(state).map_err(|e| DemoError::Provision {
         detail: e.to_string(),
     })?;
@@ -181,6 +185,9 @@ pub fn run(state: &Path, api: SocketAddr) -> Result<(), DemoError> {
         })?;
     cfg.state_dir = daemon_dir.clone();
     cfg.api_addr = api;
+    if let Some(rate) = api_rate {
+        cfg.api_rate = rate;
+    }
     enable_media_host(&state, &hub_dir, &mut cfg)?;
     let token_file: PathBuf = daemon_dir.join("api-token");
     // The banner is best effort: a closed stdout (a pipe nobody reads) must not stop the demo.
@@ -210,6 +217,7 @@ pub fn provisioned_config(p: &Provisioned) -> config::Config {
         keepalive_secs: config::DEFAULT_KEEPALIVE_SECS,
         api_addr: config::DEFAULT_API_SOCKET,
         api_host_names: Vec::new(),
+        api_rate: config::ApiRate::default(),
         state_dir: std::path::PathBuf::from(config::DEFAULT_STATE_DIR),
         webhook: None,
         media: config::MediaConfig::default(),

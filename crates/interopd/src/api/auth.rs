@@ -20,9 +20,11 @@ pub const MIN_TOKEN_BYTES: usize = 16;
 /// Longest token accepted from an existing file, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 256;
 /// Requests one token may make in a burst before it is limited.
-pub const RATE_LIMIT_BURST_REQUESTS: u32 = 100;
+pub const RATE_LIMIT_BURST_REQUESTS: u32 = RATE_DEFAULT.burst_requests;
 /// Sustained requests per second one token may make.
-pub const RATE_LIMIT_REQUESTS_PER_SEC: u32 = 20;
+pub const RATE_LIMIT_REQUESTS_PER_SEC: u32 = RATE_DEFAULT.requests_per_sec;
+/// Where the defaults live: the config's `[api]` rate keys (docs/config.md).
+const RATE_DEFAULT: crate::config::ApiRate = crate::config::ApiRate::DEFAULT;
 
 /// Why the token file could not be used. The daemon logs it and exits with status 1.
 #[derive(Debug)]

@@ -133,7 +133,7 @@ pub fn list(api: &Rc<Api>) -> Response {
 
 /// `GET /v1/contacts/{phone}`.
 pub fn one(api: &Rc<Api>, phone: &str) -> Response {
-    let Ok(digits) = crate::jid::parse_phone(phone.trim()) else {
+    let Ok(digits) = crate::jid::parse_phone(phone) else {
         return bad_phone();
     };
     let txn = match api.store.begin() {
@@ -159,7 +159,7 @@ pub fn one(api: &Rc<Api>, phone: &str) -> Response {
 
 /// `POST /v1/contacts/{phone}/trust`.
 pub fn trust(api: &Rc<Api>, phone: &str) -> Response {
-    let Ok(digits) = crate::jid::parse_phone(phone.trim()) else {
+    let Ok(digits) = crate::jid::parse_phone(phone) else {
         return bad_phone();
     };
     let txn = match api.store.begin() {

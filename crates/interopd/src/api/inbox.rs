@@ -27,8 +27,11 @@ use crate::store::{InboxRow, Reader, StoreError, Txn};
 
 /// Messages per inbox page when `limit` is absent.
 pub const DEFAULT_INBOX_LIMIT: usize = 50;
-/// Largest `limit` for one inbox page; larger values are clamped.
+/// Largest `limit` for one inbox page; a larger one gets 400.
 pub const MAX_INBOX_LIMIT: usize = 500;
+/// Largest cursor or event id the API takes: `i64::MAX`, so that clients whose integers are
+/// signed 64-bit (Java, Go's `int64`, SQL) hold every value. Larger ones get 400.
+pub const MAX_CURSOR: u64 = i64::MAX as u64;
 /// Events read from the log per SSE batch.
 pub const SSE_BATCH_EVENTS: usize = 100;
 /// Row version of a `read_marks` value (docs/store.md).
@@ -93,6 +96,7 @@ pub fn media_json(
     let mut v = serde_json::Map::new();
     let failure = match &stored {
         Some(r) if r.expires_ms > now_ms => {
+            v.insert("id".into(), id.to_hex().into());
             v.insert("url".into(), format!("/v1/media/{}", id.to_hex()).into());
             None
         }
@@ -178,34 +182,43 @@ pub fn event_json(txn: &Txn, event: &Event) -> Result<Option<serde_json::Value>,
     }
 }
 
-fn parse_u64_param(req: &Request, name: &str) -> Result<Option<u64>, Response> {
-    match req.query_param(name) {
-        None => Ok(None),
-        Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+/// A decimal integer from `min` to `max`, written as digits only (no sign, no spaces), or the
+/// 400 that names `what`. The OpenAPI document states the same ranges.
+pub(crate) fn parse_bounded(text: &str, min: u64, max: u64, what: &str) -> Result<u64, Response> {
+    text.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| text.parse::<u64>().ok())
+        .flatten()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
             Response::json_error(
                 400,
                 "bad_query",
-                &format!("'{name}' must be a non-negative integer"),
+                &format!("'{what}' must be an integer from {min} to {max}"),
             )
-        }),
-    }
+        })
+}
+
+fn bounded_param(req: &Request, name: &str, min: u64, max: u64) -> Result<Option<u64>, Response> {
+    req.query_param(name)
+        .map(|v| parse_bounded(&v, min, max, name))
+        .transpose()
 }
 
 /// `GET /v1/inbox?after=CURSOR&limit=N&wait=SECONDS`.
 pub async fn long_poll(api: &Rc<Api>, req: &Request) -> Response {
     let (after, limit, wait) = match (
-        parse_u64_param(req, "after"),
-        parse_u64_param(req, "limit"),
-        parse_u64_param(req, "wait"),
+        bounded_param(req, "after", 0, MAX_CURSOR),
+        bounded_param(req, "limit", 1, MAX_INBOX_LIMIT as u64),
+        bounded_param(req, "wait", 0, api.limits.max_long_poll_wait_secs),
     ) {
         (Ok(a), Ok(l), Ok(w)) => (
             a.unwrap_or(0),
+            // INVARIANT: `l` is at most MAX_INBOX_LIMIT, which is a usize.
             l.map_or(DEFAULT_INBOX_LIMIT, |l| {
-                usize::try_from(l)
-                    .unwrap_or(MAX_INBOX_LIMIT)
-                    .clamp(1, MAX_INBOX_LIMIT)
+                usize::try_from(l).unwrap_or(MAX_INBOX_LIMIT)
             }),
-            w.unwrap_or(0).min(api.limits.max_long_poll_wait_secs),
+            w.unwrap_or(0),
         ),
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
     };
@@ -324,8 +337,15 @@ pub fn read_mark_sent(txn: &Txn, cursor: u64, now_ms: u64) -> Result<(), StoreEr
 
 /// `POST /v1/inbox/{cursor}/read`.
 pub fn mark_read(api: &Rc<Api>, cursor: &str) -> Response {
-    let Ok(cursor) = cursor.parse::<u64>() else {
-        return Response::json_error(400, "bad_cursor", "the cursor must be an integer");
+    let cursor = match parse_bounded(cursor, 1, MAX_CURSOR, "cursor") {
+        Ok(c) => c,
+        Err(_) => {
+            return Response::json_error(
+                400,
+                "bad_cursor",
+                &format!("the cursor must be an integer from 1 to {MAX_CURSOR}"),
+            );
+        }
     };
     let txn = match api.store.begin() {
         Ok(t) => t,
@@ -388,21 +408,25 @@ pub fn sse_frame(seq: u64, name: &str, data: &serde_json::Value) -> Vec<u8> {
 /// `GET /v1/events`: every event after `Last-Event-ID` (or `?after=`), then live ones. Without
 /// either, only events from now on.
 pub fn events(api: &Rc<Api>, req: &Request) -> Response {
-    let resume = req
-        .header("last-event-id")
-        .map(str::to_string)
-        .or_else(|| req.query_param("after"));
-    let after = match resume {
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(n) => n,
+    // Both are checked when both are given, so a bad value is never hidden by a good one;
+    // the header wins, as the SSE specification has it.
+    let header = req.header("last-event-id").map(str::trim);
+    let query = req.query_param("after");
+    let mut resume = None;
+    for v in [query.as_deref(), header].into_iter().flatten() {
+        match parse_bounded(v, 0, MAX_CURSOR, "Last-Event-ID") {
+            Ok(n) => resume = Some(n),
             Err(_) => {
                 return Response::json_error(
                     400,
                     "bad_last_event_id",
-                    "Last-Event-ID must be an event id from this stream",
+                    "Last-Event-ID and 'after' must be an event id from this stream",
                 );
             }
-        },
+        }
+    }
+    let after = match resume {
+        Some(n) => n,
         None => match api.store.begin().and_then(|t| t.last_event_seq()) {
             Ok(n) => n,
             Err(e) => return store_error(&e),
@@ -482,6 +506,34 @@ fn next_frames(api: &Api, after: u64) -> Result<(Vec<Vec<u8>>, u64), StoreError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounded_integers_refuse_signs_spaces_and_values_out_of_range() {
+        assert_eq!(parse_bounded("0", 0, MAX_CURSOR, "after").ok(), Some(0));
+        assert_eq!(
+            parse_bounded("9223372036854775807", 0, MAX_CURSOR, "after").ok(),
+            Some(MAX_CURSOR)
+        );
+        for bad in [
+            "-1",
+            "+1",
+            " 1",
+            "1 ",
+            "",
+            "9223372036854775808",
+            "1e3",
+            "0x10",
+        ] {
+            assert!(
+                parse_bounded(bad, 0, MAX_CURSOR, "after").is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(parse_bounded("0", 1, 500, "limit").is_err());
+        assert!(parse_bounded("501", 1, 500, "limit").is_err());
+        assert!(parse_bounded("61", 0, 60, "wait").is_err());
+        assert_eq!(parse_bounded("60", 0, 60, "wait").ok(), Some(60));
+    }
     use crate::media_pipe::{SendKind, UploadFacts};
     use crate::media_store::{Direction, MediaRow};
 
@@ -544,6 +596,7 @@ mod tests {
         assert_eq!(v["text"], "minutes");
         let m = &v["media"];
         assert_eq!(m["url"], format!("/v1/media/{}", id.to_hex()));
+        assert_eq!(m["id"], id.to_hex());
         assert_eq!(m["mimetype"], "application/pdf");
         assert_eq!(m["size"], 1234);
         assert_eq!(m["filename"], "minutes.pdf");

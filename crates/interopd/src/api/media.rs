@@ -134,8 +134,7 @@ fn send_query(req: &Request) -> Result<SendQuery, Response> {
     let Some(to) = req.query_param("to") else {
         return Err(bad("missing_to", "the recipient goes in ?to=%2B<digits>"));
     };
-    // A '+' in an unencoded query decodes as a space; the digits are what matter.
-    let Ok(digits) = crate::jid::parse_phone(to.trim()) else {
+    let Some(digits) = super::query_phone(&to) else {
         return Err(bad(
             "bad_phone",
             "'to' must be an E.164 number such as +4915112345678",

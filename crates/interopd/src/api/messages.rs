@@ -19,6 +19,9 @@ use crate::store::{OutboxRow, OutboxStatus, StoreError, Txn};
 
 /// Longest `Idempotency-Key`, in bytes (visible ASCII only).
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
+/// `Retry-After` of a 429 `outbox_full`, in seconds: about what the link needs to drain a
+/// batch when it is up.
+const OUTBOX_FULL_RETRY_AFTER_SECS: &str = "5";
 /// Longest message id accepted in `reply_to`, in bytes (peers' ids are not all `3EB0…`).
 pub const MAX_MESSAGE_ID_BYTES: usize = 128;
 
@@ -56,6 +59,30 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
         Err(r) => return r,
     };
     let content_type = req.head.content_type();
+    // The query's `to` and `reply_to` belong to a text body; a JSON body carries its own. They
+    // are checked whenever given, so a bad one is never silently ignored.
+    for name in ["to", "reply_to"] {
+        if req.query_param_count(name) > 1 {
+            return bad(
+                "repeated_parameter",
+                &format!("give '{name}' once; it was given more than once"),
+            );
+        }
+    }
+    if let Some(t) = req.query_param("to")
+        && super::query_phone(&t).is_none()
+    {
+        return bad(
+            "bad_phone",
+            "'to' must be an E.164 number such as %2B4915112345678",
+        );
+    }
+    if let Some(r) = req.query_param("reply_to")
+        && !valid_message_ref(&r)
+    {
+        return bad("bad_reply_to", "'reply_to' must be a message id");
+    }
+    let from_query = !matches!(content_type.as_deref(), Some("application/json"));
     let (to, text, reply_to) = match content_type.as_deref() {
         Some("application/json") => {
             let body: SendJson = match req.body.read_json(MAX_JSON_BODY_BYTES).await {
@@ -91,8 +118,11 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
             );
         }
     };
-    // A '+' in an unencoded query decodes as a space; the digits are what matter.
-    let Ok(digits) = crate::jid::parse_phone(to.trim()) else {
+    let Some(digits) = (if from_query {
+        super::query_phone(&to)
+    } else {
+        crate::jid::parse_phone(&to).ok()
+    }) else {
         return bad(
             "bad_phone",
             "'to' must be an E.164 number such as +4915112345678",
@@ -102,13 +132,17 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
         return bad("empty_text", "'text' must not be empty");
     }
     if let Some(r) = &reply_to
-        && !(r.len() <= MAX_MESSAGE_ID_BYTES
-            && !r.is_empty()
-            && r.bytes().all(|b| b.is_ascii_graphic()))
+        && !valid_message_ref(r)
     {
         return bad("bad_reply_to", "'reply_to' must be a message id");
     }
     queue_text(api, key, &digits, text, reply_to)
+}
+
+/// A message id as `reply_to` takes it: 1 to [`MAX_MESSAGE_ID_BYTES`] visible ASCII
+/// characters (peers' ids are not all ours).
+fn valid_message_ref(r: &str) -> bool {
+    !r.is_empty() && r.len() <= MAX_MESSAGE_ID_BYTES && r.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// The `Idempotency-Key` header: absent, or once with 1 to [`MAX_IDEMPOTENCY_KEY_BYTES`]
@@ -194,7 +228,8 @@ pub(crate) fn commit_queued(
                 "{} messages are waiting to be sent; try again once the link has caught up",
                 crate::retention::MAX_OUTBOX_ROWS
             ),
-        ));
+        )
+        .with_header("Retry-After", OUTBOX_FULL_RETRY_AFTER_SECS));
     }
     txn.outbox_insert(row)?;
     also(&txn)?;

@@ -30,7 +30,7 @@ use crate::media_store::MediaStore;
 use crate::metrics::{Gauge, Metrics};
 use crate::store::{Store, StoreError};
 
-/// Longest `wait` a long-poll may ask for, in seconds; larger values are clamped.
+/// Longest `wait` a long-poll may ask for, in seconds; a larger one gets 400.
 pub const MAX_LONG_POLL_WAIT_SECS: u64 = 60;
 /// Open SSE streams at once; one more gets 429.
 pub const MAX_SSE_CLIENTS: usize = 16;
@@ -246,6 +246,17 @@ pub(crate) fn store_error(e: &StoreError) -> Response {
             log::error!("API: {e}");
             Response::json_error(503, "store_unavailable", "the message store is unavailable")
         }
+    }
+}
+
+/// The digits of an E.164 number given in a query string: `+` and digits, as for
+/// [`crate::jid::parse_phone`], where one leading space stands for the `+` (an unencoded `+`
+/// in a query decodes as a space). Nothing else is trimmed: the document's pattern is exact.
+pub(crate) fn query_phone(raw: &str) -> Option<String> {
+    match raw.strip_prefix(' ') {
+        Some(rest) if !rest.starts_with('+') => crate::jid::parse_phone(rest).ok(),
+        Some(_) => None,
+        None => crate::jid::parse_phone(raw).ok(),
     }
 }
 
@@ -476,6 +487,24 @@ mod tests {
                 prop_assert_eq!(t.len(), 24, "{}", t);
                 prop_assert!(t.ends_with('Z'));
             }
+        }
+    }
+
+    #[test]
+    fn a_query_phone_takes_a_plus_or_one_space_and_nothing_else() {
+        assert_eq!(query_phone("+15550100").as_deref(), Some("15550100"));
+        assert_eq!(query_phone(" 15550100").as_deref(), Some("15550100"));
+        assert_eq!(query_phone("15550100").as_deref(), Some("15550100"));
+        for bad in [
+            " +15550100",
+            "  15550100",
+            "15550100 ",
+            "",
+            "+",
+            "0155501",
+            "++15550100",
+        ] {
+            assert_eq!(query_phone(bad), None, "{bad:?}");
         }
     }
 

@@ -11,7 +11,10 @@ const USAGE: &str = "\
 usage: interopd <command> [options]
 
 commands:
-  demo [--state DIR] [--api ADDR]      run the reference hub and the daemon in one process
+  demo [--state DIR] [--api ADDR] [--api-rate N]
+                                       run the reference hub and the daemon in one process;
+                                       --api-rate sets api.rate_requests_per_sec and
+                                       api.rate_burst_requests to N (for load and fuzz runs)
   run [--config FILE] [--state DIR] [--api ADDR] [--reset-identity]
                                        run the daemon (default config /etc/interopd/interopd.conf);
                                        --reset-identity starts a new identity on purpose where
@@ -32,6 +35,7 @@ struct Args {
     config: Option<PathBuf>,
     state: Option<PathBuf>,
     api: Option<String>,
+    api_rate: Option<String>,
     reset_identity: bool,
 }
 
@@ -43,6 +47,7 @@ fn parse_args() -> Result<Args, lexopt::Error> {
         config: None,
         state: None,
         api: None,
+        api_rate: None,
         reset_identity: false,
     };
     while let Some(arg) = p.next()? {
@@ -50,6 +55,7 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             Long("config") => args.config = Some(p.value()?.into()),
             Long("state") => args.state = Some(p.value()?.into()),
             Long("api") => args.api = Some(p.value()?.string()?),
+            Long("api-rate") => args.api_rate = Some(p.value()?.string()?),
             Long("reset-identity") => args.reset_identity = true,
             Long("version") => args.command = "version".into(),
             Long("help") | Short('h') => args.command = "help".into(),
@@ -167,7 +173,7 @@ fn run(
 
 /// `interopd demo`: defaults `--state ./interopd-demo`, `--api 127.0.0.1:8787`.
 #[cfg(feature = "demo")]
-fn demo(state: Option<PathBuf>, api: Option<&str>) -> ExitCode {
+fn demo(state: Option<PathBuf>, api: Option<&str>, api_rate: Option<&str>) -> ExitCode {
     let state = state.unwrap_or_else(|| PathBuf::from("./interopd-demo"));
     let api = api.unwrap_or(config::DEFAULT_API_ADDR);
     let Ok(addr) = api.parse::<std::net::SocketAddr>() else {
@@ -178,7 +184,21 @@ fn demo(state: Option<PathBuf>, api: Option<&str>) -> ExitCode {
         eprintln!("interopd: the demo listens on loopback only; --api {addr} is not");
         return ExitCode::from(EXIT_USAGE);
     }
-    match interopd::demo::run(&state, addr) {
+    let rate = match api_rate.map(str::parse::<u32>) {
+        None => None,
+        Some(Ok(n)) if (1..=config::MAX_API_RATE_REQUESTS).contains(&n) => Some(config::ApiRate {
+            burst_requests: n,
+            requests_per_sec: n,
+        }),
+        Some(_) => {
+            eprintln!(
+                "interopd: --api-rate must be 1 to {}",
+                config::MAX_API_RATE_REQUESTS
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match interopd::demo::run(&state, addr, rate) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -218,7 +238,11 @@ fn main() -> ExitCode {
         ),
         "media-pin" => media_pin(&config_path, args.state.clone()),
         #[cfg(feature = "demo")]
-        "demo" => demo(args.state.clone(), args.api.as_deref()),
+        "demo" => demo(
+            args.state.clone(),
+            args.api.as_deref(),
+            args.api_rate.as_deref(),
+        ),
         #[cfg(not(feature = "demo"))]
         "demo" => {
             eprintln!(

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod api_rate;
+pub use api_rate::{ApiRate, MAX_API_RATE_REQUESTS};
+
 /// The default config file path.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/interopd/interopd.conf";
 /// The default local API address.
@@ -93,6 +96,8 @@ pub struct Config {
     pub api_addr: SocketAddr,
     /// Extra `Host` header names the API accepts (besides the listen address and localhost).
     pub api_host_names: Vec<String>,
+    /// `[api] rate_burst_requests` and `rate_requests_per_sec`: the API's token bucket.
+    pub api_rate: ApiRate,
     pub state_dir: PathBuf,
     /// Where inbound messages and status changes are POSTed, if anywhere.
     pub webhook: Option<WebhookConfig>,
@@ -295,6 +300,14 @@ impl std::fmt::Display for Config {
             let names: Vec<String> = self.api_host_names.iter().map(|n| q(n)).collect();
             writeln!(f, "host_names = [{}]", names.join(", "))?;
         }
+        if self.api_rate != ApiRate::default() {
+            writeln!(f, "rate_burst_requests = {}", self.api_rate.burst_requests)?;
+            writeln!(
+                f,
+                "rate_requests_per_sec = {}",
+                self.api_rate.requests_per_sec
+            )?;
+        }
         if let Some(w) = &self.webhook {
             writeln!(f)?;
             writeln!(f, "[webhook]")?;
@@ -411,6 +424,8 @@ struct RawApi {
     allow_non_loopback: bool,
     #[serde(default)]
     host_names: Vec<String>,
+    rate_burst_requests: Option<S<u32>>,
+    rate_requests_per_sec: Option<S<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -531,6 +546,11 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
     };
 
+    let api_rate = api_rate::parse(
+        text,
+        &raw.api.rate_burst_requests,
+        &raw.api.rate_requests_per_sec,
+    )?;
     let (api_addr, api_span) = match &raw.api.listen {
         Some(l) => (l.get_ref().as_str(), Some(l.span())),
         None => (DEFAULT_API_ADDR, None),
@@ -598,6 +618,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         keepalive_secs,
         api_addr,
         api_host_names: raw.api.host_names,
+        api_rate,
         state_dir,
         webhook,
         media,
@@ -836,6 +857,26 @@ ca_file = "ca.pem"
     }
 
     #[test]
+    fn the_api_rate_limit_is_configurable_and_bounded() {
+        let p = |t: &str| parse(t, Path::new("interopd.conf"));
+        assert_eq!(p(GOOD).unwrap().api_rate, ApiRate::default());
+        let fast =
+            format!("{GOOD}\n[api]\nrate_burst_requests = 5000\nrate_requests_per_sec = 2000\n");
+        let c = p(&fast).unwrap();
+        assert_eq!(
+            (c.api_rate.burst_requests, c.api_rate.requests_per_sec),
+            (5000, 2000)
+        );
+        let zero = format!("{GOOD}\n[api]\nrate_requests_per_sec = 0\n");
+        assert!(
+            p(&zero)
+                .unwrap_err()
+                .message
+                .contains("api.rate_requests_per_sec")
+        );
+    }
+
+    #[test]
     fn bad_values_are_refused_with_reasons() {
         for (from, to, needle) in [
             ("user = \"home\"", "user = \"Home\"", "account.user"),
@@ -887,6 +928,10 @@ ca_file = "ca.pem"
         let mut c = p(GOOD).unwrap();
         c.token = "tok\"en\\with\nodd chars".into();
         c.api_host_names = vec!["house.local".into()];
+        c.api_rate = ApiRate {
+            burst_requests: 5000,
+            requests_per_sec: 2000,
+        };
         c.webhook = Some(WebhookConfig {
             url: "http://ha.local:8123/api/webhook/door".into(),
             host: "ha.local".into(),

@@ -1,0 +1,129 @@
+//! `docs/openapi.yaml` against the real server: schemathesis (Python; installed on first use
+//! into the target dir, `python_support`) runs every check, the stateful phase included, on
+//! `interopd demo` started with a raised API rate limit (`--api-rate`), so that the run is not
+//! all 429s. Any failure (a schema-valid request refused, a schema-violating one accepted, an
+//! undocumented status, a body that does not match its schema) fails the test. The run is
+//! bounded by tests/data/schemathesis.toml (examples per operation, stateful steps) and by
+//! [`MAX_RUN_SECS`].
+
+mod python_support;
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest the schemathesis run may take, in seconds, before the test fails.
+const MAX_RUN_SECS: u64 = 240;
+/// Requests per second (and burst) that the demo's API allows during the run.
+const FUZZ_API_RATE: &str = "100000";
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(rel)
+}
+
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_api() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// The body of `GET /healthz`, or "" if it could not be had.
+fn healthz(api: &str) -> String {
+    use std::io::Write as _;
+    let Ok(mut s) = std::net::TcpStream::connect(api) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n");
+    let mut out = String::new();
+    if s.write_all(req.as_bytes()).is_ok() {
+        let _ = s.read_to_string(&mut out);
+    }
+    out
+}
+
+fn start_demo(state: &Path, api: &str) -> Demo {
+    let child = Command::new(env!("CARGO_BIN_EXE_interopd"))
+        .arg("demo")
+        .arg("--state")
+        .arg(state)
+        .args(["--api", api, "--api-rate", FUZZ_API_RATE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let demo = Demo(child);
+    let t0 = Instant::now();
+    loop {
+        if healthz(api).contains("\"link\":\"up\"") {
+            return demo;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "demo never reported link up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn schemathesis_finds_no_disagreement_between_the_document_and_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("demo");
+    let api = free_api();
+    let _demo = start_demo(&state, &api);
+    let token = std::fs::read_to_string(state.join("daemon/api-token")).unwrap();
+    let log_path = dir.path().join("schemathesis.log");
+    let log = std::fs::File::create(&log_path).expect("create the log file");
+    let mut run = python_support::python3_with(python_support::SCHEMATHESIS)
+        .args([
+            "-c",
+            "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'st'; schemathesis()",
+        ])
+        .arg("--config-file")
+        .arg(repo_file("tests/data/schemathesis.toml"))
+        .arg("run")
+        .arg(repo_file("docs/openapi.yaml"))
+        .args(["--url", &format!("http://{api}")])
+        .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
+        .args(["--checks", "all", "--no-color", "--seed", "1"])
+        // Reports and caches go to the temporary directory, not the source tree; the output
+        // to a file, so that a long report can never fill a pipe and stall the run.
+        .current_dir(dir.path())
+        .stdout(Stdio::from(log.try_clone().expect("clone the log file")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("run python3");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(MAX_RUN_SECS) {
+            let _ = run.kill();
+            let _ = run.wait();
+            panic!("schemathesis ran longer than {MAX_RUN_SECS} s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let summary: Vec<&str> = out.lines().rev().take(12).collect();
+    eprintln!(
+        "schemathesis took {:.0} s; its summary:\n{}",
+        t0.elapsed().as_secs_f64(),
+        summary.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        status.success(),
+        "schemathesis found disagreements between docs/openapi.yaml and the server:\n{out}"
+    );
+}
