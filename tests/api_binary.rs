@@ -690,7 +690,8 @@ enum Slow {
 }
 
 /// Holds `n` slow connections of `kind` open against `addr` until `stop`, trickling a byte
-/// to each every 300 ms; with `reconnect`, one that the daemon closed is opened again.
+/// to each every 300 ms; with `reconnect`, one that the daemon closed is opened again. Sends
+/// on `opened` once all `n` were first opened.
 fn slow_clients(
     addr: SocketAddr,
     token: String,
@@ -698,6 +699,7 @@ fn slow_clients(
     n: usize,
     reconnect: bool,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    opened: std::sync::mpsc::Sender<()>,
 ) -> std::thread::JoinHandle<usize> {
     std::thread::spawn(move || {
         let start = |token: &str| -> Option<TcpStream> {
@@ -713,6 +715,7 @@ fn slow_clients(
             Some(s)
         };
         let mut conns: Vec<Option<TcpStream>> = (0..n).map(|_| start(&token)).collect();
+        let _ = opened.send(());
         let mut opened = n;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             for c in conns.iter_mut() {
@@ -735,10 +738,32 @@ fn slow_clients(
 fn three_hundred_slow_connections_leave_a_prompt_client_fully_served() {
     let mut d = Daemon::start();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let heads = slow_clients(d.addr, d.token.clone(), Slow::Head, 300, true, stop.clone());
-    let bodies = slow_clients(d.addr, d.token.clone(), Slow::Body, 70, false, stop.clone());
-    // Let every slow connection open and start trickling.
-    std::thread::sleep(Duration::from_secs(2));
+    let (tx, all_open) = std::sync::mpsc::channel();
+    let heads = slow_clients(
+        d.addr,
+        d.token.clone(),
+        Slow::Head,
+        300,
+        true,
+        stop.clone(),
+        tx.clone(),
+    );
+    let bodies = slow_clients(
+        d.addr,
+        d.token.clone(),
+        Slow::Body,
+        70,
+        false,
+        stop.clone(),
+        tx,
+    );
+    for _ in 0..2 {
+        all_open.recv_timeout(Duration::from_secs(60)).unwrap();
+    }
+    // A body counts as busy for its first second (a real upload may start slowly); after it,
+    // one that trickles is idle and gives its slot up. (Authenticated clients that really are
+    // busy, 64 long-polls say, can fill every slot: that is what the token allows.)
+    std::thread::sleep(Duration::from_millis(1500));
     let mut failures = Vec::new();
     let total = 50;
     let mut slowest = Duration::ZERO;
