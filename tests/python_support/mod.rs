@@ -17,6 +17,10 @@ pub const PROMETHEUS_CLIENT: &str = "prometheus_client==0.26.0";
 pub const OPENAPI_SPEC_VALIDATOR: &str = "openapi-spec-validator==0.9.0";
 /// The property-based API tester that runs `docs/openapi.yaml` against the server.
 pub const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+/// The independent WhatsApp protocol peer (binary nodes, Noise) for the `wa` profile's interop
+/// tests, with the versions of its dependencies pinned too (it pins none itself).
+pub const PYAILEYS: &str = "pyaileys==0.1.5 cryptography==51.0.1 cffi==2.1.1 pycparser==3.12 \
+                            protobuf==7.36.2 websockets==17.4";
 
 /// Where `requirement` is installed: one directory per pinned requirement, so a bump gets a
 /// fresh install and two test binaries never share a half-written directory.
@@ -36,7 +40,8 @@ fn install_dir(requirement: &str) -> PathBuf {
         .join(name)
 }
 
-/// A `python3` command that can import `requirement`, installing it first if this target dir
+/// A `python3` command that can import `requirement` (one or more pinned requirements,
+/// separated by spaces), installing it first if this target dir
 /// does not have it yet. The install is made in a scratch directory and renamed into place only
 /// when pip succeeded, so the installed directory is the marker: an interrupted install is
 /// retried rather than half used. Tests of one binary that ask at once wait for one install.
@@ -65,7 +70,7 @@ pub fn python3_with(requirement: &str) -> Command {
                 "--target",
             ])
             .arg(scratch.path())
-            .arg(requirement)
+            .args(requirement.split_whitespace())
             .output()
             .expect("these tests need python3 on PATH");
         assert!(

@@ -1,13 +1,15 @@
-//! The stanza model of wire profile `interop-xml/1` and its textual XML encoding.
+//! The stanza model, with its two encodings: the textual XML of wire profile `interop-xml/1`
+//! (`xml.rs`) and the binary nodes of profile `wa` (`binary.rs`).
 //!
 //! A [`Stanza`] is what WhatsApp's vocabulary is made of: a tag, ordered attributes
 //! with unique keys, and either nothing, child stanzas, or binary bytes ([`Content`]).
-//! The model knows nothing about XML; [`Stanza::to_xml`] and [`parse`] are the
-//! encoding, in `xml.rs`, kept apart so that a binary encoding can be added beside them.
+//! The model knows nothing about either encoding: [`Stanza::to_xml`] and [`parse`] are the
+//! text one, [`Stanza::to_binary`] and [`parse_binary`] the binary one, and both refuse
+//! what [`Stanza::validate`] refuses, so a stanza means the same in both.
 //! Framing belongs to [`crate::frame`]. This is a sans-I/O core: no I/O, no clock,
 //! no randomness.
 //!
-//! The parser takes one frame's payload and accepts a deliberately small XML subset.
+//! The XML parser takes one frame's payload and accepts a deliberately small XML subset.
 //! Every refusal is a typed [`StanzaError`] whose [`reason`](StanzaError::reason) the
 //! shell sends in its closing `<stream:error>` or `<failure>`:
 //!
@@ -48,8 +50,10 @@ use quick_xml::events::attributes::AttrError;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
 
+mod binary;
 mod xml;
 
+pub use binary::{BinaryError, MAX_INFLATED_NODE_BYTES, Writer, parse_binary};
 pub use xml::parse;
 use xml::*;
 
