@@ -12,7 +12,8 @@
 //!
 //! Wire:
 //! - [`frame`]: 3-byte length framing and the incremental frame reader.
-//! - [`stanza`]: the stanza model and its `interop-xml/1` text encoding, with bounds.
+//! - [`stanza`]: the stanza model and its two encodings, `interop-xml/1` text and the `wa`
+//!   profile's binary nodes, with bounds.
 //! - [`jid`]: wire addresses (`user:device@server`) and E.164 phone numbers.
 //! - [`login`]: the login handshake, both sides, and its proof string.
 //! - [`prekeys`]: the `<iq xmlns="encrypt">` key vocabulary (bundles, keys, signed keys).
