@@ -15,6 +15,8 @@
 //! - [`stanza`]: the stanza model and its `interop-xml/1` text encoding, with bounds.
 //! - [`jid`]: wire addresses (`user:device@server`) and E.164 phone numbers.
 //! - [`login`]: the login handshake, both sides, and its proof string.
+//! - [`noise`]: profile `wa`'s transport: prologue and 3-byte frames, Noise XX both sides,
+//!   the server's certificate chain (issued and verified), and the sealed frames after it.
 //! - [`prekeys`]: the `<iq xmlns="encrypt">` key vocabulary (bundles, keys, signed keys).
 //! - [`retry`]: retry receipts, built and read.
 //!
@@ -35,6 +37,7 @@ pub mod jid;
 pub mod login;
 pub mod media_crypto;
 pub mod media_meta;
+pub mod noise;
 pub mod prekeys;
 pub mod retry;
 pub mod row;
