@@ -16,6 +16,8 @@
 //!   profile's binary nodes, with bounds.
 //! - [`jid`]: wire addresses (`user:device@server`) and E.164 phone numbers.
 //! - [`login`]: the login handshake, both sides, and its proof string.
+//! - [`noise`]: profile `wa`'s transport: prologue and 3-byte frames, Noise XX both sides,
+//!   the server's certificate chain (issued and verified), and the sealed frames after it.
 //! - [`prekeys`]: the `<iq xmlns="encrypt">` key vocabulary (bundles, keys, signed keys).
 //! - [`retry`]: retry receipts, built and read.
 //!
@@ -36,6 +38,7 @@ pub mod jid;
 pub mod login;
 pub mod media_crypto;
 pub mod media_meta;
+pub mod noise;
 pub mod prekeys;
 pub mod retry;
 pub mod row;

@@ -40,6 +40,19 @@ pub fn verify_signature(identity: &RawKey, message: &[u8], signature: &[u8]) -> 
     }
 }
 
+/// An XEdDSA signature by a raw Curve25519 private key (the `wa` Noise certificates), or
+/// `None` if the Signal crate refuses the key.
+pub fn sign_with_raw_private<R: Rng + CryptoRng>(
+    private: &[u8; 32],
+    message: &[u8],
+    rng: &mut R,
+) -> Option<[u8; 64]> {
+    PrivateKey::deserialize(private)
+        .ok()?
+        .calculate_signature(message, rng)
+        .ok()
+}
+
 /// A numeric fingerprint of one identity key: 30 digits in six groups, computed as Signal's
 /// displayable fingerprints are (iterated SHA-512 over the key and a stable identifier).
 /// Compare the two sides' fingerprints out of band, or use [`safety_number`].
