@@ -41,7 +41,10 @@ pub use handshake::{
 };
 
 /// The Noise protocol name. WhatsApp pads it with NULs to 32 bytes and uses it as `h`; that
-/// is the Noise rule for a name of at most HASHLEN bytes, so the standard state machine agrees.
+/// is the Noise rule for a name of at most HASHLEN bytes. KNOWN DEFECT: WhatsApp does not
+/// hash the empty payload of the first message, as standard Noise (and snow, which we use)
+/// does, so we do not yet interoperate with WhatsApp clients (docs/protocol-wa.md,
+/// `tests/wa_noise_interop.rs`).
 pub const NOISE_PATTERN: &str = "Noise_XX_25519_AESGCM_SHA256";
 
 /// Length of a Curve25519 key, public or private, in bytes.
