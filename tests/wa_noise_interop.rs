@@ -30,6 +30,11 @@ use interop_proto::noise::{
 use prost::Message as _;
 use serde_json::Value;
 
+/// Lower-case hex, as the Python client prints bytes.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// What our responder learnt from the client.
 struct Seen {
     client_static: [u8; 32],
@@ -105,7 +110,7 @@ fn run(
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let port = listener.local_addr().expect("local addr").port();
     let server = std::thread::spawn(move || respond(listener, key, chain));
-    let pin_hex: String = pin.pin().key.iter().map(|b| format!("{b:02x}")).collect();
+    let pin_hex = hex(&pin.pin().key);
     let out = python_support::python3_with(python_support::PYAILEYS)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -138,12 +143,10 @@ fn handshake_and_frames_agree(client_args: &[&str]) {
 
     assert!(ok, "pyaileys refused: {client}");
     let seen = server.expect("our responder");
-    let hex: String = seen
-        .client_static
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(client["static"].as_str(), Some(hex.as_str()));
+    assert_eq!(
+        client["static"].as_str(),
+        Some(hex(&seen.client_static).as_str())
+    );
     assert_eq!(seen.payload.product, Some(Product::Interop as i32));
     assert_eq!(seen.payload.username, Some(4_915_112_345_678));
     let interop = seen.payload.interop_data.expect("interopData (field 38)");
@@ -154,11 +157,10 @@ fn handshake_and_frames_agree(client_args: &[&str]) {
     );
     assert_eq!(interop.enable_read_receipts, Some(true));
     assert_eq!(seen.frame, b"ping from pyaileys");
-    let answer: String = b"pong from interopd"
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(client["answer"].as_str(), Some(answer.as_str()));
+    assert_eq!(
+        client["answer"].as_str(),
+        Some(hex(b"pong from interopd").as_str())
+    );
 }
 
 #[test]

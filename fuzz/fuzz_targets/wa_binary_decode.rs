@@ -21,6 +21,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(stanza.validate(), Ok(()), "decoded an invalid stanza");
+    // INVARIANT: the stanza passed validate just above, the only way to_binary fails; a
+    // failure here is the bug this target looks for.
     let bytes = stanza.to_binary(writer).expect("a valid stanza encodes");
     assert_eq!(
         parse_binary(&bytes, writer).as_ref(),

@@ -142,9 +142,9 @@ pub(super) fn nonce(n: u64) -> Nonce {
 
 /// An AES-256-GCM key for ring.
 pub(super) fn aead_key(key: &[u8; KEY_BYTES]) -> LessSafeKey {
+    #[allow(clippy::expect_used)]
     // INVARIANT: AES-256-GCM takes exactly 32 key bytes, which the array type guarantees,
     // and that is the only way `UnboundKey::new` fails.
-    #[allow(clippy::expect_used)]
     let unbound = UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key");
     LessSafeKey::new(unbound)
 }

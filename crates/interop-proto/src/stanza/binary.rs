@@ -224,6 +224,7 @@ impl<'a> Reader<'a> {
             .checked_add(n)
             .filter(|&end| end <= self.buf.len())
             .ok_or(BinaryError::Truncated { offset: self.pos })?;
+        // INVARIANT: `pos <= end <= buf.len()`, checked just above.
         let bytes = &self.buf[self.pos..end];
         self.pos = end;
         Ok(bytes)
@@ -640,6 +641,7 @@ fn write_packed(text: &str, tag: u8, out: &mut Vec<u8>) {
     let odd_flag = if bytes.len() % 2 == 1 { 0x80 } else { 0 };
     out.extend([tag, pairs as u8 | odd_flag]);
     for pair in bytes.chunks(2) {
+        // INVARIANT: `chunks(2)` never yields an empty chunk.
         let high = nibble(pair[0]);
         let low = pair.get(1).map_or(15, |&b| nibble(b));
         out.push(high << 4 | low);
