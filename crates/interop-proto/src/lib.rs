@@ -16,6 +16,9 @@
 //!   profile's binary nodes, with bounds.
 //! - [`jid`]: wire addresses (`user:device@server`) and E.164 phone numbers.
 //! - [`login`]: the login handshake, both sides, and its proof string.
+//! - [`wa_login`]: profile `wa`'s login: the `ClientPayload` built and read.
+//! - [`wa_stream`]: a `wa` connection as a byte pipe for either side: the handshake driven
+//!   by arriving bytes, then one binary node per sealed frame.
 //! - [`noise`]: profile `wa`'s transport: prologue and 3-byte frames, Noise XX both sides,
 //!   the server's certificate chain (issued and verified), and the sealed frames after it.
 //! - [`prekeys`]: the `<iq xmlns="encrypt">` key vocabulary (bundles, keys, signed keys).
@@ -45,3 +48,5 @@ pub mod row;
 pub mod signal;
 pub mod signal_store;
 pub mod stanza;
+pub mod wa_login;
+pub mod wa_stream;

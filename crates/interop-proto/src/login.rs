@@ -90,6 +90,11 @@ pub enum LoginFailure {
     BadToken,
     /// Peer: the signature does not verify against the identity key.
     BadSignature,
+    /// Peer (or its provider): the `wa` profile's provider JWT was refused; `reason` is
+    /// the JWT check's code (`token_expired`, `bad_token_signature`, ...), `text` says why.
+    TokenRefused { reason: &'static str, text: String },
+    /// Peer: the `wa` profile's token names another account than the one it logs in as.
+    WrongAccount,
     /// Peer: the login did not complete within [`LOGIN_TIMEOUT_MS`].
     Timeout,
     /// Environment (server side): the server could not read or write its records.
@@ -106,6 +111,8 @@ impl LoginFailure {
             LoginFailure::WrongIntegrator => "wrong_integrator",
             LoginFailure::BadToken => "bad_token",
             LoginFailure::BadSignature => "bad_signature",
+            LoginFailure::TokenRefused { reason, .. } => reason,
+            LoginFailure::WrongAccount => "wrong_account",
             LoginFailure::Timeout => "timeout",
             LoginFailure::Internal => "internal",
         }
@@ -126,6 +133,10 @@ impl fmt::Display for LoginFailure {
             LoginFailure::WrongIntegrator => f.write_str("integrator does not own this account"),
             LoginFailure::BadToken => f.write_str("provider token is wrong"),
             LoginFailure::BadSignature => f.write_str("identity signature does not verify"),
+            LoginFailure::TokenRefused { text, .. } => write!(f, "provider token refused: {text}"),
+            LoginFailure::WrongAccount => {
+                f.write_str("the provider token is for another account than the one logging in")
+            }
             LoginFailure::Timeout => f.write_str("login took too long"),
             LoginFailure::Internal => f.write_str("server error"),
         }

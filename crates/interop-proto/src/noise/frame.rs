@@ -76,6 +76,12 @@ impl FrameReader {
         self.buf.len()
     }
 
+    /// Takes the bytes pushed but not yet returned, for a reader with another bound (the
+    /// handshake's frames are smaller than the stanzas after it).
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        core::mem::take(&mut self.buf)
+    }
+
     /// The next whole frame body, `Ok(None)` if more bytes are needed. After an error the
     /// stream is unusable and every later call returns the same error.
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, NoiseError> {

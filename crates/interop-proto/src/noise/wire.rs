@@ -102,6 +102,8 @@ pub struct ClientPayload {
     pub connect_reason: Option<i32>,
     #[prost(uint32, optional, tag = "18")]
     pub device: Option<u32>,
+    #[prost(message, optional, tag = "19")]
+    pub device_pairing_data: Option<DevicePairingData>,
     #[prost(enumeration = "Product", optional, tag = "20")]
     pub product: Option<i32>,
     #[prost(message, optional, tag = "38")]
@@ -115,6 +117,7 @@ impl fmt::Debug for ClientPayload {
             .field("passive", &self.passive)
             .field("user_agent", &self.user_agent)
             .field("device", &self.device)
+            .field("device_pairing_data", &self.device_pairing_data)
             .field("product", &self.product)
             .field("interop_data", &self.interop_data)
             .finish_non_exhaustive()
@@ -145,6 +148,19 @@ pub struct AppVersion {
     pub secondary: Option<u32>,
     #[prost(uint32, optional, tag = "3")]
     pub tertiary: Option<u32>,
+}
+
+/// `ClientPayload.DevicePairingRegistrationData`, the fields that name the device's Signal
+/// registration: registration id (4 bytes, big endian), key type (`[5]`) and identity key
+/// (32 bytes). Public values only.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DevicePairingData {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    pub e_regid: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    pub e_keytype: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    pub e_ident: Option<Vec<u8>>,
 }
 
 /// `ClientPayload.InteropData`: who the interop client is. The token is opaque here.
@@ -206,4 +222,6 @@ pub enum ConnectReason {
 pub enum Platform {
     Android = 0,
     Ios = 1,
+    /// What Baileys and whatsmeow send for a companion that is not a phone.
+    Web = 14,
 }

@@ -140,6 +140,12 @@ impl LocalIdentity {
         out
     }
 
+    /// Our identity key pair as the `wa` profile's Noise static key (`wa_login.rs`): the
+    /// same Curve25519 private key, so the handshake proves we hold the identity.
+    pub fn noise_static(&self) -> crate::noise::PrivateKey {
+        crate::noise::PrivateKey::from_bytes(*self.key_pair.private_key().serialize())
+    }
+
     /// An XEdDSA signature by our identity key (used for the login proof).
     pub fn sign<R: Rng + CryptoRng>(
         &self,
