@@ -50,3 +50,37 @@ pub mod signal_store;
 pub mod stanza;
 pub mod wa_login;
 pub mod wa_stream;
+
+/// The two wire profiles a daemon and a gatekeeper can speak (`[gatekeeper] profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WireProfile {
+    /// Meta's transport: Noise XX, binary nodes, the `ClientPayload` login with a provider JWT
+    /// (`docs/protocol-wa.md`).
+    #[default]
+    Wa,
+    /// Our own: textual XML over TLS 1.3 with a challenge/signature login (`docs/protocol.md`).
+    InteropXml1,
+}
+
+impl WireProfile {
+    /// The name as configs and command lines write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WireProfile::Wa => wa_login::WA_PROFILE,
+            WireProfile::InteropXml1 => login::PROTOCOL_VERSION,
+        }
+    }
+
+    /// Reads a name written by [`WireProfile::as_str`].
+    pub fn parse(name: &str) -> Option<WireProfile> {
+        [WireProfile::Wa, WireProfile::InteropXml1]
+            .into_iter()
+            .find(|p| p.as_str() == name)
+    }
+}
+
+impl core::fmt::Display for WireProfile {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

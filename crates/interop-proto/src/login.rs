@@ -436,6 +436,12 @@ impl ClientLogin {
         (ClientLogin::ExpectChallenge { hello, token }, out)
     }
 
+    /// The `wa` profile's login: the handshake already carried the proof and the token
+    /// (`wa_login.rs`), so the client only waits for `<success>` or `<failure>`.
+    pub fn after_handshake(hello: Hello) -> ClientLogin {
+        ClientLogin::ExpectResult { hello }
+    }
+
     /// Handles one stanza from the server.
     pub fn handle<R: Rng + CryptoRng>(
         &mut self,

@@ -47,8 +47,13 @@ pub struct Provisioned {
     pub server_addr: String,
     /// The name in the hub's certificate.
     pub server_name: String,
-    /// The hub's CA (PEM) that the daemon pins.
+    /// The hub's CA (PEM) that the daemon pins (the link on `interop-xml/1`, and the media
+    /// proxy on both profiles).
     pub ca_file: PathBuf,
+    /// The profile the config speaks.
+    pub profile: interop_proto::WireProfile,
+    /// On `wa`: the hub's Noise root public key (64 hex digits) the daemon pins.
+    pub noise_root: Option<String>,
 }
 
 /// Creates (or finds) provider account `name` in `state_dir` and returns what a daemon that
@@ -100,5 +105,7 @@ pub fn provision(
             .trim_end_matches(']')
             .to_owned(),
         ca_file: ca,
+        profile: interop_proto::WireProfile::InteropXml1,
+        noise_root: None,
     })
 }
