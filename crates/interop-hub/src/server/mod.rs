@@ -56,9 +56,11 @@ pub const MAX_PENDING_FRAMES: usize = 4096;
 pub use interop_io::clock::now_ms;
 
 mod control;
+mod noise_keys;
 mod provision;
 
 use control::*;
+pub use noise_keys::*;
 pub use provision::*;
 
 /// Provider accounts as files under `<state>/accounts/`.
