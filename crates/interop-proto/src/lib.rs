@@ -16,6 +16,7 @@
 //!   profile's binary nodes, with bounds.
 //! - [`jid`]: wire addresses (`user:device@server`) and E.164 phone numbers.
 //! - [`login`]: the login handshake, both sides, and its proof string.
+//! - [`jwt`]: the `wa` login's provider token: a JWT verified against the provider's JWKS.
 //! - [`noise`]: profile `wa`'s transport: prologue and 3-byte frames, Noise XX both sides,
 //!   the server's certificate chain (issued and verified), and the sealed frames after it.
 //! - [`prekeys`]: the `<iq xmlns="encrypt">` key vocabulary (bundles, keys, signed keys).
@@ -35,6 +36,7 @@
 pub mod content;
 pub mod frame;
 pub mod jid;
+pub mod jwt;
 pub mod login;
 pub mod media_crypto;
 pub mod media_meta;
