@@ -188,6 +188,9 @@ impl fmt::Display for NoiseError {
                 write!(f, "noise: frame of {len} bytes exceeds {max}")
             }
             NoiseError::ApiMisuse { detail } => write!(f, "noise: api misuse: {detail}"),
+            NoiseError::PeerLowOrderKey => {
+                f.write_str("noise: the peer sent a low-order public key (all-zero X25519)")
+            }
             other => write!(f, "noise: {}", other.reason()),
         }
     }

@@ -548,6 +548,7 @@ fn a_low_order_client_ephemeral_is_refused_with_its_own_error() {
         );
     }
     assert_eq!(NoiseError::PeerLowOrderKey.reason(), "low-order-key");
+    assert!(NoiseError::PeerLowOrderKey.to_string().contains("peer"));
 }
 
 #[test]
