@@ -140,18 +140,26 @@ impl Drop for HubProc {
     }
 }
 
-/// Runs `interop-hub provision` and returns the token from the printed config.
+/// Runs `interop-hub provision --profile interop-xml/1` and returns the token from the
+/// printed config (these library clients speak `interop-xml/1` unless a test says `wa`).
 pub fn provision(state: &Path, account: &str, connect: &str) -> String {
     provision_with(state, account, connect, &[])
 }
 
-/// Like [`provision`], with extra arguments.
+/// Like [`provision`], with extra arguments (`--profile wa` among them, or else
+/// `interop-xml/1` is asked for).
 pub fn provision_with(state: &Path, account: &str, connect: &str, extra: &[&str]) -> String {
+    let profile: &[&str] = if extra.contains(&"--profile") {
+        &[]
+    } else {
+        &["--profile", "interop-xml/1"]
+    };
     let out = Command::new(HUB)
         .arg("provision")
         .arg("--state")
         .arg(state)
         .args(["--account", account, "--connect", connect])
+        .args(profile)
         .args(extra)
         .output()
         .unwrap();
