@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 use crate::api_common::{Reply, free_port, get, request};
 use crate::hub_support::{HUB, HubProc};
 
+pub use crate::hub_support::{profile, with_profile};
+
 /// How long any wait in these tests may take on a loaded machine.
 pub const WAIT: Duration = Duration::from_secs(60);
 
@@ -214,6 +216,7 @@ pub fn provision_conf_with(
         .arg("--state")
         .arg(hub_state)
         .args(["--account", account, "--connect", listen])
+        .args(["--profile", profile()])
         .output()
         .unwrap();
     assert!(
@@ -222,6 +225,11 @@ pub fn provision_conf_with(
         String::from_utf8_lossy(&out.stderr)
     );
     let mut text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&format!("profile = \"{}\"", profile())),
+        "provision printed no profile {}:\n{text}",
+        profile()
+    );
     text.push_str(extra);
     let conf = dir.join("interopd.conf");
     std::fs::write(&conf, text).unwrap();

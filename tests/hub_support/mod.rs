@@ -140,6 +140,42 @@ impl Drop for HubProc {
     }
 }
 
+thread_local! {
+    /// The wire profile this test's daemon speaks (each test runs on a thread of its own).
+    static PROFILE: std::cell::Cell<&'static str> = const { std::cell::Cell::new("wa") };
+}
+
+/// The profile the daemon harnesses (`daemon_support`, `media_support`) provision for: `wa` unless [`with_profile`] said otherwise.
+pub fn profile() -> &'static str {
+    PROFILE.with(|p| p.get())
+}
+
+/// Runs `test` with the daemon and hub speaking `profile`.
+pub fn with_profile(profile: &'static str, test: fn()) {
+    PROFILE.with(|p| p.set(profile));
+    test();
+}
+
+/// Runs each named test function once per wire profile, as `NAME::wa` and
+/// `NAME::interop_xml1`: every behaviour must hold on both.
+#[macro_export]
+macro_rules! on_both_profiles {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn wa() {
+                    crate::hub_support::with_profile("wa", super::$name);
+                }
+                #[test]
+                fn interop_xml1() {
+                    crate::hub_support::with_profile("interop-xml/1", super::$name);
+                }
+            }
+        )*
+    };
+}
+
 /// Runs `interop-hub provision --profile interop-xml/1` and returns the token from the
 /// printed config (these library clients speak `interop-xml/1` unless a test says `wa`).
 pub fn provision(state: &Path, account: &str, connect: &str) -> String {

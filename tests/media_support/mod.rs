@@ -127,6 +127,7 @@ pub fn provisioned(dir: &Path, hub: &HubProc, extra: &str) -> Setup {
         .arg(&hub.state)
         .args(["--account", ACCOUNT, "--connect", &hub.listen])
         .args(["--media-host", &media_url, "--media-pin", &pin])
+        .args(["--profile", crate::hub_support::profile()])
         .output()
         .unwrap();
     assert!(
