@@ -7,14 +7,11 @@
 //! WhatsApp's, sends an `INTEROP` `ClientPayload`, and exchanges one sealed frame each way.
 //! With the wrong pin it must refuse, which shows its check runs.
 //!
-//! **Known defect, found by this test (2026-12-07).** WhatsApp's handshake does not mix the
-//! empty payload of the `ClientHello` into the handshake hash; standard Noise does
-//! (`MixHash` of a zero-length payload), and so does snow, on which `noise/handshake.rs` is
-//! built. So the unmodified pyaileys client fails to open our `ServerHello` (`InvalidTag`).
-//! `pyaileys_as_published_completes_the_handshake` is that check and is ignored until the
-//! responder and initiator follow WhatsApp there. The other tests let pyaileys add the
-//! standard step (`--hash-empty-hello-payload`), and then every other step agrees: keys, the
-//! certificate chain, the `ClientPayload`, the transport keys and nonces.
+//! pyaileys runs as published: its handshake, like WhatsApp's, does not mix the empty payload
+//! of the `ClientHello` into the handshake hash, and neither does ours, so every step agrees:
+//! keys, the certificate chain, the `ClientPayload`, the transport keys and nonces. The
+//! negative test tells pyaileys to add that step as standard Noise has it
+//! (`--hash-empty-hello-payload`) and shows that this variant is now refused.
 
 mod python_support;
 
@@ -164,14 +161,26 @@ fn handshake_and_frames_agree(client_args: &[&str]) {
 }
 
 #[test]
-fn pyaileys_with_the_standard_noise_step_agrees_on_everything_else() {
-    handshake_and_frames_agree(&["--hash-empty-hello-payload"]);
+fn pyaileys_as_published_completes_the_handshake() {
+    handshake_and_frames_agree(&[]);
 }
 
 #[test]
-#[ignore = "known defect: our Noise hashes the empty ClientHello payload, WhatsApp does not"]
-fn pyaileys_as_published_completes_the_handshake() {
-    handshake_and_frames_agree(&[]);
+fn pyaileys_with_the_standard_noise_step_is_refused() {
+    let root = CertIssuer::generate(0, &mut rand::rng());
+    let (server, client, ok) = run(&root, &root, &["--hash-empty-hello-payload"]);
+    assert!(
+        !ok,
+        "pyaileys opened a ServerHello under another hash: {client}"
+    );
+    assert!(
+        client["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("InvalidTag"),
+        "{client}"
+    );
+    assert!(server.is_err(), "our side must see the client give up");
 }
 
 #[test]
@@ -179,7 +188,7 @@ fn pyaileys_refuses_a_chain_under_another_root() {
     let rng = &mut rand::rng();
     let root = CertIssuer::generate(0, rng);
     let other = CertIssuer::generate(0, rng);
-    let (server, client, ok) = run(&root, &other, &["--hash-empty-hello-payload"]);
+    let (server, client, ok) = run(&root, &other, &[]);
     assert!(
         !ok,
         "pyaileys accepted a chain under a root it does not pin"

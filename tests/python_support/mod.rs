@@ -22,6 +22,10 @@ pub const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 pub const PYAILEYS: &str = "pyaileys==0.1.5 cryptography==51.0.1 cffi==2.1.1 pycparser==3.12 \
                             protobuf==7.36.2 websockets==17.4";
 
+/// An independent JWT implementation (PyJWT, on `cryptography`) for the `wa` login's provider
+/// token (`tests/jwt_interop.rs`), with the same pins as PYAILEYS for what they share.
+pub const PYJWT: &str = "PyJWT==2.15.1 cryptography==51.0.1 cffi==2.1.1 pycparser==3.12";
+
 /// Where `requirement` is installed: one directory per pinned requirement, so a bump gets a
 /// fresh install and two test binaries never share a half-written directory.
 fn install_dir(requirement: &str) -> PathBuf {

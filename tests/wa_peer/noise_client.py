@@ -10,8 +10,8 @@ exits 1.
 
 With --hash-empty-hello-payload the client also mixes the empty payload of its ClientHello
 into the handshake hash, as standard Noise does (MixHash of a zero-length payload) and as
-WhatsApp's handshake does not. That is the one step in which our snow-based responder departs
-from WhatsApp; the flag lets the test show that it is the only one.
+WhatsApp's handshake does not. Our responder follows WhatsApp, so with the flag the client
+cannot open our ServerHello; the negative test uses it to show that.
 """
 
 import asyncio

@@ -15,6 +15,7 @@
 //! - [`store`]: the hub's own redb file and its tables.
 //! - [`media`]: blobs simulated users send, and their messages.
 //! - [`proxy`]: registered provider media hosts, fetched with bounds.
+//! - [`provider`]: the hub as a test provider: per-integrator ES256 keys and the JWKS it trusts.
 //!
 //! Shell:
 //! - [`server`]: the TLS listener, connection tasks, control API and accounts.
@@ -30,6 +31,7 @@ pub const ACCOUNTS_DIR: &str = "accounts";
 
 pub mod device_store;
 pub mod media;
+pub mod provider;
 pub mod proxy;
 pub mod server;
 pub mod state;

@@ -19,6 +19,7 @@
 //! - [`wa_login`]: profile `wa`'s login: the `ClientPayload` built and read.
 //! - [`wa_stream`]: a `wa` connection as a byte pipe for either side: the handshake driven
 //!   by arriving bytes, then one binary node per sealed frame.
+//! - [`jwt`]: the `wa` login's provider token: a JWT verified against the provider's JWKS.
 //! - [`noise`]: profile `wa`'s transport: prologue and 3-byte frames, Noise XX both sides,
 //!   the server's certificate chain (issued and verified), and the sealed frames after it.
 //! - [`prekeys`]: the `<iq xmlns="encrypt">` key vocabulary (bundles, keys, signed keys).
@@ -38,6 +39,7 @@
 pub mod content;
 pub mod frame;
 pub mod jid;
+pub mod jwt;
 pub mod login;
 pub mod media_crypto;
 pub mod media_meta;

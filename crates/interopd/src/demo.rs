@@ -170,12 +170,15 @@ pub fn run(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let provisioned =
-        server::provision(&hub_dir, DEMO_ACCOUNT, &listen.to_string()).map_err(|e| {
-            DemoError::Provision {
-                detail: e.to_string(),
-            }
-        })?;
+    let provisioned = server::provision(
+        &hub_dir,
+        DEMO_ACCOUNT,
+        &listen.to_string(),
+        interop_proto::WireProfile::InteropXml1,
+    )
+    .map_err(|e| DemoError::Provision {
+        detail: e.to_string(),
+    })?;
     // Through the rendered text, as `interop-hub provision` hands it to a user, so the demo
     // runs exactly the config a user would get.
     let text = provisioned_config(&provisioned).to_string();

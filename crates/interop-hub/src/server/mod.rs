@@ -56,10 +56,14 @@ pub const MAX_PENDING_FRAMES: usize = 4096;
 pub use interop_io::clock::now_ms;
 
 mod control;
+mod noise_keys;
 mod provision;
+mod wa;
 
 use control::*;
+pub use noise_keys::*;
 pub use provision::*;
+use wa::Sniffed;
 
 /// Provider accounts as files under `<state>/accounts/`.
 pub struct FileAccounts {
@@ -89,6 +93,35 @@ impl AccountBook for FileAccounts {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(StoreError::Io { path, source }),
         }
+    }
+}
+
+impl FileAccounts {
+    /// The account whose `wa` account id ([`interop_proto::wa_login::account_id`]) is `id`:
+    /// the names in the accounts directory, each hashed.
+    pub fn by_account_id(&self, id: u64) -> Result<Option<String>, StoreError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: self.dir.clone(),
+                    source,
+                });
+            }
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(account) = name.to_str().and_then(|n| n.strip_suffix(".token")) else {
+                continue;
+            };
+            if jid::check_account(account).is_ok()
+                && interop_proto::wa_login::account_id(account) == id
+            {
+                return Ok(Some(account.to_owned()));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -147,6 +180,8 @@ pub enum ServeError {
     Tls(tls::TlsError),
     /// Environment: the state could not be opened.
     Hub(crate::state::HubError),
+    /// Environment: the Noise keys could not be read or made.
+    Noise(StoreError),
     /// Environment: an address could not be bound.
     Bind {
         addr: SocketAddr,
@@ -161,6 +196,7 @@ impl std::fmt::Display for ServeError {
         match self {
             ServeError::Tls(e) => write!(f, "{e}"),
             ServeError::Hub(e) => write!(f, "{e}"),
+            ServeError::Noise(e) => write!(f, "the wa profile's Noise keys: {e}"),
             ServeError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             ServeError::ControlNotLoopback { addr } => {
                 write!(f, "the control API must listen on loopback, not {addr}")
@@ -171,8 +207,10 @@ impl std::fmt::Display for ServeError {
 
 impl std::error::Error for ServeError {}
 
+/// What the core gives a connection task: a stanza's text, encoded by the task for its
+/// profile, or the order to close.
 enum ToConn {
-    Frame(Vec<u8>),
+    Stanza(Vec<u8>),
     Close,
 }
 
@@ -184,6 +222,8 @@ struct Shell {
     wake_timer: Option<Sender<()>>,
     /// Blobs simulated users need, for the fetcher task.
     fetches: Option<Sender<MediaFetch>>,
+    /// The `wa` profile's Noise keys and chain.
+    noise: HubNoise,
 }
 
 type Shared = Rc<RefCell<Shell>>;
@@ -193,31 +233,26 @@ fn pump(shared: &Shared) {
     let mut sh = shared.borrow_mut();
     while let Some(out) = sh.hub.poll_output() {
         match out {
-            Output::Send { conn, payload } => match framed(&payload) {
-                Ok(frame) => {
-                    let Some(tx) = sh.conns.get(&conn) else {
-                        continue;
-                    };
-                    if tx.len() < MAX_PENDING_FRAMES && tx.try_send(ToConn::Frame(frame)).is_ok() {
-                        continue;
-                    }
-                    // Say why, to the log and to the client, instead of a bare close.
-                    log::warn!(
-                        "hub: connection {conn} does not read: {} frames wait (MAX_PENDING_FRAMES); closing it as overloaded",
-                        tx.len()
-                    );
-                    let text = format!(
-                        "over {MAX_PENDING_FRAMES} frames waited for this connection to read them"
-                    );
-                    let why = crate::state::stream_error("overloaded", &text).to_xml();
-                    if let Ok(f) = framed(&why) {
-                        let _ = tx.try_send(ToConn::Frame(f));
-                    }
-                    let _ = tx.try_send(ToConn::Close);
-                    sh.conns.remove(&conn);
+            Output::Send { conn, payload } => {
+                let Some(tx) = sh.conns.get(&conn) else {
+                    continue;
+                };
+                if tx.len() < MAX_PENDING_FRAMES && tx.try_send(ToConn::Stanza(payload)).is_ok() {
+                    continue;
                 }
-                Err(e) => log::error!("hub: cannot frame a stanza for {conn}: {e}"),
-            },
+                // Say why, to the log and to the client, instead of a bare close.
+                log::warn!(
+                    "hub: connection {conn} does not read: {} frames wait (MAX_PENDING_FRAMES); closing it as overloaded",
+                    tx.len()
+                );
+                let text = format!(
+                    "over {MAX_PENDING_FRAMES} frames waited for this connection to read them"
+                );
+                let why = crate::state::stream_error("overloaded", &text).to_xml();
+                let _ = tx.try_send(ToConn::Stanza(why));
+                let _ = tx.try_send(ToConn::Close);
+                sh.conns.remove(&conn);
+            }
             Output::Close { conn } => {
                 if let Some(tx) = sh.conns.remove(&conn) {
                     let _ = tx.try_send(ToConn::Close);
@@ -287,6 +322,7 @@ pub async fn run(opts: HubOptions) -> Result<(), ServeError> {
         names.push(ip);
     }
     let tls_material = tls::ensure_hub_ca(&opts.state_dir, &names).map_err(ServeError::Tls)?;
+    let noise = ensure_hub_noise(&opts.state_dir, now_ms() / 1000).map_err(ServeError::Noise)?;
     let mut rng = rand::rng();
     let mut hub = Hub::open(
         &opts.state_dir,
@@ -325,7 +361,7 @@ pub async fn run(opts: HubOptions) -> Result<(), ServeError> {
     };
     // Said once every listener is bound: tests and scripts wait for this line.
     log::info!(
-        "hub: listening on {} (TLS), control API on {}, CA {}",
+        "hub: listening on {} (wa and TLS), control API on {}, CA {}",
         opts.listen,
         opts.control,
         tls_material.ca_cert_path().display()
@@ -349,6 +385,7 @@ pub async fn run(opts: HubOptions) -> Result<(), ServeError> {
         conns: HashMap::new(),
         wake_timer: Some(wake_tx),
         fetches: Some(fetch_tx),
+        noise,
     }));
     pump(&shared);
     let ex = Rc::new(smol::LocalExecutor::new());
@@ -368,9 +405,13 @@ pub async fn run(opts: HubOptions) -> Result<(), ServeError> {
                 let shared = Rc::clone(&shared);
                 let config = config.clone();
                 async move {
-                    match tls::accept(config, tcp).await {
-                        Ok(stream) => serve_conn(shared, stream, peer).await,
-                        Err(e) => log::info!("hub: {peer}: TLS handshake failed: {e}"),
+                    match wa::sniff(&tcp).await {
+                        Some(Sniffed::Wa) => wa::serve_wa(shared, tcp, peer).await,
+                        Some(Sniffed::Tls) => match tls::accept(config, tcp).await {
+                            Ok(stream) => serve_conn(shared, stream, peer).await,
+                            Err(e) => log::info!("hub: {peer}: TLS handshake failed: {e}"),
+                        },
+                        None => {}
                     }
                 }
             },
@@ -525,7 +566,14 @@ async fn serve_conn(shared: Shared, stream: tls::TlsServerStream, peer: SocketAd
         }
     };
     let write_loop = async move {
-        write_frames(&rx, &mut writer).await;
+        let encode = |text: &[u8]| match framed(text) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                log::error!("hub: cannot frame a stanza for {conn}: {e}");
+                None
+            }
+        };
+        write_frames(&rx, &mut writer, encode).await;
         let _ = writer.close().await;
     };
     read_loop.or(write_loop).await;
@@ -538,10 +586,19 @@ async fn serve_conn(shared: Shared, stream: tls::TlsServerStream, peer: SocketAd
     log::debug!("hub: connection {conn} closed");
 }
 
-async fn write_frames<W: futures_lite::AsyncWrite + Unpin>(rx: &Receiver<ToConn>, w: &mut W) {
+/// Writes what the core sends, each stanza encoded by `encode` for the connection's profile
+/// (`None`: it could not be, and was logged).
+async fn write_frames<W: futures_lite::AsyncWrite + Unpin>(
+    rx: &Receiver<ToConn>,
+    w: &mut W,
+    mut encode: impl FnMut(&[u8]) -> Option<Vec<u8>>,
+) {
     while let Ok(msg) = rx.recv().await {
         match msg {
-            ToConn::Frame(f) => {
+            ToConn::Stanza(text) => {
+                let Some(f) = encode(&text) else {
+                    continue;
+                };
                 if w.write_all(&f).await.is_err() {
                     return;
                 }
@@ -561,10 +618,12 @@ async fn write_frames<W: futures_lite::AsyncWrite + Unpin>(rx: &Receiver<ToConn>
 mod tests {
     use super::*;
 
+    const XML1: interop_proto::WireProfile = interop_proto::WireProfile::InteropXml1;
+
     #[test]
     fn provisioning_names_the_account_and_keeps_its_token() {
         let dir = tempfile::tempdir().unwrap();
-        let text = provision(dir.path(), "acme-home", "127.0.0.1:5222").unwrap();
+        let text = provision(dir.path(), "acme-home", "127.0.0.1:5222", XML1).unwrap();
         let cfg = &text;
         assert_eq!(
             (cfg.integrator.as_str(), cfg.user.as_str()),
@@ -580,7 +639,7 @@ mod tests {
         assert_eq!(rec.token, cfg.token);
         assert_eq!(rec.integrator, "acme");
         // Provisioning again keeps the token.
-        let again = provision(dir.path(), "acme-home", "127.0.0.1:5222").unwrap();
+        let again = provision(dir.path(), "acme-home", "127.0.0.1:5222", XML1).unwrap();
         assert_eq!(again, text);
     }
 
@@ -588,11 +647,11 @@ mod tests {
     fn account_without_integrator_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            provision(dir.path(), "home", "127.0.0.1:1"),
+            provision(dir.path(), "home", "127.0.0.1:1", XML1),
             Err(ProvisionError::BadAccount { .. })
         ));
         assert!(matches!(
-            provision(dir.path(), "acme-home", "nowhere"),
+            provision(dir.path(), "acme-home", "nowhere", XML1),
             Err(ProvisionError::BadConnect { .. })
         ));
     }

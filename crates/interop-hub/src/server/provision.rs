@@ -15,6 +15,8 @@ pub enum ProvisionError {
     Store(StoreError),
     /// Environment: the CA could not be made.
     Tls(tls::TlsError),
+    /// Environment: the test provider's signing key could not be made or used.
+    Provider(crate::provider::ProviderError),
 }
 
 impl std::fmt::Display for ProvisionError {
@@ -29,6 +31,7 @@ impl std::fmt::Display for ProvisionError {
             }
             ProvisionError::Store(e) => write!(f, "{e}"),
             ProvisionError::Tls(e) => write!(f, "{e}"),
+            ProvisionError::Provider(e) => write!(f, "{e}"),
         }
     }
 }
@@ -56,13 +59,20 @@ pub struct Provisioned {
     pub noise_root: Option<String>,
 }
 
+/// How long a provider JWT that `provision --profile wa` mints is valid, in seconds. The
+/// daemon warns as the end nears; provisioning again mints a new one.
+pub const PROVISIONED_TOKEN_LIFETIME_S: u64 = 365 * 24 * 3600;
+
 /// Creates (or finds) provider account `name` in `state_dir` and returns what a daemon that
-/// dials `connect` and pins `<state_dir>/ca.pem` needs. Makes the CA if the hub has never
-/// started.
+/// dials `connect` and pins `<state_dir>/ca.pem` needs on `profile`. Makes the CA (and on
+/// `wa` the Noise keys and the integrator's test provider key) if the hub has never made
+/// them. On `wa` the token is a JWT the hub signs as the integrator's test provider, valid
+/// for [`PROVISIONED_TOKEN_LIFETIME_S`].
 pub fn provision(
     state_dir: &Path,
     name: &str,
     connect: &str,
+    profile: interop_proto::WireProfile,
 ) -> Result<Provisioned, ProvisionError> {
     let bad = || ProvisionError::BadAccount {
         name: name.to_owned(),
@@ -93,8 +103,25 @@ pub fn provision(
     if !ca.exists() {
         tls::ensure_hub_ca(&state_dir, SERVER_NAMES).map_err(ProvisionError::Tls)?;
     }
-    let token = provision_account(&state_dir, name).map_err(ProvisionError::Store)?;
+    let mut token = provision_account(&state_dir, name).map_err(ProvisionError::Store)?;
     let _ = port;
+    let mut noise_root = None;
+    if profile == interop_proto::WireProfile::Wa {
+        let now_s = now_ms() / 1000;
+        let noise = ensure_hub_noise(&state_dir, now_s).map_err(ProvisionError::Store)?;
+        noise_root = Some(pin_hex(&noise.pin()));
+        let key = crate::provider::ensure_provider(&state_dir, integrator)
+            .map_err(ProvisionError::Provider)?;
+        let claims = interop_proto::jwt::Claims {
+            iss: integrator.to_owned(),
+            sub: name.to_owned(),
+            aud: crate::provider::JWT_AUDIENCE.to_owned(),
+            iat: Some(now_s),
+            nbf: None,
+            exp: now_s.saturating_add(PROVISIONED_TOKEN_LIFETIME_S),
+        };
+        token = key.sign(&claims).map_err(ProvisionError::Provider)?;
+    }
     Ok(Provisioned {
         integrator: integrator.to_owned(),
         user: user.to_owned(),
@@ -105,7 +132,7 @@ pub fn provision(
             .trim_end_matches(']')
             .to_owned(),
         ca_file: ca,
-        profile: interop_proto::WireProfile::InteropXml1,
-        noise_root: None,
+        profile,
+        noise_root,
     })
 }

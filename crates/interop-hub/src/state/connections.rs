@@ -18,6 +18,14 @@ impl Hub {
         id
     }
 
+    /// A `wa` connection whose handshake and token the shell checked (`server/wa.rs`): it is
+    /// logged in at once, as an `interop-xml/1` login is after its `<auth>`.
+    pub fn connect_verified(&mut self, v: login::Verified, now_ms: u64) -> ConnId {
+        let id = self.connect(now_ms);
+        self.logged_in(id, v, now_ms);
+        id
+    }
+
     /// The shell saw the connection end.
     pub fn disconnected(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.remove(&conn)

@@ -20,12 +20,10 @@ use rand::{CryptoRng, Rng};
 use ring::aead::{Aad, LessSafeKey};
 
 use super::cert::{self, RootPin, ServerCertVerified};
-use super::crypto::{Resolver, aead_key, nonce};
 use super::frame::{MAX_WA_FRAME_BYTES, WA_PROLOGUE, encode_frame};
+use super::symmetric::{SplitKeys, SymmetricState, aead_key, dh, nonce};
 use super::wire::{CertChain, ClientFinish, ClientHello, HandshakeMessage, ServerHello};
-use super::{
-    KEY_BYTES, MAX_HANDSHAKE_MESSAGE_BYTES, NOISE_PATTERN, NoiseError, PrivateKey, TAG_BYTES,
-};
+use super::{KEY_BYTES, MAX_HANDSHAKE_MESSAGE_BYTES, NoiseError, PrivateKey, TAG_BYTES};
 
 /// Length of an encrypted static key in the handshake (key and tag), in bytes.
 pub const SEALED_KEY_BYTES: usize = KEY_BYTES + TAG_BYTES;
@@ -39,35 +37,13 @@ pub const MAX_FRAMES_PER_DIRECTION: u64 = 1 << 32;
 pub const MAX_CLIENT_PAYLOAD_BYTES: usize =
     MAX_HANDSHAKE_MESSAGE_BYTES - SEALED_KEY_BYTES - TAG_BYTES;
 
+/// Largest encoded `CertChain` the responder can send, in bytes: one Noise message holds the
+/// ephemeral key, the sealed static key and the sealed chain.
+pub const MAX_CHAIN_BYTES: usize =
+    MAX_HANDSHAKE_MESSAGE_BYTES - KEY_BYTES - SEALED_KEY_BYTES - TAG_BYTES;
+
 fn bad(_: impl Sized) -> NoiseError {
     NoiseError::PeerBadHandshakeMessage
-}
-
-fn build(
-    static_key: &PrivateKey,
-    initiator: bool,
-    ephemeral_seed: [u8; KEY_BYTES],
-) -> Result<snow::HandshakeState, NoiseError> {
-    let misuse = |_| NoiseError::ApiMisuse {
-        detail: "noise state refused its parameters",
-    };
-    let params: snow::params::NoiseParams = NOISE_PATTERN.parse().map_err(misuse)?;
-    let builder = snow::Builder::with_resolver(params, Box::new(Resolver::new(ephemeral_seed)))
-        .prologue(&WA_PROLOGUE)
-        .map_err(misuse)?
-        .local_private_key(static_key.bytes())
-        .map_err(misuse)?;
-    if initiator {
-        builder.build_initiator().map_err(misuse)
-    } else {
-        builder.build_responder().map_err(misuse)
-    }
-}
-
-fn seed<R: Rng + CryptoRng>(rng: &mut R) -> [u8; KEY_BYTES] {
-    let mut seed = [0u8; KEY_BYTES];
-    rng.fill_bytes(&mut seed);
-    seed
 }
 
 /// One handshake frame body as the `HandshakeMessage` it must be.
@@ -78,10 +54,36 @@ fn decode_handshake(frame: &[u8]) -> Result<HandshakeMessage, NoiseError> {
     HandshakeMessage::decode(frame).map_err(bad)
 }
 
-fn remote_static(hs: &snow::HandshakeState) -> Result<[u8; KEY_BYTES], NoiseError> {
-    hs.get_remote_static()
-        .and_then(|k| k.try_into().ok())
-        .ok_or(NoiseError::PeerBadHandshakeMessage)
+/// A public key the peer sent in the clear: exactly 32 bytes.
+fn public_key(bytes: &[u8]) -> Result<[u8; KEY_BYTES], NoiseError> {
+    bytes.try_into().map_err(bad)
+}
+
+/// A sealed static key the peer sent: exactly 48 bytes.
+fn sealed_key(bytes: &[u8]) -> Result<&[u8], NoiseError> {
+    if bytes.len() == SEALED_KEY_BYTES {
+        Ok(bytes)
+    } else {
+        Err(NoiseError::PeerBadHandshakeMessage)
+    }
+}
+
+/// A sealed payload the peer sent: at least its tag.
+fn sealed_payload(bytes: &[u8]) -> Result<&[u8], NoiseError> {
+    if bytes.len() >= TAG_BYTES {
+        Ok(bytes)
+    } else {
+        Err(NoiseError::PeerBadHandshakeMessage)
+    }
+}
+
+/// The first step of both roles, `-> e` as WhatsApp runs it: `MixHash(e.pub)` and nothing
+/// else. Standard Noise would also `MixHash` the message's empty payload here; WhatsApp's
+/// clients (pyaileys, Baileys, whatsmeow) do not, so neither do we.
+fn after_client_hello(client_ephemeral: &[u8; KEY_BYTES]) -> SymmetricState {
+    let mut ss = SymmetricState::new(&WA_PROLOGUE);
+    ss.mix_hash(client_ephemeral);
+    ss
 }
 
 /// The initiator's entry point.
@@ -94,26 +96,39 @@ impl ClientHandshake {
         static_key: &PrivateKey,
         rng: &mut R,
     ) -> Result<(ExpectServerHello, Vec<u8>), NoiseError> {
-        let mut hs = build(static_key, true, seed(rng))?;
-        // snow wants room for a tag even where the first message has none.
-        let mut e = [0u8; KEY_BYTES + TAG_BYTES];
-        let n = hs.write_message(&[], &mut e).map_err(|_| NoiseError::Rng)?;
+        ClientHandshake::start_with(static_key, PrivateKey::generate(rng))
+    }
+
+    /// [`ClientHandshake::start`] with a given ephemeral key (for known-answer tests).
+    pub(super) fn start_with(
+        static_key: &PrivateKey,
+        ephemeral: PrivateKey,
+    ) -> Result<(ExpectServerHello, Vec<u8>), NoiseError> {
+        let e = ephemeral.public();
+        let ss = after_client_hello(&e);
         let hello = HandshakeMessage {
             client_hello: Some(ClientHello {
-                ephemeral: e.get(..n).map(<[u8]>::to_vec),
+                ephemeral: Some(e.to_vec()),
                 ..ClientHello::default()
             }),
             ..HandshakeMessage::default()
         };
         let mut out = WA_PROLOGUE.to_vec();
         out.extend_from_slice(&encode_frame(&hello.encode_to_vec())?);
-        Ok((ExpectServerHello { hs }, out))
+        let state = ExpectServerHello {
+            ss,
+            s: static_key.clone(),
+            e: ephemeral,
+        };
+        Ok((state, out))
     }
 }
 
 /// The initiator waits for the `ServerHello` frame.
 pub struct ExpectServerHello {
-    hs: snow::HandshakeState,
+    ss: SymmetricState,
+    s: PrivateKey,
+    e: PrivateKey,
 }
 
 impl ExpectServerHello {
@@ -131,30 +146,34 @@ impl ExpectServerHello {
         let (Some(e), Some(s), Some(payload)) = (sh.ephemeral, sh.r#static, sh.payload) else {
             return Err(NoiseError::PeerBadHandshakeMessage);
         };
-        if e.len() != KEY_BYTES || s.len() != SEALED_KEY_BYTES || payload.len() < TAG_BYTES {
-            return Err(NoiseError::PeerBadHandshakeMessage);
-        }
-        let mut message = e;
-        message.extend_from_slice(&s);
-        message.extend_from_slice(&payload);
-        if message.len() > MAX_HANDSHAKE_MESSAGE_BYTES {
-            return Err(NoiseError::PeerBadHandshakeMessage);
-        }
-        let mut chain = vec![0u8; message.len()];
-        let n = self.hs.read_message(&message, &mut chain).map_err(bad)?;
-        chain.truncate(n);
-        let server_static = remote_static(&self.hs)?;
+        let (re, s, payload) = (public_key(&e)?, sealed_key(&s)?, sealed_payload(&payload)?);
+        // <- e, ee, s, es, payload
+        self.ss.mix_hash(&re);
+        self.ss.mix_key(dh(&self.e, &re)?);
+        let server_static = public_key(&self.ss.decrypt_and_hash(s)?)?;
+        self.ss.mix_key(dh(&self.e, &server_static)?);
+        let chain = self.ss.decrypt_and_hash(payload)?;
         let verified = cert::verify_chain(&chain, pin, &server_static, now_unix_s)?;
         Ok(SendClientFinish {
-            hs: self.hs,
+            ss: self.ss,
+            s: self.s,
+            re,
             verified,
         })
+    }
+
+    /// The handshake hash so far, for tests that pin it.
+    #[cfg(test)]
+    pub(super) fn handshake_hash(&self) -> [u8; super::symmetric::HASH_BYTES] {
+        self.ss.handshake_hash()
     }
 }
 
 /// The initiator has verified the server and sends its `ClientFinish`.
 pub struct SendClientFinish {
-    hs: snow::HandshakeState,
+    ss: SymmetricState,
+    s: PrivateKey,
+    re: [u8; KEY_BYTES],
     verified: ServerCertVerified,
 }
 
@@ -175,24 +194,19 @@ impl SendClientFinish {
                 detail: "ClientPayload longer than one Noise message holds",
             });
         }
-        let mut message = vec![0u8; SEALED_KEY_BYTES + client_payload.len() + TAG_BYTES];
-        let n = self
-            .hs
-            .write_message(client_payload, &mut message)
-            .map_err(|_| NoiseError::ApiMisuse {
-                detail: "noise state refused ClientFinish",
-            })?;
-        message.truncate(n);
-        let (s, payload) = message.split_at(SEALED_KEY_BYTES.min(message.len()));
+        // -> s, se, payload
+        let s = self.ss.encrypt_and_hash(&self.s.public())?;
+        self.ss.mix_key(dh(&self.s, &self.re)?);
+        let payload = self.ss.encrypt_and_hash(client_payload)?;
         let finish = HandshakeMessage {
             client_finish: Some(ClientFinish {
-                r#static: Some(s.to_vec()),
-                payload: Some(payload.to_vec()),
+                r#static: Some(s),
+                payload: Some(payload),
             }),
             ..HandshakeMessage::default()
         };
         let frame = encode_frame(&finish.encode_to_vec())?;
-        let transport = NoiseTransport::client(&mut self.hs, self.verified);
+        let transport = NoiseTransport::client(self.ss.split(), self.verified);
         Ok((transport, frame))
     }
 }
@@ -208,53 +222,66 @@ impl ServerHandshake {
         chain: &CertChain,
         rng: &mut R,
     ) -> Result<ExpectClientHello, NoiseError> {
+        ServerHandshake::start_with(static_key, chain, PrivateKey::generate(rng))
+    }
+
+    /// [`ServerHandshake::start`] with a given ephemeral key (for known-answer tests).
+    pub(super) fn start_with(
+        static_key: &PrivateKey,
+        chain: &CertChain,
+        ephemeral: PrivateKey,
+    ) -> Result<ExpectClientHello, NoiseError> {
+        let chain = chain.encode_to_vec();
+        if chain.len() > MAX_CHAIN_BYTES {
+            return Err(NoiseError::ApiMisuse {
+                detail: "certificate chain longer than one Noise message holds",
+            });
+        }
         Ok(ExpectClientHello {
-            hs: build(static_key, false, seed(rng))?,
-            chain: chain.encode_to_vec(),
+            s: static_key.clone(),
+            e: ephemeral,
+            chain,
         })
     }
 }
 
 /// The responder waits for the `ClientHello` frame (after the prologue).
 pub struct ExpectClientHello {
-    hs: snow::HandshakeState,
+    s: PrivateKey,
+    e: PrivateKey,
     chain: Vec<u8>,
 }
 
 impl ExpectClientHello {
     /// Reads the `ClientHello`; returns the next state and the `ServerHello` frame to send.
     pub fn handle_client_hello(
-        mut self,
+        self,
         frame: &[u8],
     ) -> Result<(ExpectClientFinish, Vec<u8>), NoiseError> {
-        let e = decode_handshake(frame)?
+        let re = decode_handshake(frame)?
             .client_hello
             .and_then(|ch| ch.ephemeral)
             .ok_or(NoiseError::PeerBadHandshakeMessage)?;
-        if e.len() != KEY_BYTES {
-            return Err(NoiseError::PeerBadHandshakeMessage);
-        }
-        let mut nothing = [0u8; KEY_BYTES + TAG_BYTES];
-        self.hs.read_message(&e, &mut nothing).map_err(bad)?;
-        let mut message = vec![0u8; KEY_BYTES + SEALED_KEY_BYTES + self.chain.len() + TAG_BYTES];
-        let n = self
-            .hs
-            .write_message(&self.chain, &mut message)
-            // A low-order client ephemeral makes our DH refuse it.
-            .map_err(bad)?;
-        message.truncate(n);
-        let (e, rest) = message.split_at(KEY_BYTES.min(message.len()));
-        let (s, payload) = rest.split_at(SEALED_KEY_BYTES.min(rest.len()));
+        let re = public_key(&re)?;
+        let mut ss = after_client_hello(&re);
+        // <- e, ee, s, es, payload
+        let e = self.e.public();
+        ss.mix_hash(&e);
+        // A low-order client ephemeral is refused here (`PeerLowOrderKey`).
+        ss.mix_key(dh(&self.e, &re)?);
+        let s = ss.encrypt_and_hash(&self.s.public())?;
+        ss.mix_key(dh(&self.s, &re)?);
+        let payload = ss.encrypt_and_hash(&self.chain)?;
         let hello = HandshakeMessage {
             server_hello: Some(ServerHello {
                 ephemeral: Some(e.to_vec()),
-                r#static: Some(s.to_vec()),
-                payload: Some(payload.to_vec()),
+                r#static: Some(s),
+                payload: Some(payload),
             }),
             ..HandshakeMessage::default()
         };
         Ok((
-            ExpectClientFinish { hs: self.hs },
+            ExpectClientFinish { ss, e: self.e },
             encode_frame(&hello.encode_to_vec())?,
         ))
     }
@@ -262,7 +289,8 @@ impl ExpectClientHello {
 
 /// The responder waits for the `ClientFinish` frame.
 pub struct ExpectClientFinish {
-    hs: snow::HandshakeState,
+    ss: SymmetricState,
+    e: PrivateKey,
 }
 
 /// What the responder learnt: check `client_payload` (its token) before using `transport`.
@@ -292,26 +320,22 @@ impl ExpectClientFinish {
         let (Some(s), Some(payload)) = (cf.r#static, cf.payload) else {
             return Err(NoiseError::PeerBadHandshakeMessage);
         };
-        if s.len() != SEALED_KEY_BYTES || payload.len() < TAG_BYTES {
-            return Err(NoiseError::PeerBadHandshakeMessage);
-        }
-        let mut message = s;
-        message.extend_from_slice(&payload);
-        if message.len() > MAX_HANDSHAKE_MESSAGE_BYTES {
-            return Err(NoiseError::PeerBadHandshakeMessage);
-        }
-        let mut client_payload = vec![0u8; message.len()];
-        let n = self
-            .hs
-            .read_message(&message, &mut client_payload)
-            .map_err(bad)?;
-        client_payload.truncate(n);
-        let client_static = remote_static(&self.hs)?;
+        let (s, payload) = (sealed_key(&s)?, sealed_payload(&payload)?);
+        // -> s, se, payload
+        let client_static = public_key(&self.ss.decrypt_and_hash(s)?)?;
+        self.ss.mix_key(dh(&self.e, &client_static)?);
+        let client_payload = self.ss.decrypt_and_hash(payload)?;
         Ok(ClientFinished {
             client_static,
             client_payload,
-            transport: NoiseTransport::server(&mut self.hs),
+            transport: NoiseTransport::server(self.ss.split()),
         })
+    }
+
+    /// The handshake hash so far, for tests that pin it.
+    #[cfg(test)]
+    pub(super) fn handshake_hash(&self) -> [u8; super::symmetric::HASH_BYTES] {
+        self.ss.handshake_hash()
     }
 }
 
@@ -339,14 +363,12 @@ impl fmt::Debug for NoiseTransport {
 
 impl NoiseTransport {
     /// The client's transport; the proof token is why it cannot exist unverified.
-    fn client(hs: &mut snow::HandshakeState, _verified: ServerCertVerified) -> NoiseTransport {
-        let (initiator_to_responder, responder_to_initiator) = hs.dangerously_get_raw_split();
-        NoiseTransport::from_keys(&initiator_to_responder, &responder_to_initiator)
+    fn client(keys: SplitKeys, _verified: ServerCertVerified) -> NoiseTransport {
+        NoiseTransport::from_keys(&keys.initiator_to_responder, &keys.responder_to_initiator)
     }
 
-    fn server(hs: &mut snow::HandshakeState) -> NoiseTransport {
-        let (initiator_to_responder, responder_to_initiator) = hs.dangerously_get_raw_split();
-        NoiseTransport::from_keys(&responder_to_initiator, &initiator_to_responder)
+    fn server(keys: SplitKeys) -> NoiseTransport {
+        NoiseTransport::from_keys(&keys.responder_to_initiator, &keys.initiator_to_responder)
     }
 
     fn from_keys(send: &[u8; KEY_BYTES], recv: &[u8; KEY_BYTES]) -> NoiseTransport {

@@ -19,15 +19,15 @@
 //! ```
 //!
 //! Files: [`frame`] (the byte stream), [`wire`] (the protobuf messages), [`cert`] (issuing and
-//! verifying certificate chains), [`handshake`] (both roles and the transport), and the
-//! private `crypto` (the primitives we give the Noise state machine).
+//! verifying certificate chains), [`handshake`] (both roles, token by token, and the
+//! transport), and the private `symmetric` (Noise's `CipherState` and `SymmetricState`).
 
 use core::fmt;
 
 pub mod cert;
-mod crypto;
 pub mod frame;
 pub mod handshake;
+mod symmetric;
 pub mod wire;
 
 #[cfg(test)]
@@ -40,11 +40,12 @@ pub use handshake::{
     NoiseTransport, SendClientFinish, ServerHandshake,
 };
 
-/// The Noise protocol name. WhatsApp pads it with NULs to 32 bytes and uses it as `h`; that
-/// is the Noise rule for a name of at most HASHLEN bytes. KNOWN DEFECT: WhatsApp does not
-/// hash the empty payload of the first message, as standard Noise (and snow, which we use)
-/// does, so we do not yet interoperate with WhatsApp clients (docs/protocol-wa.md,
-/// `tests/wa_noise_interop.rs`).
+/// The Noise protocol name. WhatsApp pads it with NULs to 32 bytes and uses it as `h` (and
+/// `ck`); that is the Noise rule for a name of at most HASHLEN bytes. Our state machine
+/// (`handshake.rs` over `symmetric.rs`) follows WhatsApp where it departs from this pattern:
+/// after the first message's `e` it does not `MixHash` that message's empty payload, as
+/// standard Noise would. The unmodified pyaileys client completes the handshake with our
+/// responder (docs/protocol-wa.md, `tests/wa_noise_interop.rs`).
 pub const NOISE_PATTERN: &str = "Noise_XX_25519_AESGCM_SHA256";
 
 /// Length of a Curve25519 key, public or private, in bytes.
@@ -129,6 +130,8 @@ pub enum NoiseError {
     /// Peer: a handshake frame was not the `HandshakeMessage` this step expects (bad protobuf,
     /// missing or wrongly sized field), or its Noise part did not decrypt.
     PeerBadHandshakeMessage,
+    /// Peer: a public key it sent is a low-order point, so our X25519 with it gave all zeros.
+    PeerLowOrderKey,
     /// Peer (server): a certificate's details do not parse, its signature does not verify, or
     /// its serials do not link up to the one above it.
     ChainInvalid { which: CertRole },
@@ -155,6 +158,7 @@ impl NoiseError {
         match self {
             NoiseError::PeerBadPrologue => "bad-prologue",
             NoiseError::PeerBadHandshakeMessage => "bad-handshake-message",
+            NoiseError::PeerLowOrderKey => "low-order-key",
             NoiseError::ChainInvalid { .. } => "chain-invalid",
             NoiseError::PinMismatch => "pin-mismatch",
             NoiseError::LeafKeyNotServerStatic => "leaf-key-not-server-static",
@@ -184,6 +188,9 @@ impl fmt::Display for NoiseError {
                 write!(f, "noise: frame of {len} bytes exceeds {max}")
             }
             NoiseError::ApiMisuse { detail } => write!(f, "noise: api misuse: {detail}"),
+            NoiseError::PeerLowOrderKey => {
+                f.write_str("noise: the peer sent a low-order public key (all-zero X25519)")
+            }
             other => write!(f, "noise: {}", other.reason()),
         }
     }

@@ -12,11 +12,15 @@ use interop_hub::server::{self, HubOptions};
 const USAGE: &str = "\
 usage:
   interop-hub --state DIR --listen ADDR --control ADDR [--media ADDR] [--demo-users]
-      run the reference gatekeeper: TLS on --listen, the loopback control API on --control
+      run the reference gatekeeper: both wire profiles on --listen (wa, or TLS for
+      interop-xml/1, chosen by the first byte), the loopback control API on --control
   interop-hub provision --state DIR --account NAME --connect HOST:PORT
+                        [--profile wa|interop-xml/1]
                         [--media-host https://HOST:PORT --media-pin sha256//BASE64]
-      create provider account NAME ({integrator}-{user}) and print an interopd.conf for it;
-      optionally register a media host the proxy may fetch from, pinned to its key
+      create provider account NAME ({integrator}-{user}) and print an interopd.conf for it
+      on the profile (default wa: a provider JWT signed by the hub as test provider, and
+      the hub's Noise root to pin); optionally register a media host the proxy may fetch
+      from, pinned to its key
   interop-hub --version
 
 control API (plain HTTP on the loopback --control address; docs/protocol.md section 19):
@@ -46,6 +50,7 @@ struct Args {
     connect: Option<String>,
     media_host: Option<String>,
     media_pin: Option<String>,
+    profile: Option<String>,
     version: bool,
     help: bool,
 }
@@ -65,6 +70,7 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             Long("connect") => a.connect = Some(p.value()?.string()?),
             Long("media-host") => a.media_host = Some(p.value()?.string()?),
             Long("media-pin") => a.media_pin = Some(p.value()?.string()?),
+            Long("profile") => a.profile = Some(p.value()?.string()?),
             Long("version") => a.version = true,
             Long("help") | Short('h') => a.help = true,
             Value(v) if a.command.is_none() => a.command = Some(v.string()?),
@@ -107,7 +113,14 @@ fn main() -> ExitCode {
             let (Some(account), Some(connect)) = (&args.account, &args.connect) else {
                 return usage("provision needs --account NAME and --connect HOST:PORT");
             };
-            let config = server::provision(&state, account, connect);
+            let profile = match args.profile.as_deref() {
+                None => interop_proto::WireProfile::Wa,
+                Some(p) => match interop_proto::WireProfile::parse(p) {
+                    Some(p) => p,
+                    None => return usage(&format!("--profile {p:?} must be wa or interop-xml/1")),
+                },
+            };
+            let config = server::provision(&state, account, connect, profile);
             let registered = match (&config, &args.media_host, &args.media_pin) {
                 (Ok(_), Some(host), Some(pin)) => {
                     interop_hub::proxy::register_host(&state, account, host, pin).map(|_| ())
