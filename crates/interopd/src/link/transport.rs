@@ -310,3 +310,54 @@ impl Transport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wa_dial_errors_say_whose_fault_they_are() {
+        let pin = ConnectError::WaHandshake(WaStreamError::Noise(NoiseError::PinMismatch));
+        assert_eq!(
+            pin.to_string(),
+            "the gatekeeper's certificate chain does not lead to [gatekeeper] noise_root: check the pin, or the address points at another server"
+        );
+        let clock = ConnectError::WaHandshake(WaStreamError::Noise(NoiseError::CertExpired {
+            which: interop_proto::noise::CertRole::Leaf,
+        }));
+        assert!(
+            clock.to_string().contains("check this machine's clock"),
+            "{clock}"
+        );
+        let ours = ConnectError::WaHandshake(WaStreamError::Noise(NoiseError::Rng));
+        assert!(ours.to_string().contains("(our side)"), "{ours}");
+        let closed = ConnectError::WaClosed { source: None };
+        assert!(
+            closed.to_string().contains("speaks profile \"wa\""),
+            "{closed}"
+        );
+        let slow = ConnectError::WaTimeout {
+            phase: "handshake",
+            after_ms: WA_HANDSHAKE_TIMEOUT_MS,
+        };
+        assert_eq!(slow.to_string(), "wa handshake timed out after 10000 ms");
+    }
+
+    #[test]
+    fn a_wa_dial_to_a_closed_port_is_a_connect_error() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let key = PrivateKey::from_bytes([7; 32]);
+        let pin = RootPin {
+            key: [1; 32],
+            serial: 0,
+        };
+        let got = smol::block_on(Transport::open_wa(&addr.to_string(), pin, &key, Vec::new()));
+        assert!(
+            matches!(got, Err(ConnectError::WaConnect { .. })),
+            "{:?}",
+            got.err()
+        );
+    }
+}
