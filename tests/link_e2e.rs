@@ -28,6 +28,52 @@ fn text_to_echo_contact_is_read_and_the_answer_lands_in_the_inbox() {
     assert_eq!(health["link"], "up");
 }
 
+/// Each wire profile as an operator sets it up: `interop-hub provision --profile P`, then
+/// `interopd check-config`, then `interopd run`; a text to the echo contact is read and the
+/// echo lands in the inbox.
+#[test]
+fn each_profile_provisions_checks_and_carries_a_text_to_the_echo_contact() {
+    for profile in ["wa", "interop-xml/1"] {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = HubProc::start(&dir.path().join("hub"), true);
+        let out = std::process::Command::new(hub_support::HUB)
+            .arg("provision")
+            .arg("--state")
+            .arg(&hub.state)
+            .args(["--account", "acme-home", "--connect", &hub.listen])
+            .args(["--profile", profile])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains(&format!("profile = \"{profile}\"")), "{text}");
+        assert_eq!(text.contains("noise_root = "), profile == "wa", "{profile}");
+        let conf = dir.path().join("interopd.conf");
+        std::fs::write(&conf, &text).unwrap();
+        let check = std::process::Command::new(env!("CARGO_BIN_EXE_interopd"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&conf)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{profile}: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let d = Daemon::spawn(&conf, &dir.path().join("state"), api);
+        let id = d.send("+15550100", "Door opened");
+        d.wait_status(&id, "read");
+        assert_eq!(d.wait_inbox(1), ["echo: Door opened"], "{profile}");
+        assert_eq!(received_texts(&hub.control, "+15550100"), ["Door opened"]);
+    }
+}
+
 #[test]
 fn hub_restart_mid_conversation_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -284,7 +284,8 @@ mod tests {
     fn each_missing_or_wrong_field_is_named() {
         let h = hello();
         let good = ClientPayload::decode(&client_payload(&h, "t")[..]).unwrap();
-        let cases: Vec<(Box<dyn Fn(&mut ClientPayload)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut ClientPayload)>;
+        let cases: Vec<(Change, &str)> = vec![
             (
                 Box::new(|p| p.product = Some(Product::Whatsapp as i32)),
                 "INTEROP",

@@ -52,7 +52,9 @@ fn main() {
     let state = dir.path().join("demo");
     let api = free_port();
     let demo_state = state.clone();
-    std::thread::spawn(move || interopd::demo::run(&demo_state, api, None));
+    std::thread::spawn(move || {
+        interopd::demo::run(&demo_state, api, None, interopd::demo::DEMO_PROFILE)
+    });
 
     // Wait for the link.
     let token_file = state.join("daemon/api-token");

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::config;
 use crate::daemon::{self, DaemonError};
 use interop_hub::server::{self, HubOptions, Provisioned};
+use interop_proto::WireProfile;
 
 /// How long the demo waits for its hub to listen, in milliseconds.
 pub const HUB_START_TIMEOUT_MS: u64 = 10_000;
@@ -129,11 +130,16 @@ fn enable_media_host(
     Ok(())
 }
 
-/// Runs the demo until SIGTERM or SIGINT. `api_rate` replaces the API's default rate limit.
+/// The profile `interopd demo` speaks without `--profile`.
+pub const DEMO_PROFILE: WireProfile = WireProfile::Wa;
+
+/// Runs the demo on `profile` until SIGTERM or SIGINT. `api_rate` replaces the API's default
+/// rate limit.
 pub fn run(
     state: &Path,
     api: SocketAddr,
     api_rate: Option<config::ApiRate>,
+    profile: WireProfile,
 ) -> Result<(), DemoError> {
     crate::store::ensure_state_dir(state).map_err(|e| DemoError::Provision {
         detail: e.to_string(),
@@ -170,15 +176,10 @@ pub fn run(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let provisioned = server::provision(
-        &hub_dir,
-        DEMO_ACCOUNT,
-        &listen.to_string(),
-        interop_proto::WireProfile::InteropXml1,
-    )
-    .map_err(|e| DemoError::Provision {
-        detail: e.to_string(),
-    })?;
+    let provisioned = server::provision(&hub_dir, DEMO_ACCOUNT, &listen.to_string(), profile)
+        .map_err(|e| DemoError::Provision {
+            detail: e.to_string(),
+        })?;
     // Through the rendered text, as `interop-hub provision` hands it to a user, so the demo
     // runs exactly the config a user would get.
     let text = provisioned_config(&provisioned).to_string();
@@ -195,7 +196,7 @@ pub fn run(
     let token_file: PathBuf = daemon_dir.join("api-token");
     // The banner is best effort: a closed stdout (a pipe nobody reads) must not stop the demo.
     let mut banner = format!(
-        "interopd demo: the hub and the daemon are running on loopback.\n  API:          http://{api}\n  token file:   {}\n  contacts:     +15550100 echoes and reads, +15550101 stays silent\n  hub control:  http://{control}/users\n\nTry (Ctrl-C stops the demo):\n",
+        "interopd demo: the hub and the daemon are running on loopback, speaking profile {profile}.\n  API:          http://{api}\n  token file:   {}\n  contacts:     +15550100 echoes and reads, +15550101 stays silent\n  hub control:  http://{control}/users\n\nTry (Ctrl-C stops the demo):\n",
         token_file.display()
     );
     for line in curl_lines(api, &token_file) {
@@ -207,13 +208,25 @@ pub fn run(
     drop(out);
     daemon::run(cfg, Box::new(crate::link::start)).map_err(DemoError::Daemon)
 }
-/// The daemon config for an account the hub provisioned: dial the hub, pin its CA, and
-/// defaults for everything else (what `interop-hub provision` prints).
+/// The daemon config for an account the hub provisioned: dial the hub on its profile, pin its
+/// CA (and on `wa` its Noise root, serial `server::ROOT_SERIAL`), and defaults for
+/// everything else (what `interop-hub provision` prints). A Noise root that is not 64 hex
+/// digits is left out, so the printed config fails `check-config` saying it is missing.
 pub fn provisioned_config(p: &Provisioned) -> config::Config {
+    let noise_root = p
+        .noise_root
+        .as_deref()
+        .and_then(config::parse_noise_root)
+        .map(|key| interop_proto::noise::RootPin {
+            key,
+            serial: server::ROOT_SERIAL,
+        });
     config::Config {
         integrator: p.integrator.clone(),
         user: p.user.clone(),
         token: p.token.clone(),
+        profile: p.profile,
+        noise_root,
         server_addr: p.server_addr.clone(),
         server_name: p.server_name.clone(),
         pin: config::ServerPin::CaFile(p.ca_file.clone()),

@@ -102,7 +102,9 @@ pub async fn serve_wa(shared: Shared, mut tcp: TcpStream, peer: SocketAddr) {
                 f.reason()
             );
             let text = login::failure_stanza(&f).to_xml();
-            if let Ok(bytes) = stream.borrow_mut().seal(&text) {
+            // The borrow ends before the writes: no RefCell borrow is held across an await.
+            let sealed = stream.borrow_mut().seal(&text);
+            if let Ok(bytes) = sealed {
                 let _ = tcp.write_all(&bytes).await;
                 let _ = tcp.flush().await;
             }

@@ -62,6 +62,14 @@ pub const MAX_HANDSHAKE_MESSAGE_BYTES: usize = 65_535;
 #[derive(Clone)]
 pub struct PrivateKey([u8; KEY_BYTES]);
 
+impl crate::signal::LocalIdentity {
+    /// Our identity key pair as the `wa` profile's Noise static key (`wa_login.rs`): the
+    /// same Curve25519 private key, so the handshake proves we hold the identity.
+    pub fn noise_static(&self) -> PrivateKey {
+        PrivateKey::from_bytes(self.private_key_bytes())
+    }
+}
+
 impl PrivateKey {
     /// A fresh key from the caller's RNG.
     pub fn generate<R: rand::Rng + rand::CryptoRng>(rng: &mut R) -> PrivateKey {

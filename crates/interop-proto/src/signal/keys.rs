@@ -140,10 +140,10 @@ impl LocalIdentity {
         out
     }
 
-    /// Our identity key pair as the `wa` profile's Noise static key (`wa_login.rs`): the
-    /// same Curve25519 private key, so the handshake proves we hold the identity.
-    pub fn noise_static(&self) -> crate::noise::PrivateKey {
-        crate::noise::PrivateKey::from_bytes(*self.key_pair.private_key().serialize())
+    /// Our private identity key, for `LocalIdentity::noise_static` (in `noise`, so this
+    /// module does not import the one that imports it). Never logged; not exported.
+    pub(crate) fn private_key_bytes(&self) -> [u8; 32] {
+        *self.key_pair.private_key().serialize()
     }
 
     /// An XEdDSA signature by our identity key (used for the login proof).

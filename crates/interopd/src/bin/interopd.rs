@@ -11,10 +11,11 @@ const USAGE: &str = "\
 usage: interopd <command> [options]
 
 commands:
-  demo [--state DIR] [--api ADDR] [--api-rate N]
+  demo [--state DIR] [--api ADDR] [--api-rate N] [--profile wa|interop-xml/1]
                                        run the reference hub and the daemon in one process;
                                        --api-rate sets api.rate_requests_per_sec and
-                                       api.rate_burst_requests to N (for load and fuzz runs)
+                                       api.rate_burst_requests to N (for load and fuzz runs);
+                                       --profile is the wire profile both speak (default wa)
   run [--config FILE] [--state DIR] [--api ADDR] [--reset-identity]
                                        run the daemon (default config /etc/interopd/interopd.conf);
                                        --reset-identity starts a new identity on purpose where
@@ -36,6 +37,7 @@ struct Args {
     state: Option<PathBuf>,
     api: Option<String>,
     api_rate: Option<String>,
+    profile: Option<String>,
     reset_identity: bool,
 }
 
@@ -48,6 +50,7 @@ fn parse_args() -> Result<Args, lexopt::Error> {
         state: None,
         api: None,
         api_rate: None,
+        profile: None,
         reset_identity: false,
     };
     while let Some(arg) = p.next()? {
@@ -56,6 +59,7 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             Long("state") => args.state = Some(p.value()?.into()),
             Long("api") => args.api = Some(p.value()?.string()?),
             Long("api-rate") => args.api_rate = Some(p.value()?.string()?),
+            Long("profile") => args.profile = Some(p.value()?.string()?),
             Long("reset-identity") => args.reset_identity = true,
             Long("version") => args.command = "version".into(),
             Long("help") | Short('h') => args.command = "help".into(),
@@ -171,9 +175,25 @@ fn run(
     }
 }
 
-/// `interopd demo`: defaults `--state ./interopd-demo`, `--api 127.0.0.1:8787`.
+/// `interopd demo`: defaults `--state ./interopd-demo`, `--api 127.0.0.1:8787`,
+/// `--profile wa`.
 #[cfg(feature = "demo")]
-fn demo(state: Option<PathBuf>, api: Option<&str>, api_rate: Option<&str>) -> ExitCode {
+fn demo(
+    state: Option<PathBuf>,
+    api: Option<&str>,
+    api_rate: Option<&str>,
+    profile: Option<&str>,
+) -> ExitCode {
+    let profile = match profile {
+        None => interopd::demo::DEMO_PROFILE,
+        Some(p) => match interop_proto::WireProfile::parse(p) {
+            Some(p) => p,
+            None => {
+                eprintln!("interopd: --profile {p:?} must be wa or interop-xml/1");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
     let state = state.unwrap_or_else(|| PathBuf::from("./interopd-demo"));
     let api = api.unwrap_or(config::DEFAULT_API_ADDR);
     let Ok(addr) = api.parse::<std::net::SocketAddr>() else {
@@ -198,7 +218,7 @@ fn demo(state: Option<PathBuf>, api: Option<&str>, api_rate: Option<&str>) -> Ex
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    match interopd::demo::run(&state, addr, rate) {
+    match interopd::demo::run(&state, addr, rate, profile) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -242,6 +262,7 @@ fn main() -> ExitCode {
             args.state.clone(),
             args.api.as_deref(),
             args.api_rate.as_deref(),
+            args.profile.as_deref(),
         ),
         #[cfg(not(feature = "demo"))]
         "demo" => {

@@ -411,15 +411,21 @@ impl Client {
         self.start_send(row.id.clone(), &to, now_ms)
     }
 
-    /// Starts a login on a fresh connection with the provider `token`.
+    /// Starts a login on a fresh connection with the provider `token` (`interop-xml/1`; the
+    /// `wa` profile's is [`Client::start_wa`]).
     pub fn start(&mut self, token: &str, now_ms: u64) {
         let (login, first) = ClientLogin::start(self.hello.clone(), token.to_owned());
+        self.begin_login(login);
+        self.push(&first, now_ms);
+    }
+
+    /// A fresh connection's state: logging in with `login`, nothing in flight.
+    fn begin_login(&mut self, login: ClientLogin) {
         self.phase = Phase::Login(login);
         self.ping_sent_ms = None;
         self.pending.clear();
         self.sends.clear();
         self.resends.clear();
-        self.push(&first, now_ms);
     }
 
     /// The connection ended.
@@ -762,6 +768,7 @@ impl Client {
 mod receive;
 mod retries;
 mod send;
+mod wa;
 
 pub use crate::frame::{FrameReader, framed};
 

@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod api_rate;
+mod wire;
 pub use api_rate::{ApiRate, MAX_API_RATE_REQUESTS};
+use wire::parse_hex32;
+pub use wire::{PROFILE_WHEN_ABSENT, WHATSAPP_NOISE_ROOT, max_token_bytes, parse_noise_root};
 
 /// The default config file path.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/interopd/interopd.conf";
@@ -85,8 +88,13 @@ pub struct Config {
     pub integrator: String,
     /// This household's account name.
     pub user: String,
-    /// The provider token issued by the gatekeeper. Never logged.
+    /// The provider token issued by the gatekeeper (a JWT on `wa`). Never logged.
     pub token: String,
+    /// `[gatekeeper] profile`: how the link talks to the gatekeeper.
+    pub profile: interop_proto::WireProfile,
+    /// `[gatekeeper] noise_root` and `noise_root_serial`: the Noise root the link pins; set
+    /// exactly when `profile` is `wa`.
+    pub noise_root: Option<interop_proto::noise::RootPin>,
     /// The gatekeeper's `host:port`.
     pub server_addr: String,
     /// The name in the gatekeeper's certificate.
@@ -285,6 +293,7 @@ impl std::fmt::Display for Config {
         writeln!(f, "[gatekeeper]")?;
         writeln!(f, "address = {}", q(&self.server_addr))?;
         writeln!(f, "server_name = {}", q(&self.server_name))?;
+        wire::render(f, self.profile, self.noise_root.as_ref())?;
         match &self.pin {
             ServerPin::CaFile(p) => writeln!(f, "ca_file = {}", q(&p.to_string_lossy()))?,
             ServerPin::SpkiSha256(h) => writeln!(f, "spki_sha256 = {}", q(&hex(h)))?,
@@ -414,6 +423,9 @@ struct RawGatekeeper {
     ca_file: Option<S<String>>,
     spki_sha256: Option<S<String>>,
     keepalive_secs: Option<S<u64>>,
+    profile: Option<S<String>>,
+    noise_root: Option<S<String>>,
+    noise_root_serial: Option<S<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -474,18 +486,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             ),
         ));
     }
-    let token = raw.account.token.get_ref().clone();
-    if token.is_empty() || token.len() > crate::login::MAX_TOKEN_BYTES {
-        return Err(err(
-            raw.account.token.span(),
-            format!(
-                "account.token must be 1 to {} bytes",
-                crate::login::MAX_TOKEN_BYTES
-            ),
-        ));
-    }
-
     let g = &raw.gatekeeper;
+    let wire = wire::RawWire {
+        profile: &g.profile,
+        noise_root: &g.noise_root,
+        noise_root_serial: &g.noise_root_serial,
+        section: g.address.span(),
+    };
+    let (profile, noise_root) = wire::parse(&wire, &raw.account.token, &err)?;
+    let token = raw.account.token.get_ref().clone();
     let server_addr = g.address.get_ref().clone();
     let Some((host, port)) = server_addr.rsplit_once(':') else {
         return Err(err(
@@ -612,6 +621,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         integrator,
         user,
         token,
+        profile,
+        noise_root,
         server_addr,
         server_name,
         pin,
@@ -766,19 +777,6 @@ fn name(v: &S<String>, key: &str) -> Result<String, String> {
     } else {
         Err(format!("{key} {s:?} must be lowercase letters and digits"))
     }
-}
-
-fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim();
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        let pair = s.get(2 * i..2 * i + 2)?;
-        *o = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(out)
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -943,6 +941,105 @@ ca_file = "ca.pem"
         let again = p(&c.to_string()).unwrap();
         assert_eq!(again, c);
         c.pin = ServerPin::SpkiSha256([7; 32]);
+        assert_eq!(p(&c.to_string()).unwrap(), c);
+    }
+
+    const ROOT: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn wa(extra: &str) -> String {
+        GOOD.replace(
+            "ca_file = \"ca.pem\"\n",
+            &format!("ca_file = \"ca.pem\"\nprofile = \"wa\"\n{extra}"),
+        )
+    }
+
+    #[test]
+    fn a_config_without_profile_speaks_interop_xml1() {
+        let c = p(GOOD).unwrap();
+        assert_eq!(c.profile, interop_proto::WireProfile::InteropXml1);
+        assert_eq!(c.noise_root, None);
+        assert!(c.to_string().contains("profile = \"interop-xml/1\""));
+    }
+
+    #[test]
+    fn the_wa_profile_pins_a_noise_root_with_its_serial() {
+        let c = p(&wa(&format!("noise_root = \"{ROOT}\"\n"))).unwrap();
+        assert_eq!(c.profile, interop_proto::WireProfile::Wa);
+        let root = c.noise_root.unwrap();
+        assert_eq!((root.key[0], root.key[31], root.serial), (0x01, 0xef, 0));
+        let c = p(&wa(&format!(
+            "noise_root = \"{ROOT}\"\nnoise_root_serial = 7\n"
+        )))
+        .unwrap();
+        assert_eq!(c.noise_root.map(|r| r.serial), Some(7));
+        let whatsapp = p(&wa(&format!("noise_root = \"{WHATSAPP_NOISE_ROOT}\"\n"))).unwrap();
+        assert_eq!(whatsapp.noise_root.map(|r| r.key[0]), Some(0x14));
+    }
+
+    #[test]
+    fn wire_profile_errors_name_the_key_and_the_line() {
+        let root = format!("noise_root = \"{ROOT}\"\n");
+        for (text, needle, line) in [
+            (
+                GOOD.replace("ca_file", "profile = \"xmpp\"\nca_file"),
+                "gatekeeper.profile \"xmpp\"",
+                10,
+            ),
+            (wa(""), "noise_root (the gatekeeper's Noise root", 8),
+            (wa("noise_root = \"abc\"\n"), "64 hex digits", 12),
+            (
+                GOOD.replace("ca_file", &format!("{root}ca_file")),
+                "has no effect on profile \"interop-xml/1\"",
+                10,
+            ),
+            (
+                GOOD.replace("ca_file", "noise_root_serial = 1\nca_file"),
+                "gatekeeper.noise_root_serial has no effect",
+                10,
+            ),
+            (wa(&format!("{root}noise_root_serial = -1\n")), "", 13),
+        ] {
+            let e = p(&text).unwrap_err();
+            assert!(e.message.contains(needle), "{needle}: {e}");
+            assert_eq!(e.line, Some(line), "{needle}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_token_bound_follows_the_profile() {
+        let root = format!("noise_root = \"{ROOT}\"\n");
+        let jwt = "j".repeat(crate::login::MAX_TOKEN_BYTES + 1);
+        let long = |t: &str| format!("token = \"{t}\"");
+        let xml = GOOD.replace("token = \"secret-token\"", &long(&jwt));
+        let e = p(&xml).unwrap_err();
+        assert!(
+            e.message
+                .contains("1 to 128 bytes on profile \"interop-xml/1\""),
+            "{e}"
+        );
+        assert_eq!(e.line, Some(5));
+        let on_wa = wa(&root).replace("token = \"secret-token\"", &long(&jwt));
+        assert_eq!(p(&on_wa).unwrap().token, jwt);
+        let too_long = "j".repeat(interop_proto::wa_login::MAX_WA_TOKEN_BYTES + 1);
+        let e = p(&wa(&root).replace("token = \"secret-token\"", &long(&too_long))).unwrap_err();
+        assert!(e.message.contains("on profile \"wa\""), "{e}");
+        assert_eq!(e.line, Some(5));
+        let e = p(&wa(&root).replace("token = \"secret-token\"", "token = \"\"")).unwrap_err();
+        assert!(e.message.contains("account.token must be 1 to"), "{e}");
+    }
+
+    #[test]
+    fn a_rendered_wa_config_parses_back_to_the_same_config() {
+        let mut c = p(&wa(&format!("noise_root = \"{ROOT}\"\n"))).unwrap();
+        let text = c.to_string();
+        assert!(
+            text.contains("profile = \"wa\"") && text.contains(ROOT),
+            "{text}"
+        );
+        assert_eq!(p(&text).unwrap(), c);
+        c.noise_root = c
+            .noise_root
+            .map(|r| interop_proto::noise::RootPin { serial: 3, ..r });
         assert_eq!(p(&c.to_string()).unwrap(), c);
     }
 

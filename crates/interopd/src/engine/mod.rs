@@ -55,6 +55,8 @@ mod outbox;
 mod powercut_tests;
 #[cfg(all(test, feature = "demo"))]
 mod tests;
+#[cfg(test)]
+mod wa_tests;
 
 pub use outbox::{HELD_CODE, StatusChange, apply_statuses};
 
@@ -97,6 +99,26 @@ pub enum LinkEvent {
     Down(String),
 }
 
+/// Which login [`Engine::new`] starts, by the link's wire profile.
+#[derive(Clone, Copy)]
+pub enum Login<'a> {
+    /// `interop-xml/1`: send `<login>`, answer the challenge with this provider token.
+    Token(&'a str),
+    /// `wa`: the Noise handshake already carried the proof and the token; wait for
+    /// `<success>`.
+    Wa,
+}
+
+impl std::fmt::Debug for Login<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is never logged.
+        match self {
+            Login::Token(_) => f.write_str("Login::Token(..)"),
+            Login::Wa => f.write_str("Login::Wa"),
+        }
+    }
+}
+
 enum Phase {
     LoggingIn { deadline_ms: u64 },
     Up,
@@ -133,16 +155,19 @@ pub struct Engine<R> {
 }
 
 impl<R: Rng + CryptoRng> Engine<R> {
-    /// Starts a login with `token` on a fresh connection, at `now_ms`.
+    /// Starts `login` on a fresh connection, at `now_ms`.
     pub fn new(
         mut client: Client,
         bus: Rc<EventBus>,
-        token: &str,
+        login: Login<'_>,
         now_ms: u64,
         rng: R,
     ) -> Engine<R> {
         let store = client.shared_store();
-        client.start(token, now_ms);
+        match login {
+            Login::Token(token) => client.start(token, now_ms),
+            Login::Wa => client.start_wa(now_ms),
+        }
         Engine {
             client,
             store,

@@ -141,7 +141,7 @@ impl World {
             .map_err(|e| format!("client: {e}"))?;
         let bus = EventBus::new(false, Rc::new(Metrics::default()));
         let engine_rng = StdRng::seed_from_u64(self.rng.random());
-        let engine = Engine::new(client, bus, TOKEN, self.now, engine_rng);
+        let engine = Engine::new(client, bus, Login::Token(TOKEN), self.now, engine_rng);
         Ok(Daemon {
             disk,
             store,

@@ -44,7 +44,13 @@ impl Rig {
         let client = Client::new(store.clone(), "acme-home", 1, &mut rng).unwrap();
         let bus = EventBus::new(false, Rc::new(Metrics::default()));
         let conn = Some(hub.connect(T0));
-        let engine = Engine::new(client, bus, TOKEN, T0, StdRng::seed_from_u64(12));
+        let engine = Engine::new(
+            client,
+            bus,
+            Login::Token(TOKEN),
+            T0,
+            StdRng::seed_from_u64(12),
+        );
         Rig {
             _dir: dir,
             hub,
@@ -401,7 +407,13 @@ fn a_refused_token_ends_the_engine_with_the_reason() {
     let mut rig = Rig::dialed("echo");
     let client = Client::new(rig.store.clone(), "acme-home", 1, &mut rig.rng).unwrap();
     let bus = EventBus::new(false, Rc::new(Metrics::default()));
-    rig.engine = Engine::new(client, bus, "wrong", T0, StdRng::seed_from_u64(3));
+    rig.engine = Engine::new(
+        client,
+        bus,
+        Login::Token("wrong"),
+        T0,
+        StdRng::seed_from_u64(3),
+    );
     rig.pump();
     let downs = rig.downs();
     assert_eq!(downs.len(), 1, "{:?}", rig.events);
@@ -496,7 +508,13 @@ fn a_row_started_on_a_lost_connection_is_resent_byte_identical_on_the_next() {
         rig.hub.disconnected(old);
     }
     rig.conn = Some(rig.hub.connect(rig.now));
-    rig.engine = Engine::new(client, bus, TOKEN, rig.now, StdRng::seed_from_u64(5));
+    rig.engine = Engine::new(
+        client,
+        bus,
+        Login::Token(TOKEN),
+        rig.now,
+        StdRng::seed_from_u64(5),
+    );
     let mut resent = None;
     for _ in 0..100 {
         let Some(p) = rig.engine.poll_transmit() else {

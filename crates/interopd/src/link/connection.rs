@@ -4,32 +4,16 @@
 //! [`crate::engine::Engine`] instead.
 
 use std::collections::VecDeque;
-use std::fmt;
 
-use super::transport::{ReadOutcome, Transport};
+use interop_proto::noise::RootPin;
+use interop_proto::noise::wire::ConnectReason;
+
+use super::transport::{ConnectError, ReadOutcome, Transport};
 use crate::client::{Client, Event};
 use crate::clock::now_ms as wall_ms;
 use crate::stanza::{self, Stanza};
 
-/// Why [`Connection::open`] failed.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum ConnectError {
-    /// Environment or server: TCP or TLS failed (including a pin mismatch).
-    Tls(crate::tls::TlsError),
-}
-
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConnectError::Tls(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for ConnectError {}
-
-/// A [`Client`] on a TLS connection.
+/// A [`Client`] on a connection of either profile.
 pub struct Connection {
     client: Client,
     transport: Transport,
@@ -52,6 +36,32 @@ impl Connection {
             .await
             .map_err(ConnectError::Tls)?;
         client.start(token, wall_ms());
+        Ok(Connection {
+            client,
+            transport,
+            raw: VecDeque::new(),
+            closed: false,
+            never: event_listener::Event::new(),
+        })
+    }
+
+    /// `wa`: dials `addr`, runs the Noise handshake as the client's identity key to a
+    /// server whose chain leads to `pin`, with `token` (the provider JWT) in the
+    /// `ClientPayload`; the login's answer is the first event.
+    pub async fn open_wa(
+        mut client: Client,
+        addr: &str,
+        pin: RootPin,
+        token: &str,
+    ) -> Result<Connection, ConnectError> {
+        let (hello, key) = client
+            .wa_hello(None, ConnectReason::UserActivated)
+            .map_err(|e| ConnectError::WaClient {
+                detail: e.to_string(),
+            })?;
+        let payload = interop_proto::wa_login::client_payload(&hello, token);
+        let transport = Transport::open_wa(addr, pin, &key, payload).await?;
+        client.start_wa(wall_ms());
         Ok(Connection {
             client,
             transport,
@@ -93,7 +103,10 @@ impl Connection {
         let _ = self.flush().await;
         let mut listener = self.never.listen();
         let got = self.transport.read(deadline, &mut listener).await;
-        if matches!(got, ReadOutcome::Closed | ReadOutcome::BadFrame(_)) {
+        if matches!(
+            got,
+            ReadOutcome::Closed | ReadOutcome::BadFrame(_) | ReadOutcome::BadStream(_)
+        ) {
             self.closed = true;
         }
         got
@@ -117,6 +130,11 @@ impl Connection {
                     return Some(Event::Disconnected);
                 }
                 ReadOutcome::BadFrame(e) => {
+                    return Some(Event::StreamError {
+                        code: e.reason().to_owned(),
+                    });
+                }
+                ReadOutcome::BadStream(e) => {
                     return Some(Event::StreamError {
                         code: e.reason().to_owned(),
                     });
@@ -171,7 +189,8 @@ impl Connection {
                 ReadOutcome::TimedOut
                 | ReadOutcome::Woken
                 | ReadOutcome::Closed
-                | ReadOutcome::BadFrame(_) => return None,
+                | ReadOutcome::BadFrame(_)
+                | ReadOutcome::BadStream(_) => return None,
             }
         }
     }

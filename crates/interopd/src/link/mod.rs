@@ -1,12 +1,13 @@
 //! The daemon's link: the shell around the [`Engine`], with the one persistent connection to
-//! the gatekeeper. It dials with the pinned TLS config, hands the engine its frames, its
+//! the gatekeeper. It dials on the config's profile (`interop-xml/1`: the pinned TLS config;
+//! `wa`: TCP and the Noise handshake to the pinned root), hands the engine its frames, its
 //! deadlines and the API's wakes, writes what the engine gives, tells systemd and the API
 //! what state the link is in, and reconnects with jittered exponential backoff when the
 //! engine says the connection is down. Every decision is the engine's
 //! (`crate::engine`, tested on a virtual clock); this file only waits.
 //!
 //! ```text
-//!   Down ──dial+TLS──▶ LoggingIn ──Up──▶ Up ──(engine drains: outbox, receipts, keys)──┐
+//!   Down ──dial──────▶ LoggingIn ──Up──▶ Up ──(engine drains: outbox, receipts, keys)──┐
 //!    ▲                      │ Down              │ Down (closed, keepalive, store)        │
 //!    └──── backoff ◀────────┴───────────────────┘◀──────────────────────────────────────┘
 //! ```
@@ -24,16 +25,21 @@ use rand::RngExt;
 use crate::client::{Client, IdentityChange, Journal};
 use crate::config::{Config, ServerPin};
 use crate::daemon::{LinkControl, LinkState, Runtime};
-use crate::engine::{EVENT_BATCH, Engine, LinkEvent};
+use crate::engine::{EVENT_BATCH, Engine, LinkEvent, Login};
 use crate::events::EventBus;
 use crate::inbound_media::{self, InboundMedia};
 use crate::store::{Store, StoreError, Txn};
+use interop_proto::WireProfile;
+use interop_proto::noise::wire::ConnectReason;
 
 mod connection;
 mod transport;
 
-pub use connection::{ConnectError, Connection};
-pub use transport::{ReadOutcome, Transport};
+pub use connection::Connection;
+pub use transport::{
+    ConnectError, READ_CHUNK_BYTES, ReadOutcome, Transport, WA_CONNECT_TIMEOUT_MS,
+    WA_HANDSHAKE_TIMEOUT_MS,
+};
 
 /// Our device number at the gatekeeper.
 pub const OWN_DEVICE: u32 = 1;
@@ -188,7 +194,12 @@ async fn run(
         client.set_journal(Rc::new(BusJournal(bus.clone())));
         client.set_hold_media(true);
         client.set_keepalive_interval(config.keepalive_secs.saturating_mul(1000));
-        match Transport::open(&config.server_addr, &config.server_name, &pin).await {
+        let reason = if connected_before {
+            ConnectReason::ErrorReconnect
+        } else {
+            ConnectReason::UserActivated
+        };
+        match dial(&config, &pin, &client, reason).await {
             Err(e) => {
                 log::warn!("link: cannot connect to {}: {e}", config.server_addr);
                 status(&format!(
@@ -197,8 +208,11 @@ async fn run(
                 ));
             }
             Ok(mut transport) => {
-                let mut engine =
-                    Engine::new(client, bus.clone(), &config.token, wall_ms(), rand::rng());
+                let login = match config.profile {
+                    WireProfile::InteropXml1 => Login::Token(&config.token),
+                    WireProfile::Wa => Login::Wa,
+                };
+                let mut engine = Engine::new(client, bus.clone(), login, wall_ms(), rand::rng());
                 let mut up = false;
                 let why = session(&link, &mut transport, &mut engine, &inbound, &mut |ev| {
                     let LinkEvent::Up { jid, enlisted } = ev else {
@@ -246,6 +260,37 @@ async fn run(
         let jitter = rand::rng().random_range(0..=backoff_ms / 2);
         smol::Timer::after(Duration::from_millis(backoff_ms + jitter)).await;
         backoff_ms = (backoff_ms * 2).min(RECONNECT_MAX_MS);
+    }
+}
+
+/// Dials the gatekeeper on the config's profile: TLS, or TCP with the Noise handshake that
+/// carries our `ClientPayload` (identity from `client`'s store, the token from the config).
+async fn dial(
+    config: &Config,
+    pin: &crate::tls::Pin,
+    client: &Client,
+    reason: ConnectReason,
+) -> Result<Transport, ConnectError> {
+    match (config.profile, config.noise_root) {
+        (WireProfile::InteropXml1, _) => {
+            Transport::open(&config.server_addr, &config.server_name, pin)
+                .await
+                .map_err(ConnectError::Tls)
+        }
+        (WireProfile::Wa, Some(root)) => {
+            let (hello, key) =
+                client
+                    .wa_hello(None, reason)
+                    .map_err(|e| ConnectError::WaClient {
+                        detail: e.to_string(),
+                    })?;
+            let payload = interop_proto::wa_login::client_payload(&hello, &config.token);
+            Transport::open_wa(&config.server_addr, root, &key, payload).await
+        }
+        // config::parse refuses a wa config without a root; a hand-built one is a bug.
+        (WireProfile::Wa, None) => Err(ConnectError::WaClient {
+            detail: "no [gatekeeper] noise_root for profile \"wa\" (a bug: the config was not validated)".into(),
+        }),
     }
 }
 
@@ -322,6 +367,9 @@ async fn session<R: rand::Rng + rand::CryptoRng>(
             ReadOutcome::Closed => engine.handle_closed("connection closed"),
             ReadOutcome::BadFrame(e) => {
                 engine.handle_closed(&format!("bad frame from the server: {}", e.reason()));
+            }
+            ReadOutcome::BadStream(e) => {
+                engine.handle_closed(&format!("bad wa stream from the server: {e}"));
             }
         }
     }
