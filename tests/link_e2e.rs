@@ -14,7 +14,6 @@ use daemon_support::{Daemon, WAIT, hub_at, provision_conf, received_texts, try_s
 use hub_support::HubProc;
 use serde_json::json;
 
-#[test]
 fn text_to_echo_contact_is_read_and_the_answer_lands_in_the_inbox() {
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProc::start(&dir.path().join("hub"), true);
@@ -74,7 +73,6 @@ fn each_profile_provisions_checks_and_carries_a_text_to_the_echo_contact() {
     }
 }
 
-#[test]
 fn hub_restart_mid_conversation_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let hub_state = dir.path().join("hub");
@@ -104,7 +102,6 @@ fn hub_restart_mid_conversation_loses_nothing() {
     let _ = hub.wait();
 }
 
-#[test]
 fn not_opted_in_recipient_fails_with_a_readable_reason() {
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProc::start(&dir.path().join("hub"), true);
@@ -194,7 +191,6 @@ fn kill_9_in_the_middle_of_200_sends_loses_and_repeats_nothing() {
     assert_eq!(inbox.len(), received.len(), "{inbox:?}");
 }
 
-#[test]
 fn a_verified_contacts_new_identity_holds_sends_until_trusted_again() {
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProc::start(&dir.path().join("hub"), true);
@@ -280,7 +276,6 @@ fn a_verified_contacts_new_identity_holds_sends_until_trusted_again() {
     );
 }
 
-#[test]
 fn media_from_a_whatsapp_user_is_downloaded_verified_and_served() {
     use base64::Engine as _;
     let dir = tempfile::tempdir().unwrap();
@@ -332,7 +327,6 @@ fn media_from_a_whatsapp_user_is_downloaded_verified_and_served() {
     assert_eq!(part.body.as_bytes(), &data[100..200]);
 }
 
-#[test]
 fn a_message_to_an_offline_recipient_is_delivered_when_it_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProc::start(&dir.path().join("hub"), true);
@@ -379,7 +373,6 @@ fn retry_stats(hub: &HubProc) -> (u64, u64) {
     )
 }
 
-#[test]
 fn a_contact_that_reinstalled_silently_asks_again_and_gets_the_text_once() {
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProc::start(&dir.path().join("hub"), true);
@@ -416,7 +409,6 @@ fn a_contact_that_reinstalled_silently_asks_again_and_gets_the_text_once() {
     assert_eq!(retry_stats(&hub), (retries, resends));
 }
 
-#[test]
 fn the_daemon_asks_again_for_a_message_it_cannot_decrypt() {
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProc::start(&dir.path().join("hub"), true);
@@ -526,7 +518,6 @@ fn ten_thousand_queued_messages_drain_without_a_link_drop() {
     assert_eq!(received.len(), shown, "a message arrived twice");
 }
 
-#[test]
 fn a_second_copy_of_the_account_replaces_the_first_which_then_waits_instead_of_fighting() {
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProc::start(&dir.path().join("hub"), true);
@@ -556,7 +547,6 @@ fn a_second_copy_of_the_account_replaces_the_first_which_then_waits_instead_of_f
     b.wait_status(&id, "delivered");
 }
 
-#[test]
 fn a_read_receipt_still_due_when_the_hub_is_killed_is_sent_after_its_restart() {
     let dir = tempfile::tempdir().unwrap();
     let hub_state = dir.path().join("hub");
@@ -615,3 +605,18 @@ fn identity_events(d: &Daemon) -> Vec<serde_json::Value> {
         }
     }
 }
+
+// Every behaviour above holds on both wire profiles; the two load tests (kill -9 in 200
+// sends, 10,000 queued) run on the default, `wa`.
+crate::on_both_profiles!(
+    text_to_echo_contact_is_read_and_the_answer_lands_in_the_inbox,
+    hub_restart_mid_conversation_loses_nothing,
+    not_opted_in_recipient_fails_with_a_readable_reason,
+    a_verified_contacts_new_identity_holds_sends_until_trusted_again,
+    media_from_a_whatsapp_user_is_downloaded_verified_and_served,
+    a_message_to_an_offline_recipient_is_delivered_when_it_comes_back,
+    a_contact_that_reinstalled_silently_asks_again_and_gets_the_text_once,
+    the_daemon_asks_again_for_a_message_it_cannot_decrypt,
+    a_second_copy_of_the_account_replaces_the_first_which_then_waits_instead_of_fighting,
+    a_read_receipt_still_due_when_the_hub_is_killed_is_sent_after_its_restart,
+);

@@ -107,7 +107,6 @@ fn echo_received(e: &Env, kind: &str, mimetype: &str, body: &[u8]) -> Value {
     m
 }
 
-#[test]
 fn an_image_reaches_the_echo_contact_decrypted_and_its_echo_is_served_byte_exact() {
     let image = png(40, 30);
     let (e, msg) = send_to_echo("image", "image/png", &image, "&caption=a%20gradient");
@@ -122,7 +121,6 @@ fn an_image_reaches_the_echo_contact_decrypted_and_its_echo_is_served_byte_exact
     echo_received(&e, "image", "image/png", &image);
 }
 
-#[test]
 fn a_voice_note_reaches_the_echo_contact_with_its_duration_and_comes_back() {
     let note = ogg_opus(3);
     let (e, msg) = send_to_echo("voice", "audio/ogg; codecs=opus", &note, "");
@@ -154,7 +152,6 @@ fn a_video_reaches_the_echo_contact_with_its_mvhd_duration_and_comes_back() {
     }
 }
 
-#[test]
 fn a_file_reaches_the_echo_contact_with_its_name_and_comes_back() {
     let file = Noise::new(42).bytes(300_001);
     let (e, msg) = send_to_echo(
@@ -693,3 +690,11 @@ fn a_1_gib_upload_keeps_the_daemons_peak_rss_flat() {
     );
     assert!(after.saturating_sub(before) < 8 * 1024);
 }
+
+// Media in both directions holds on both wire profiles; the other tests here are about the
+// daemon's API and media host and run on the default, `wa`.
+crate::on_both_profiles!(
+    an_image_reaches_the_echo_contact_decrypted_and_its_echo_is_served_byte_exact,
+    a_voice_note_reaches_the_echo_contact_with_its_duration_and_comes_back,
+    a_file_reaches_the_echo_contact_with_its_name_and_comes_back,
+);

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::api_common::{Reply, free_port, get, request};
 use crate::hub_support::{HUB, HubProc};
 
-pub use crate::hub_support::{profile, with_profile};
+pub use crate::hub_support::profile;
 
 /// How long any wait in these tests may take on a loaded machine.
 pub const WAIT: Duration = Duration::from_secs(60);

@@ -33,6 +33,7 @@ use interop_proto::WireProfile;
 use interop_proto::noise::wire::ConnectReason;
 
 mod connection;
+mod token_life;
 mod transport;
 
 pub use connection::Connection;
@@ -173,6 +174,9 @@ async fn run(
     inbound: Rc<InboundMedia>,
 ) {
     let pin = pin_of(&config);
+    if config.profile == WireProfile::Wa {
+        token_life::log_token_lifetime(&config.token, wall_ms() / 1000);
+    }
     let mut backoff_ms = RECONNECT_MIN_MS;
     let mut connected_before = false;
     loop {
