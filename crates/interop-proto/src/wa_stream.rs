@@ -110,6 +110,8 @@ impl WaStream {
     }
 
     /// The next whole stanza from the peer, as text; `Ok(None)` until more bytes arrive.
+    // Not an `Iterator`: `None` means "push more bytes", not the end, and reads can fail.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Vec<u8>>, WaStreamError> {
         let Some(frame) = self.reader.next_frame()? else {
             return Ok(None);
@@ -130,6 +132,8 @@ pub struct WaDial {
 }
 
 /// What a dial did with the bytes it got.
+// Once per handshake, moved out at once: boxing the stream would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum DialStep {
     /// Waiting for more of the `ServerHello`.
     NeedMore,
@@ -196,6 +200,8 @@ enum AcceptState {
 }
 
 /// What an accept did with the bytes it got.
+// Once per handshake step, moved out at once: boxing the stream would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum AcceptStep {
     /// Waiting for more bytes.
     NeedMore,
