@@ -26,6 +26,12 @@ pub const PYAILEYS: &str = "pyaileys==0.1.5 cryptography==51.0.1 cffi==2.1.1 pyc
 /// token (`tests/jwt_interop.rs`), with the same pins as PYAILEYS for what they share.
 pub const PYJWT: &str = "PyJWT==2.15.1 cryptography==51.0.1 cffi==2.1.1 pycparser==3.12";
 
+/// PYAILEYS and PYJWT in one directory: pyaileys as a client of the real hub, with provider
+/// tokens PyJWT signs (`tests/wa_hub_interop.rs`). Their shared pins agree, so they combine.
+pub const PYAILEYS_PYJWT: &str = "pyaileys==0.1.5 cryptography==51.0.1 cffi==2.1.1 \
+                                  pycparser==3.12 protobuf==7.36.2 websockets==17.4 \
+                                  PyJWT==2.15.1";
+
 /// Where `requirement` is installed: one directory per pinned requirement, so a bump gets a
 /// fresh install and two test binaries never share a half-written directory.
 fn install_dir(requirement: &str) -> PathBuf {

@@ -80,7 +80,7 @@ enum Refused {
 /// Serves one `wa` connection from its first byte to its close.
 pub async fn serve_wa(shared: Shared, mut tcp: TcpStream, peer: SocketAddr) {
     let deadline = std::time::Instant::now() + Duration::from_millis(WA_HANDSHAKE_TIMEOUT_MS);
-    let (stream, claim) = match handshake(&shared, &mut tcp, deadline).await {
+    let (stream, claim) = match handshake(&shared, &mut tcp, peer, deadline).await {
         Ok(done) => done,
         Err(Refused::Gone(why)) => {
             log::info!("hub: wa {peer}: {why}");
@@ -181,6 +181,7 @@ pub async fn serve_wa(shared: Shared, mut tcp: TcpStream, peer: SocketAddr) {
 async fn handshake(
     shared: &Shared,
     tcp: &mut TcpStream,
+    peer: SocketAddr,
     deadline: std::time::Instant,
 ) -> Result<(WaStream, WaClaim), Refused> {
     let mut accept = {
@@ -226,7 +227,9 @@ async fn handshake(
                     return match wa_login::parse_client_payload(&client_payload, &client_static) {
                         Ok(claim) => Ok((stream, claim)),
                         Err(f) => {
-                            log::info!("hub: wa: the client's ClientPayload is refused: {f}");
+                            log::info!(
+                                "hub: wa {peer}: the client's ClientPayload is refused: {f}"
+                            );
                             let text = login::failure_stanza(&f).to_xml();
                             if let Ok(bytes) = stream.seal(&text) {
                                 let _ = tcp.write_all(&bytes).await;
