@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 const KEY_DER: &str = "providers/acme/key.der";
 
 /// Runs `interop-hub provision --profile wa` and returns the `token` its config carries, and
-/// its `noise_root` if it prints one.
+/// its `noise_root`.
 fn provision_wa(hub: &HubProc, account: &str) -> (String, Option<String>) {
     let out = Command::new(HUB)
         .arg("provision")
@@ -68,11 +68,12 @@ fn hub_and_config(dir: &std::path::Path) -> (HubProc, Value) {
     let (token, printed_root) = provision_wa(&hub, "acme-home");
     let (other_token, _) = provision_wa(&hub, "acme-other");
     let (root, serial) = noise_root(&hub);
-    // The daemon's config does not carry `noise_root` yet (its wa side is not in this tree),
-    // so the pin comes from the hub's keys; once provision prints it, it must be that one.
-    if let Some(printed) = printed_root {
-        assert_eq!(printed, root, "provision prints the hub's Noise root");
-    }
+    // The pin the client uses is the one provision printed, and it is the hub's own root.
+    assert_eq!(
+        printed_root.as_deref(),
+        Some(root.as_str()),
+        "provision prints the hub's Noise root"
+    );
     let port: u16 = hub
         .listen
         .rsplit_once(':')
