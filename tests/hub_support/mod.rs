@@ -165,11 +165,11 @@ macro_rules! on_both_profiles {
             mod $name {
                 #[test]
                 fn wa() {
-                    crate::hub_support::with_profile("wa", super::$name);
+                    $crate::hub_support::with_profile("wa", super::$name);
                 }
                 #[test]
                 fn interop_xml1() {
-                    crate::hub_support::with_profile("interop-xml/1", super::$name);
+                    $crate::hub_support::with_profile("interop-xml/1", super::$name);
                 }
             }
         )*
