@@ -14,9 +14,9 @@
 //! Each file is written whole (temporary file, fsync, rename, fsync of the directory), the
 //! key before the JWKS, so a crash leaves either nothing or a key whose JWKS is made next time.
 use std::fmt;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::fs::{self, DirBuilder, File};
+use std::io::{self, Read as _};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -213,34 +213,9 @@ fn read_bounded(path: &Path, max: usize) -> Result<Option<Vec<u8>>, Option<Provi
     Ok(Some(bytes))
 }
 
-/// Writes `bytes` to `path` whole: a temporary file made with `mode`, fsync, rename, then
-/// fsync of the directory (as `interop_io::tls` writes the CA).
 fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ProviderError> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    // A leftover from a crash may have another mode; the mode applies only on creation.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => return Err(io_error(&tmp)(err)),
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_error(&tmp))?;
-    file.write_all(bytes).map_err(io_error(&tmp))?;
-    file.sync_all().map_err(io_error(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io_error(path))?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_error(dir))?;
-    }
-    Ok(())
+    interop_io::state_dir::write_file_atomic(path, bytes, mode)
+        .map_err(|(path, source)| ProviderError::Io { path, source })
 }
 
 /// The hub's signing key for `integrator`: `<state>/providers/<integrator>/key.der` (0600)

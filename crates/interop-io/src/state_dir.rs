@@ -200,3 +200,39 @@ impl From<RowError> for StoreError {
         }
     }
 }
+
+/// Writes `bytes` to `path` whole, or leaves the old file: a temporary file made with `mode`,
+/// fsync, rename over `path`, then fsync of the directory. The one atomic file writer of
+/// both shells (CA and keys, provider keys, Noise keys, media host identity).
+pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), (PathBuf, io::Error)> {
+    use std::io::Write as _;
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let at = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: io::Error| (path, e)
+    };
+    // A leftover from a crash may have another mode; the mode applies only on creation.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(at(&tmp)(e)),
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(at(&tmp))?;
+    file.write_all(bytes).map_err(at(&tmp))?;
+    file.sync_all().map_err(at(&tmp))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(at(path))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(at(dir))?;
+    }
+    Ok(())
+}

@@ -36,9 +36,8 @@
 //!   sha256//…`. Name and validity are not checked for an SPKI pin: the pin is the identity.
 //!   The handshake signature is still verified against that key.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::fs::{self, File};
+use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -731,38 +730,9 @@ fn read_optional(path: &Path) -> Result<Option<String>, TlsError> {
     Ok(Some(text))
 }
 
-/// Writes `bytes` to `path` whole: a temporary file made with `mode`, fsync, rename,
-/// then fsync of the directory.
 fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let io_error = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TlsError::Io { path, source }
-    };
-    // A leftover from a crash may have another mode; the mode applies only on creation.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => return Err(io_error(&tmp)(err)),
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_error(&tmp))?;
-    file.write_all(bytes).map_err(io_error(&tmp))?;
-    file.sync_all().map_err(io_error(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io_error(path))?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io_error(dir))?;
-    }
-    Ok(())
+    crate::state_dir::write_file_atomic(path, bytes, mode)
+        .map_err(|(path, source)| TlsError::Io { path, source })
 }
 
 fn handshake_error(err: io::Error) -> TlsError {

@@ -22,9 +22,9 @@
 //!   RFC 9110 section 14.2 allows.
 //! - Errors use the API's JSON shape: `{"error": {"code", "message"}}`.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, FileExt as _, OpenOptionsExt as _};
+use std::fs::{self, File};
+use std::io::{self, Read as _};
+use std::os::unix::fs::{DirBuilderExt as _, FileExt as _};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -665,37 +665,9 @@ fn read_pem_file(path: &Path) -> Result<Option<String>, MediaHostError> {
     Ok(Some(text))
 }
 
-/// Writes `bytes` to `path` whole: a temporary file made with `mode`, fsync, rename, fsync
-/// of the directory.
 fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), MediaHostError> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| MediaHostError::Io { path, source }
-    };
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(&tmp)(e)),
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    file.write_all(bytes).map_err(io_err(&tmp))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
-    }
-    Ok(())
+    interop_io::state_dir::write_file_atomic(path, bytes, mode)
+        .map_err(|(path, source)| MediaHostError::Io { path, source })
 }
 
 #[cfg(test)]
@@ -932,7 +904,7 @@ mod tests {
         let mut rng = rand::rng();
         let id = MediaId::random(&mut rng);
         let mut temp = h.media.create_temp(&mut rng).unwrap();
-        temp.file().write_all(data).unwrap();
+        std::io::Write::write_all(temp.file(), data).unwrap();
         h.media.persist(temp, direction, &id).unwrap();
         let txn = h.store.begin().unwrap();
         let row = MediaRow {

@@ -6,8 +6,7 @@
 //! presents an expired chain.
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use interop_io::state_dir::StoreError;
@@ -142,17 +141,8 @@ fn key_file(path: &PathBuf) -> Result<PrivateKey, StoreError> {
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = PrivateKey::generate(&mut rand::rng());
-            let tmp = path.with_extension("tmp");
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io)?;
-            f.write_all(&key.to_bytes()).map_err(io)?;
-            f.sync_all().map_err(io)?;
-            fs::rename(&tmp, path).map_err(io)?;
+            interop_io::state_dir::write_file_atomic(path, &key.to_bytes(), 0o600)
+                .map_err(|(path, source)| StoreError::Io { path, source })?;
             Ok(key)
         }
         Err(source) => Err(io(source)),
