@@ -535,45 +535,78 @@ async fn serve_conn(shared: Shared, stream: tls::TlsServerStream, peer: SocketAd
         sh.conns.insert(id, tx);
         id
     };
-    pump(&shared);
     log::debug!("hub: connection {conn} from {peer}");
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let read_loop = {
-        let shared = Rc::clone(&shared);
-        async move {
-            let mut frames = FrameReader::default();
-            let mut buf = vec![0u8; READ_BUFFER_BYTES];
-            loop {
-                let n = match reader.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                let got = frames.feed(buf.get(..n).unwrap_or_default());
-                {
-                    let mut sh = shared.borrow_mut();
-                    match got {
-                        Ok(list) => {
-                            let mut rng = rand::rng();
-                            for payload in list {
-                                sh.hub.handle_frame(conn, &payload, now_ms(), &mut rng);
-                            }
-                        }
-                        Err(e) => sh.hub.frame_error(conn, e.reason()),
-                    }
-                }
-                pump(&shared);
-            }
+    run_conn(shared, conn, rx, stream, XmlCodec(FrameReader::default())).await;
+}
+
+/// How a connection task turns its client's bytes into stanza texts for the core, and the
+/// core's stanza texts into bytes, for the connection's profile.
+trait ConnCodec {
+    /// Takes bytes from the client; gives the whole stanza texts they completed, then the
+    /// refusal (its reason) that ended decoding, if any (logged by the codec as it sees fit).
+    fn decode(&mut self, bytes: &[u8]) -> (Vec<Vec<u8>>, Option<&'static str>);
+    /// The bytes that carry one stanza text; `None` if it could not be encoded (logged).
+    fn encode(&mut self, conn: ConnId, text: &[u8]) -> Option<Vec<u8>>;
+}
+
+/// `interop-xml/1` inside TLS: 3-byte framed stanza texts.
+struct XmlCodec(FrameReader);
+
+impl ConnCodec for XmlCodec {
+    fn decode(&mut self, bytes: &[u8]) -> (Vec<Vec<u8>>, Option<&'static str>) {
+        match self.0.feed(bytes) {
+            Ok(list) => (list, None),
+            Err(e) => (Vec::new(), Some(e.reason())),
         }
-    };
-    let write_loop = async move {
-        let encode = |text: &[u8]| match framed(text) {
+    }
+
+    fn encode(&mut self, conn: ConnId, text: &[u8]) -> Option<Vec<u8>> {
+        match framed(text) {
             Ok(f) => Some(f),
             Err(e) => {
                 log::error!("hub: cannot frame a stanza for {conn}: {e}");
                 None
             }
-        };
-        write_frames(&rx, &mut writer, encode).await;
+        }
+    }
+}
+
+/// Runs a connection the core knows as `conn` until either side ends it: stanzas from the
+/// client go to the core, what the core sends goes out, both through `codec`.
+async fn run_conn<S, C>(shared: Shared, conn: ConnId, rx: Receiver<ToConn>, stream: S, codec: C)
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+    C: ConnCodec,
+{
+    pump(&shared);
+    let codec = RefCell::new(codec);
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let read_loop = async {
+        let mut buf = vec![0u8; READ_BUFFER_BYTES];
+        loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let (texts, refused) = codec.borrow_mut().decode(buf.get(..n).unwrap_or_default());
+            {
+                let mut sh = shared.borrow_mut();
+                let mut rng = rand::rng();
+                for text in texts {
+                    sh.hub.handle_frame(conn, &text, now_ms(), &mut rng);
+                }
+                if let Some(reason) = refused {
+                    sh.hub.frame_error(conn, reason);
+                }
+            }
+            pump(&shared);
+        }
+    };
+    let write_loop = async {
+        write_frames(&rx, &mut writer, |text| {
+            codec.borrow_mut().encode(conn, text)
+        })
+        .await;
         let _ = writer.close().await;
     };
     read_loop.or(write_loop).await;

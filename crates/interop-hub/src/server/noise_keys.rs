@@ -6,7 +6,6 @@
 //! presents an expired chain.
 
 use std::fs;
-use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 
 use interop_io::state_dir::StoreError;
@@ -94,14 +93,7 @@ fn issue(
 /// for `now_unix_s`.
 pub fn ensure_hub_noise(state_dir: &Path, now_unix_s: u64) -> Result<HubNoise, StoreError> {
     let dir = state_dir.join(NOISE_DIR);
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|source| StoreError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+    interop_io::state_dir::ensure_state_dir(&dir)?;
     let root = CertIssuer::from_parts(key_file(&dir.join(NOISE_ROOT_FILE))?, ROOT_SERIAL);
     let intermediate = CertIssuer::from_parts(
         key_file(&dir.join(NOISE_INTERMEDIATE_FILE))?,

@@ -6,16 +6,15 @@
 //! Every refusal is logged with the side at fault; a refusal after the handshake is also told
 //! to the client as `<failure reason text/>` before the close, as on `interop-xml/1`.
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _, FutureExt as _};
 use smol::net::TcpStream;
 
-use super::{READ_BUFFER_BYTES, Shared, now_ms, pump, write_frames};
+use super::{ConnCodec, READ_BUFFER_BYTES, Shared, now_ms, run_conn};
 use crate::provider::{self, JWT_AUDIENCE};
+use crate::state::ConnId;
 use interop_proto::jid;
 use interop_proto::jwt::{self, Expect, JwtError};
 use interop_proto::login::{self, LoginFailure, Verified};
@@ -92,7 +91,7 @@ pub async fn serve_wa(shared: Shared, mut tcp: TcpStream, peer: SocketAddr) {
         }
         Err(Refused::Login) => return,
     };
-    let stream = Rc::new(RefCell::new(stream));
+    let mut stream = stream;
     let verified = match check_login(&shared, &claim) {
         Ok(v) => v,
         Err(f) => {
@@ -102,9 +101,7 @@ pub async fn serve_wa(shared: Shared, mut tcp: TcpStream, peer: SocketAddr) {
                 f.reason()
             );
             let text = login::failure_stanza(&f).to_xml();
-            // The borrow ends before the writes: no RefCell borrow is held across an await.
-            let sealed = stream.borrow_mut().seal(&text);
-            if let Ok(bytes) = sealed {
+            if let Ok(bytes) = stream.seal(&text) {
                 let _ = tcp.write_all(&bytes).await;
                 let _ = tcp.flush().await;
             }
@@ -118,63 +115,38 @@ pub async fn serve_wa(shared: Shared, mut tcp: TcpStream, peer: SocketAddr) {
         sh.conns.insert(id, tx);
         id
     };
-    pump(&shared);
     log::debug!("hub: wa connection {conn} from {peer}");
-    let (mut reader, mut writer) = futures_lite::io::split(tcp);
-    let read_loop = {
-        let shared = Rc::clone(&shared);
-        let stream = Rc::clone(&stream);
-        async move {
-            let mut buf = vec![0u8; READ_BUFFER_BYTES];
-            loop {
-                let n = match reader.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                stream.borrow_mut().push(buf.get(..n).unwrap_or_default());
-                loop {
-                    let next = stream.borrow_mut().next();
-                    let mut sh = shared.borrow_mut();
-                    match next {
-                        Ok(Some(text)) => {
-                            sh.hub.handle_frame(conn, &text, now_ms(), &mut rand::rng());
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            log::warn!(
-                                "hub: wa connection {conn}: the client sent a bad frame: {e}"
-                            );
-                            sh.hub.frame_error(conn, e.reason());
-                            break;
-                        }
-                    }
+    run_conn(shared, conn, rx, tcp, WaCodec(stream)).await;
+}
+
+/// `wa` after the handshake: one sealed binary node per frame.
+struct WaCodec(WaStream);
+
+impl ConnCodec for WaCodec {
+    fn decode(&mut self, bytes: &[u8]) -> (Vec<Vec<u8>>, Option<&'static str>) {
+        self.0.push(bytes);
+        let mut texts = Vec::new();
+        loop {
+            match self.0.next() {
+                Ok(Some(text)) => texts.push(text),
+                Ok(None) => return (texts, None),
+                Err(e) => {
+                    log::warn!("hub: a wa client sent a bad frame: {e}");
+                    return (texts, Some(e.reason()));
                 }
-                pump(&shared);
             }
         }
-    };
-    let write_loop = {
-        let stream = Rc::clone(&stream);
-        async move {
-            let encode = |text: &[u8]| match stream.borrow_mut().seal(text) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    log::error!("hub: wa connection {conn}: cannot seal a stanza: {e}");
-                    None
-                }
-            };
-            write_frames(&rx, &mut writer, encode).await;
-            let _ = writer.close().await;
-        }
-    };
-    read_loop.or(write_loop).await;
-    {
-        let mut sh = shared.borrow_mut();
-        sh.conns.remove(&conn);
-        sh.hub.disconnected(conn);
     }
-    pump(&shared);
-    log::debug!("hub: wa connection {conn} closed");
+
+    fn encode(&mut self, conn: ConnId, text: &[u8]) -> Option<Vec<u8>> {
+        match self.0.seal(text) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                log::error!("hub: wa connection {conn}: cannot seal a stanza: {e}");
+                None
+            }
+        }
+    }
 }
 
 /// Runs the responder's handshake until the client's finish, before `deadline`.

@@ -36,13 +36,17 @@ impl Connection {
             .await
             .map_err(ConnectError::Tls)?;
         client.start(token, wall_ms());
-        Ok(Connection {
+        Ok(Connection::on(client, transport))
+    }
+
+    fn on(client: Client, transport: Transport) -> Connection {
+        Connection {
             client,
             transport,
             raw: VecDeque::new(),
             closed: false,
             never: event_listener::Event::new(),
-        })
+        }
     }
 
     /// `wa`: dials `addr`, runs the Noise handshake as the client's identity key to a
@@ -54,21 +58,10 @@ impl Connection {
         pin: RootPin,
         token: &str,
     ) -> Result<Connection, ConnectError> {
-        let (hello, key) = client
-            .wa_hello(None, ConnectReason::UserActivated)
-            .map_err(|e| ConnectError::WaClient {
-                detail: e.to_string(),
-            })?;
-        let payload = interop_proto::wa_login::client_payload(&hello, token);
-        let transport = Transport::open_wa(addr, pin, &key, payload).await?;
+        let transport =
+            Transport::open_wa_as(&client, addr, pin, token, ConnectReason::UserActivated).await?;
         client.start_wa(wall_ms());
-        Ok(Connection {
-            client,
-            transport,
-            raw: VecDeque::new(),
-            closed: false,
-            never: event_listener::Event::new(),
-        })
+        Ok(Connection::on(client, transport))
     }
 
     /// The client inside.

@@ -282,14 +282,7 @@ async fn dial(
                 .map_err(ConnectError::Tls)
         }
         (WireProfile::Wa, Some(root)) => {
-            let (hello, key) =
-                client
-                    .wa_hello(None, reason)
-                    .map_err(|e| ConnectError::WaClient {
-                        detail: e.to_string(),
-                    })?;
-            let payload = interop_proto::wa_login::client_payload(&hello, &config.token);
-            Transport::open_wa(&config.server_addr, root, &key, payload).await
+            Transport::open_wa_as(client, &config.server_addr, root, &config.token, reason).await
         }
         // config::parse refuses a wa config without a root; a hand-built one is a bug.
         (WireProfile::Wa, None) => Err(ConnectError::WaClient {

@@ -160,6 +160,24 @@ impl Transport {
         })
     }
 
+    /// `wa` as `client`: its identity is the Noise static key and its `ClientPayload` carries
+    /// the provider `token` and why we connect ([`Transport::open_wa`]).
+    pub async fn open_wa_as(
+        client: &crate::client::Client,
+        addr: &str,
+        pin: RootPin,
+        token: &str,
+        reason: interop_proto::noise::wire::ConnectReason,
+    ) -> Result<Transport, ConnectError> {
+        let (hello, key) = client
+            .wa_hello(None, reason)
+            .map_err(|e| ConnectError::WaClient {
+                detail: e.to_string(),
+            })?;
+        let payload = interop_proto::wa_login::client_payload(&hello, token);
+        Transport::open_wa(addr, pin, &key, payload).await
+    }
+
     /// `wa`: dials `addr`, runs the Noise handshake as `static_key` (our identity key) to a
     /// server whose chain leads to `pin`, and sends `client_payload` (the encoded
     /// `ClientPayload`, with the token) in our `ClientFinish`. The login's answer comes as
