@@ -3,8 +3,10 @@
 //!
 //! The engines above keep a stanza's `interop-xml/1` text as its stored and logged form (the
 //! outbox row, the hub's offline queue), so this pipe takes and gives that text and converts at
-//! the edge: out, text → [`Stanza`] → binary node → sealed frame; in, the reverse. One stanza
-//! model, two encodings ([`crate::stanza`]); the socket sees only the binary one.
+//! the edge: out, text → [`Stanza`] → binary node → sealed frame; in, the reverse. At that edge
+//! a WhatsApp user's device 0 becomes the bare user JID, as WhatsApp writes it
+//! ([`stanza::wa_jids`]). One stanza model, two encodings ([`crate::stanza`]); the socket sees
+//! only the binary one.
 //!
 //! ```text
 //!   client: WaDial::start ─▶ bytes ─▶ … push(bytes) ─▶ DialStep::Ready{finish, stream}
@@ -95,9 +97,10 @@ impl WaStream {
 
     /// The bytes to write for one stanza, given as its text.
     pub fn seal(&mut self, text: &[u8]) -> Result<Vec<u8>, WaStreamError> {
-        let s = stanza::parse(text).map_err(|e| WaStreamError::Ours {
+        let mut s = stanza::parse(text).map_err(|e| WaStreamError::Ours {
             detail: e.to_string(),
         })?;
+        stanza::wa_jids::to_wa(&mut s, self.us);
         let node = s.to_binary(self.us).map_err(|e| WaStreamError::Ours {
             detail: e.to_string(),
         })?;
@@ -117,8 +120,9 @@ impl WaStream {
             return Ok(None);
         };
         let node = self.transport.open(&frame)?;
-        let s = parse_binary(&node, self.peer()).map_err(WaStreamError::Node)?;
+        let mut s = parse_binary(&node, self.peer()).map_err(WaStreamError::Node)?;
         s.validate().map_err(WaStreamError::Stanza)?;
+        stanza::wa_jids::from_wa(&mut s, self.peer());
         Ok(Some(s.to_xml()))
     }
 }
@@ -366,6 +370,27 @@ mod tests {
             crate::stanza::parse(&got).unwrap(),
             crate::stanza::parse(back).unwrap()
         );
+    }
+
+    #[test]
+    fn device_zero_crosses_as_the_bare_user_and_reads_back_as_device_zero() {
+        let s = server(&mut rand::rng());
+        let (mut c, mut srv, _, _) = connect(&s, s.pin).unwrap();
+        let text = br#"<message id="3EB0AE" to="15550100@s.whatsapp.net" type="text"><participants><to jid="15550100:0@s.whatsapp.net"><enc v="2" type="pkmsg">AAEC</enc></to></participants></message>"#;
+        srv.push(&c.seal(text).unwrap());
+        let got = srv.next().unwrap().unwrap();
+        assert_eq!(
+            crate::stanza::parse(&got).unwrap(),
+            crate::stanza::parse(text).unwrap()
+        );
+        // What the peer sees once a frame is opened: the bare user where device 0 stands.
+        srv.push(&c.seal(text).unwrap());
+        let sealed = srv.reader.next_frame().unwrap().unwrap();
+        let node = srv.transport.open(&sealed).unwrap();
+        let wire = parse_binary(&node, Writer::Client).unwrap();
+        let to = wire.child_named("participants").unwrap();
+        let to = to.child_named("to").unwrap();
+        assert_eq!(to.attr_value("jid"), Some("15550100@s.whatsapp.net"));
     }
 
     #[test]

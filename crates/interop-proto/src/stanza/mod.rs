@@ -51,6 +51,7 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
 
 mod binary;
+pub mod wa_jids;
 mod xml;
 
 pub use binary::{BinaryError, MAX_INFLATED_NODE_BYTES, Writer, parse_binary};
