@@ -232,6 +232,7 @@ impl Store {
         txn.inner.open_table(EVENTS)?;
         txn.inner.open_table(IDEMPOTENCY)?;
         txn.inner.open_table(READ_MARKS)?;
+        txn.inner.open_table(PENDING_INBOX)?;
         txn.commit()
     }
 
