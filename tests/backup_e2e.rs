@@ -423,3 +423,73 @@ fn a_backup_never_overwrites_and_refuses_without_a_passphrase_choice() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(!f.root.join("x").exists());
 }
+
+/// Runs `interopd ARGS` inside a user and mount namespace with a tmpfs of `bytes` at `mount`,
+/// and lists the tmpfs after it exits; `None` where no tmpfs can be mounted here.
+fn on_small_tmpfs(mount: &Path, bytes: u64, args: &[&std::ffi::OsStr]) -> Option<(Output, String)> {
+    std::fs::create_dir_all(mount).unwrap();
+    let out = Command::new("unshare")
+        .args(["-rm", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size={bytes} tmpfs \"$0\" || exit 99; \"$@\"; rc=$?; ls -A \"$0\"; exit $rc"
+        ))
+        .arg(mount)
+        .arg(INTEROPD)
+        .args(args)
+        .output()
+        .ok()?;
+    if out.status.code() == Some(99) {
+        eprintln!("skipping: no tmpfs could be mounted in a user namespace here");
+        return None;
+    }
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    Some((out, listing))
+}
+
+#[test]
+fn a_disk_that_fills_during_backup_or_restore_fails_clearly_and_leaves_nothing() {
+    let f = fixture(None);
+    let mount = f.root.join("small");
+    let state = f.root.join("state");
+    let size = std::fs::metadata(&f.plain).unwrap().len();
+    // Room for less than half of the archive.
+    let room = (size / 2).max(8192);
+    let out_file = mount.join("home.backup");
+    let Some((out, listing)) = on_small_tmpfs(
+        &mount,
+        room,
+        &[
+            "backup".as_ref(),
+            "--config".as_ref(),
+            f.conf.as_os_str(),
+            "--state".as_ref(),
+            state.as_os_str(),
+            "--out".as_ref(),
+            out_file.as_os_str(),
+            "--no-encrypt".as_ref(),
+        ],
+    ) else {
+        return;
+    };
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("disk is full"), "{}", stderr(&out));
+    assert_eq!(listing.trim(), "", "a failed backup left files");
+
+    let target = mount.join("state");
+    let Some((out, listing)) = on_small_tmpfs(
+        &mount,
+        room,
+        &[
+            "restore".as_ref(),
+            "--in".as_ref(),
+            f.plain.as_os_str(),
+            "--state".as_ref(),
+            target.as_os_str(),
+        ],
+    ) else {
+        return;
+    };
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("disk is full"), "{}", stderr(&out));
+    assert_eq!(listing.trim(), "", "a failed restore left files");
+}

@@ -209,9 +209,21 @@ fn take_snapshot(
         Live::Shared(db) => snapshot::begin_read(db)?,
         Live::Own(db) => snapshot::begin_read(db)?,
     };
-    let out = snapshot::create_fresh(dst)?;
-    let counts = snapshot::copy_into(&txn, &out)?;
-    drop(out);
+    let copied = snapshot::create_fresh(dst).and_then(|out| snapshot::copy_into(&txn, &out));
+    let counts = match copied {
+        Ok(c) => c,
+        // The snapshot sits beside the output, so a full disk is the output's, not the store's.
+        Err(store::StoreError::Failed {
+            disk_full: true, ..
+        }) => {
+            return Err(BackupError::Io {
+                what: "write snapshot",
+                path: dst.to_path_buf(),
+                source: io::Error::from(io::ErrorKind::StorageFull),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut media = Vec::new();
     for (id, bytes) in snapshot::media_rows(&txn, MAX_ARCHIVE_ENTRIES)? {
         media.push((MediaId(id), MediaRow::decode(&bytes)?));
