@@ -493,3 +493,54 @@ fn a_disk_that_fills_during_backup_or_restore_fails_clearly_and_leaves_nothing()
     assert!(stderr(&out).contains("disk is full"), "{}", stderr(&out));
     assert_eq!(listing.trim(), "", "a failed restore left files");
 }
+
+/// docs/backup.md, "Restoring an old backup": a restore from a backup taken before 20 more
+/// messages were exchanged (10 texts to the echo contact and its 10 answers), then five more
+/// texts: every one is delivered and read, and every answer lands in the inbox, through the
+/// retry receipts with which the two sides rebuild their sessions.
+#[test]
+fn a_backup_twenty_messages_old_still_talks_to_the_contact_after_a_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub_support::HubProc::start(&dir.path().join("hub"), true);
+    let conf = provision_conf(dir.path(), &hub.state, &hub.listen, "acme-home");
+    let state = dir.path().join("state");
+    let log1 = dir.path().join("run1.log");
+    let d = spawn_logged(&conf, &state, &log1);
+    let id = d.send("+15550100", "before");
+    d.wait_status(&id, "read");
+    d.wait_inbox(1);
+    let archive = dir.path().join("old.tar");
+    let out = backup(&conf, &state, &archive, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for i in 0..10 {
+        let id = d.send("+15550100", &format!("later {i}"));
+        d.wait_status(&id, "read");
+    }
+    d.wait_inbox(11);
+    drop(d);
+
+    std::fs::remove_dir_all(&state).unwrap();
+    let out = restore(&archive, &state, None, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log2 = dir.path().join("run2.log");
+    let d = spawn_logged(&conf, &state, &log2);
+    assert!(wait_log(&log2, "link: up as").contains("(enlisted: false)"));
+    assert_eq!(inbox(&d).len(), 1, "the inbox as it was at backup time");
+    for i in 0..5 {
+        let id = d.send("+15550100", &format!("after {i}"));
+        d.wait_status(&id, "read");
+    }
+    let texts = d.wait_inbox(6);
+    for i in 0..5 {
+        assert!(texts.contains(&format!("echo: after {i}")), "{texts:?}");
+    }
+    let received = received_texts(&hub.control, "+15550100");
+    for i in 0..5 {
+        assert!(received.contains(&format!("after {i}")), "{received:?}");
+    }
+    // What the measurement in docs/backup.md reads: the daemon's retry lines.
+    let log = std::fs::read_to_string(&log2).unwrap();
+    for line in log.lines().filter(|l| l.contains("retry")) {
+        eprintln!("after the restore: {line}");
+    }
+}
