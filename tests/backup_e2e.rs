@@ -174,6 +174,15 @@ fn a_backup_taken_while_running_restores_the_same_household_and_delivers_what_wa
     // The daemon still serves while and after the backup ran.
     assert_eq!(d.get("/healthz").status, 200);
     let token_before = d.token.clone();
+
+    // A restore over the running daemon's directory is refused, even with --force.
+    let out = restore(&archive, &state, Some(&pass), &["--force"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("running interopd"),
+        "{}",
+        stderr(&out)
+    );
     drop(d);
 
     // A new SD card: nothing of the old state directory is left.
@@ -398,6 +407,17 @@ fn a_state_directory_that_holds_a_store_is_refused_unless_forced() {
         .filter(|n| n.starts_with("state.replaced-"))
         .collect();
     assert_eq!(aside.len(), 1, "the replaced directory is kept");
+    // A damaged store is what --force is for: it is replaced, not refused.
+    let db = state.join("interopd.redb");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 400] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    std::thread::sleep(Duration::from_millis(1100)); // a new `.replaced-<seconds>` name
+    let out = restore(&f.encrypted, &state, Some(&f.pass), &["--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         std::fs::read(f.root.join(&aside[0]).join("api-token")).unwrap(),
         b"changed"

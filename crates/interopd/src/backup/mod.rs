@@ -91,6 +91,9 @@ pub enum BackupError {
     SchemaTooNew { found: u32, supported: u32 },
     /// User: the target state directory is not empty, and `--force` was not given.
     StateNotEmpty { path: PathBuf },
+    /// User: `--force` was given, but the target's store is open in a running daemon (or
+    /// cannot be opened at all); stop the daemon first.
+    StateInUse { path: PathBuf },
     /// User: the target config file exists, and `--force` was not given.
     ConfigExists { path: PathBuf },
     /// Environment or outside data: something over one of the bounds above.
@@ -142,6 +145,11 @@ impl std::fmt::Display for BackupError {
             Self::StateNotEmpty { path } => write!(
                 f,
                 "{} is not empty (it may hold a store); restore into an empty directory, or give --force to replace it (the old one is kept beside it)",
+                path.display()
+            ),
+            Self::StateInUse { path } => write!(
+                f,
+                "{} is in use by a running interopd, or cannot be opened; stop the daemon (`systemctl stop interopd`) before restoring over it",
                 path.display()
             ),
             Self::ConfigExists { path } => write!(

@@ -66,6 +66,17 @@ pub fn restore(req: &RestoreRequest<'_>) -> Result<RestoreSummary, BackupError> 
             path: req.state_dir.to_path_buf(),
         });
     }
+    // Never move a live store aside: a daemon running on it would go on writing into the
+    // directory that --force just replaced. Opening it as its writer fails while one runs.
+    let live = req.state_dir.join(DB_FILE_NAME);
+    if target_has_files && live.exists() {
+        match crate::store::open_database_shared(&live, crate::store::STORE_CACHE_BYTES) {
+            Ok(db) => drop(db),
+            // A damaged store is what a restore over it is for.
+            Err(StoreError::CorruptFile { .. }) => {}
+            Err(_) => return Err(BackupError::StateInUse { path: live }),
+        }
+    }
     if let Some(c) = req.config_out
         && fs::symlink_metadata(c).is_ok()
         && !req.force
