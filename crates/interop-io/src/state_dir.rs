@@ -60,7 +60,7 @@ impl std::fmt::Display for StoreError {
             Self::Failed { detail, .. } => write!(f, "store: I/O error: {detail}"),
             Self::CorruptFile { path, detail } => write!(
                 f,
-                "store: {} is damaged ({detail}). Restore a copy taken before the damage, or stop the service and move the file away to start again (a new identity: contacts see a safety-number change, queued messages are lost)",
+                "store: {} is damaged ({detail}). Restore a backup taken before the damage (`interopd restore --in FILE --state DIR --force`, docs/backup.md), or stop the service and move the file away to start again (a new identity: contacts see a safety-number change, queued messages are lost)",
                 path.display()
             ),
             Self::TooLarge { what, len, max } => {
@@ -120,9 +120,26 @@ impl From<redb::StorageError> for StoreError {
 /// page altered outside it, so a damaged file is [`StoreError::CorruptFile`] instead. The
 /// check reads the whole file once.
 pub fn open_database(path: &Path, cache_bytes: usize) -> Result<redb::Database, StoreError> {
+    open_database_in(path, cache_bytes, redb::ConcurrencyMode::ExclusiveWriter)
+}
+
+/// [`open_database`] in redb's `SingleWriter` mode: this process is the only writer, and any
+/// number of other processes may open the file read-only meanwhile and read consistent
+/// snapshots of its commits (the daemon's store, which `interopd backup` reads while the
+/// daemon runs). A second writer is still refused.
+pub fn open_database_shared(path: &Path, cache_bytes: usize) -> Result<redb::Database, StoreError> {
+    open_database_in(path, cache_bytes, redb::ConcurrencyMode::SingleWriter)
+}
+
+fn open_database_in(
+    path: &Path,
+    cache_bytes: usize,
+    mode: redb::ConcurrencyMode,
+) -> Result<redb::Database, StoreError> {
     let file = open_private_file(path)?;
     let mut builder = redb::Database::builder();
     builder.set_cache_size(cache_bytes);
+    builder.set_concurrency_mode(mode);
     builder.set_check_integrity_on_open(true);
     let backend = redb::backends::FileBackend::new(file)?;
     builder

@@ -72,7 +72,7 @@ impl fmt::Display for DaemonError {
             Self::Media { detail } => write!(f, "media: {detail}"),
             Self::EmptiedStore { store, found } => write!(
                 f,
-                "store: {} holds no identity, but this state directory had one ({}). Refusing to start over: a new identity would take over the account, contacts would see a safety-number change, and the old outbox, inbox and sessions would be gone. Restore the store from a copy, or run once with --reset-identity to start again on purpose",
+                "store: {} holds no identity, but this state directory had one ({}). Refusing to start over: a new identity would take over the account, contacts would see a safety-number change, and the old outbox, inbox and sessions would be gone. Restore a backup (`interopd restore --in FILE --state DIR --force`, docs/backup.md), or run once with --reset-identity to start again on purpose",
                 store.display(),
                 found.join(", ")
             ),

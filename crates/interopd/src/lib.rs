@@ -31,6 +31,7 @@
 //! | shell | [`media_pipe`] | media through encryption, WhatsApp media fields, uploads | disk, net |
 //! | shell | [`inbound_media`] | received media: download, verify, then release into the inbox | disk, net |
 //! | shell | [`api`] | the local HTTP API v1: auth, routes, long-poll, SSE, webhooks | via http |
+//! | shell | [`backup`] | `interopd backup` and `restore`: snapshot, tar, age, manifest | disk |
 //! | shell | [`daemon`] | the process: one executor, signals, sd_notify, the link slot | process |
 //! | shell | `demo` | `interopd demo`: the hub and the daemon in one process (feature `demo`) | net |
 //!
@@ -47,6 +48,7 @@ pub use interop_proto::{
 };
 
 pub mod api;
+pub mod backup;
 pub mod client;
 pub mod config;
 pub mod daemon;

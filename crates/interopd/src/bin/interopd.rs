@@ -21,6 +21,14 @@ commands:
                                        --reset-identity starts a new identity on purpose where
                                        the state directory had one but its store is empty
   check-config [--config FILE]         validate a config file; exit 0 if OK, 78 if not
+  backup --out FILE [--config FILE] [--state DIR] (--passphrase-file FILE | --no-encrypt)
+                                       write a backup of the state directory and config,
+                                       also while the daemon runs; encrypted with the
+                                       passphrase in FILE (`-` reads standard input)
+  restore --in FILE --state DIR [--config FILE] [--passphrase-file FILE] [--force]
+                                       restore a backup into an empty state directory (with
+                                       --force, an existing one is moved aside); with --config,
+                                       also write the backed-up config file there
   media-pin [--config FILE] [--state DIR]
                                        print the media host's TLS pin (sha256//BASE64) for
                                        the gatekeeper's registration, making its key if needed
@@ -39,6 +47,11 @@ struct Args {
     api_rate: Option<String>,
     profile: Option<String>,
     reset_identity: bool,
+    out: Option<PathBuf>,
+    input: Option<PathBuf>,
+    passphrase_file: Option<PathBuf>,
+    no_encrypt: bool,
+    force: bool,
 }
 
 fn parse_args() -> Result<Args, lexopt::Error> {
@@ -52,6 +65,11 @@ fn parse_args() -> Result<Args, lexopt::Error> {
         api_rate: None,
         profile: None,
         reset_identity: false,
+        out: None,
+        input: None,
+        passphrase_file: None,
+        no_encrypt: false,
+        force: false,
     };
     while let Some(arg) = p.next()? {
         match arg {
@@ -61,6 +79,11 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             Long("api-rate") => args.api_rate = Some(p.value()?.string()?),
             Long("profile") => args.profile = Some(p.value()?.string()?),
             Long("reset-identity") => args.reset_identity = true,
+            Long("out") => args.out = Some(p.value()?.into()),
+            Long("in") => args.input = Some(p.value()?.into()),
+            Long("passphrase-file") => args.passphrase_file = Some(p.value()?.into()),
+            Long("no-encrypt") => args.no_encrypt = true,
+            Long("force") => args.force = true,
             Long("version") => args.command = "version".into(),
             Long("help") | Short('h') => args.command = "help".into(),
             Value(v) if args.command.is_empty() => args.command = v.string()?,
@@ -135,6 +158,137 @@ fn media_pin(config_path: &std::path::Path, state: Option<PathBuf>) -> ExitCode 
         Err(e) => {
             eprintln!("interopd: media host identity: {e}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `interopd backup`: the archive of the config's state directory (or `--state`).
+fn backup(config_path: &std::path::Path, args: &Args) -> ExitCode {
+    let Some(out) = &args.out else {
+        eprintln!("interopd: backup needs --out FILE\n\n{USAGE}");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let passphrase = match (&args.passphrase_file, args.no_encrypt) {
+        (Some(_), true) => {
+            eprintln!("interopd: give --passphrase-file or --no-encrypt, not both");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        (None, false) => {
+            eprintln!(
+                "interopd: a backup holds the household's private keys; give --passphrase-file FILE to encrypt it, or --no-encrypt"
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+        (Some(path), false) => match interopd::backup::read_passphrase(path) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("interopd: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        (None, true) => None,
+    };
+    let config = match load_config(config_path, args.state.clone()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if passphrase.is_none() {
+        log::warn!(
+            "backup: --no-encrypt: {} will hold the identity's private keys and the API token in the clear; keep it where only you can read it",
+            out.display()
+        );
+    }
+    let req = interopd::backup::write::BackupRequest {
+        state_dir: &config.state_dir,
+        config_file: Some(config_path),
+        out,
+        passphrase,
+        now_ms: now_ms(),
+    };
+    match interopd::backup::write::backup(&req) {
+        Ok(s) => {
+            log::info!(
+                "backup: wrote {} ({} bytes, {} entries, schema version {}, {} media blobs gone before they were reached)",
+                out.display(),
+                s.bytes,
+                s.manifest.entries.len() + 1,
+                s.manifest.schema_version,
+                s.manifest.media_missing
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("backup: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `interopd restore`: an archive into an empty `--state` directory.
+fn restore(args: &Args) -> ExitCode {
+    let (Some(input), Some(state)) = (&args.input, &args.state) else {
+        eprintln!("interopd: restore needs --in FILE and --state DIR\n\n{USAGE}");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    if args.no_encrypt || args.out.is_some() {
+        eprintln!("interopd: restore takes --in, --state, --config, --passphrase-file and --force");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let passphrase = match &args.passphrase_file {
+        None => None,
+        Some(path) => match interopd::backup::read_passphrase(path) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("interopd: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
+    let req = interopd::backup::restore::RestoreRequest {
+        input,
+        state_dir: state,
+        config_out: args.config.as_deref(),
+        passphrase,
+        force: args.force,
+        now_ms: now_ms(),
+    };
+    match interopd::backup::restore::restore(&req) {
+        Ok(s) => {
+            if let Some(old) = &s.replaced {
+                log::warn!(
+                    "restore: the directory that was there is kept as {}",
+                    old.display()
+                );
+            }
+            if let Some(c) = args.config.as_deref() {
+                if s.config_written {
+                    log::info!("restore: wrote the config file {}", c.display());
+                } else {
+                    log::warn!(
+                        "restore: the backup holds no config file; {} was not written",
+                        c.display()
+                    );
+                }
+            }
+            log::info!(
+                "restore: {} restored into {} (schema version {}, {} entries); start it with `interopd run --state {}`",
+                input.display(),
+                state.display(),
+                s.manifest.schema_version,
+                s.manifest.entries.len() + 1,
+                state.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("restore: {e}");
+            ExitCode::from(1)
         }
     }
 }
@@ -257,6 +411,8 @@ fn main() -> ExitCode {
             args.reset_identity,
         ),
         "media-pin" => media_pin(&config_path, args.state.clone()),
+        "backup" => backup(&config_path, &args),
+        "restore" => restore(&args),
         #[cfg(feature = "demo")]
         "demo" => demo(
             args.state.clone(),

@@ -27,12 +27,15 @@ mod log;
 mod outbox;
 #[cfg(test)]
 pub(crate) mod powercut;
+pub mod snapshot;
 
 use crate::signal_store::{IdTable, KeyTable, SignalStore};
 use codec::*;
 pub use health::{Failure, STORE_GIVE_UP_MS, STORE_RECOVERY_FREE_BYTES, STORE_REOPEN_INTERVAL_MS};
 use interop_io::signal_tables::SignalTables;
-pub use interop_io::state_dir::{StoreError, ensure_state_dir, open_database, open_private_file};
+pub use interop_io::state_dir::{
+    StoreError, ensure_state_dir, open_database, open_database_shared, open_private_file,
+};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 /// The schema this build writes. A store with a larger version is refused; a smaller one is
@@ -98,7 +101,7 @@ impl Store {
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         ensure_state_dir(state_dir)?;
         let path = state_dir.join(DB_FILE_NAME);
-        let db = open_database(&path, STORE_CACHE_BYTES)?;
+        let db = open_database_shared(&path, STORE_CACHE_BYTES)?;
         let store = Store::with_database(db, path);
         store.init_schema()?;
         Ok(store)
@@ -143,7 +146,8 @@ impl Store {
         health::probe_free_space(dir).map_err(|e| self.health.note(e))?;
         // redb holds a lock on the file until the database is dropped.
         drop(self.db.borrow_mut().take());
-        let db = open_database(&self.path, STORE_CACHE_BYTES).map_err(|e| self.health.note(e))?;
+        let db =
+            open_database_shared(&self.path, STORE_CACHE_BYTES).map_err(|e| self.health.note(e))?;
         *self.db.borrow_mut() = Some(db);
         // A commit proves that writes work again; its failure continues the old one.
         let fresh = Rc::new(health::Health::default());
@@ -228,6 +232,7 @@ impl Store {
         txn.inner.open_table(EVENTS)?;
         txn.inner.open_table(IDEMPOTENCY)?;
         txn.inner.open_table(READ_MARKS)?;
+        txn.inner.open_table(PENDING_INBOX)?;
         txn.commit()
     }
 
