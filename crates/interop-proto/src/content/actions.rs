@@ -163,7 +163,9 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::content::{decode_padded, encode_with_padding, media_type, stanza_edit, stanza_type};
+    use crate::content::{
+        decode_padded, encode_with_padding, media_type, stanza_edit, stanza_type,
+    };
     use prost::Message as _;
 
     fn key(id: &str) -> MessageKey {
@@ -223,7 +225,11 @@ mod tests {
         };
         assert_eq!(p.kind(), ContentKind::Unknown);
         p.r#type = Some(PROTOCOL_TYPE_MESSAGE_EDIT);
-        assert_eq!(p.kind(), ContentKind::Unknown, "an edit without new content");
+        assert_eq!(
+            p.kind(),
+            ContentKind::Unknown,
+            "an edit without new content"
+        );
         p.r#type = None;
         assert_eq!(p.kind(), ContentKind::Revoke, "proto2 default is REVOKE");
         p.key = None;
@@ -246,7 +252,11 @@ mod tests {
 
     #[test]
     fn new_kinds_round_trip_through_their_stored_byte() {
-        for k in [ContentKind::Edit, ContentKind::Revoke, ContentKind::Location] {
+        for k in [
+            ContentKind::Edit,
+            ContentKind::Revoke,
+            ContentKind::Location,
+        ] {
             assert_eq!(ContentKind::from_byte(k.to_byte()), k);
         }
     }

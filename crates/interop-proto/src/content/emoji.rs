@@ -60,7 +60,11 @@ fn element(chars: &mut Chars<'_>) -> Option<()> {
     if is_regional_indicator(first) {
         return chars.next().filter(|&c| is_regional_indicator(c)).map(drop);
     }
-    if matches!(first, '0'..='9' | '#' | '*') && chars.peek().is_some_and(|&c| c == '\u{FE0F}' || c == KEYCAP) {
+    if matches!(first, '0'..='9' | '#' | '*')
+        && chars
+            .peek()
+            .is_some_and(|&c| c == '\u{FE0F}' || c == KEYCAP)
+    {
         chars.next_if_eq(&'\u{FE0F}');
         return chars.next_if_eq(&KEYCAP).map(drop);
     }
@@ -117,7 +121,19 @@ mod tests {
     #[test]
     fn single_emoji_of_every_shape_are_accepted() {
         for ok in [
-            "", "👍", "❤️", "👍🏽", "👨‍👩‍👧‍👦", "🇩🇪", "1️⃣", "#⃣", "🏴󠁧󠁢󠁳󠁣󠁴󠁿", "🧑🏿‍🚀", "a", "é", "e\u{301}",
+            "",
+            "👍",
+            "❤️",
+            "👍🏽",
+            "👨‍👩‍👧‍👦",
+            "🇩🇪",
+            "1️⃣",
+            "#⃣",
+            "🏴󠁧󠁢󠁳󠁣󠁴󠁿",
+            "🧑🏿‍🚀",
+            "a",
+            "é",
+            "e\u{301}",
         ] {
             assert_eq!(check_reaction(ok), Ok(()), "{ok:?}");
         }
@@ -126,8 +142,19 @@ mod tests {
     #[test]
     fn two_characters_or_stray_joiners_are_refused() {
         for bad in [
-            "👍👍", "ab", "🇩", "🇩🇪🇫", "👍\u{200D}", "\u{200D}👍", "\u{FE0F}", "\u{1F3FD}", " ", "👍 ",
-            "\n", "🏴\u{E0067}", "1\u{FE0F}",
+            "👍👍",
+            "ab",
+            "🇩",
+            "🇩🇪🇫",
+            "👍\u{200D}",
+            "\u{200D}👍",
+            "\u{FE0F}",
+            "\u{1F3FD}",
+            " ",
+            "👍 ",
+            "\n",
+            "🏴\u{E0067}",
+            "1\u{FE0F}",
         ] {
             assert_eq!(
                 check_reaction(bad),
@@ -148,7 +175,9 @@ mod tests {
     }
 
     fn base() -> impl Strategy<Value = char> {
-        any::<char>().prop_filter("a base", |&c| is_base(c) && !matches!(c, '0'..='9' | '#' | '*'))
+        any::<char>().prop_filter("a base", |&c| {
+            is_base(c) && !matches!(c, '0'..='9' | '#' | '*')
+        })
     }
 
     proptest! {

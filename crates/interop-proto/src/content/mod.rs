@@ -510,7 +510,8 @@ impl Message {
         } else if self.location_message.is_some() {
             ContentKind::Location
         } else {
-            self.protocol().map_or(ContentKind::Unknown, ProtocolMessage::kind)
+            self.protocol()
+                .map_or(ContentKind::Unknown, ProtocolMessage::kind)
         }
     }
 
@@ -930,17 +931,24 @@ mod tests {
             // Finite degrees: NaN is not equal to itself, so it cannot round-trip by `==`.
             (-90.0f64..=90.0, -180.0f64..=180.0, opt_text(), opt_text())
                 .prop_map(|(lat, lon, name, address)| Message::location(lat, lon, name, address)),
-            (opt_text(), any::<Option<i32>>(), opt_text(), any::<Option<i64>>()).prop_map(
-                |(id, r#type, text, timestamp_ms)| Message {
+            (
+                opt_text(),
+                any::<Option<i32>>(),
+                opt_text(),
+                any::<Option<i64>>()
+            )
+                .prop_map(|(id, r#type, text, timestamp_ms)| Message {
                     protocol_message: Some(Box::new(ProtocolMessage {
-                        key: Some(MessageKey { id, ..MessageKey::default() }),
+                        key: Some(MessageKey {
+                            id,
+                            ..MessageKey::default()
+                        }),
                         r#type,
                         edited_message: text.map(|t| Box::new(Message::text(t))),
                         timestamp_ms,
                     })),
                     ..Message::default()
-                }
-            ),
+                }),
             Just(Message::default()),
         ]
         .boxed()
