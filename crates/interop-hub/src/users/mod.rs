@@ -10,7 +10,7 @@
 //!
 //! | behaviour          | on a message                                                      |
 //! |--------------------|-------------------------------------------------------------------|
-//! | `echo`             | delivery receipt, read receipt, then `echo: <text>`; media in kind |
+//! | `echo`             | delivery receipt, read receipt, typing, then `echo: <text>`; media in kind; 👍 to `react…`; a location to `where`; an edit or delete of its own echo to an edit or delete |
 //! | `silent`           | delivery receipt only                                             |
 //! | `read_after:N`     | delivery receipt, read receipt N seconds later                    |
 //! | `not_opted_in`     | never reached: the hub answers `not_opted_in`                     |
