@@ -244,7 +244,7 @@ fn asking_for_a_reaction_or_a_location_brings_one_back_and_a_reply_keeps_the_cor
     let t = call(
         &d,
         "POST",
-        &"/v1/chats/%2B15550100/typing",
+        "/v1/chats/%2B15550100/typing",
         json!({"state": "composing"}),
     );
     assert_eq!(t.status, 202, "{}", t.body);

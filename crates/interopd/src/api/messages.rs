@@ -56,7 +56,7 @@ struct LocationJson {
 /// What a send carries: text, or a place.
 enum Body {
     Text(String),
-    Location(Message),
+    Location(Box<Message>),
 }
 
 /// A checked location, or the 400 naming what is wrong.
@@ -161,7 +161,7 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
             let what = match (body.text, body.location) {
                 (Some(t), None) => Body::Text(t),
                 (None, Some(l)) => match location(l) {
-                    Ok(m) => Body::Location(m),
+                    Ok(m) => Body::Location(Box::new(m)),
                     Err(r) => return r,
                 },
                 (None, None) => return bad("missing_text", "give 'text' or 'location'"),
@@ -362,7 +362,8 @@ fn queue_send(
                 ),
             ),
         },
-        Body::Location(mut m) => {
+        Body::Location(m) => {
+            let mut m = *m;
             if let (Some(loc), Some((participant, original))) = (m.location_message.as_mut(), quote)
             {
                 loc.context_info = Some(content::ContextInfo {
