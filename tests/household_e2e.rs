@@ -189,7 +189,10 @@ fn a_reaction_an_edit_and_a_delete_reach_the_contact_which_echoes_the_edit_and_d
         &format!("/v1/messages/{echo_id}"),
         json!({"text": "x"}),
     );
-    assert_eq!(theirs.json()["error"]["code"], "not_our_message");
+    assert_eq!(
+        (theirs.status, theirs.json()["error"]["code"].clone()),
+        (409, json!("not_our_message"))
+    );
 }
 
 fn asking_for_a_reaction_or_a_location_brings_one_back_and_a_reply_keeps_the_correlation() {

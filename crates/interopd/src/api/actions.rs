@@ -171,7 +171,8 @@ fn own_text(txn: &Txn, id: &str, action: &str) -> Result<OutboxRow, Response> {
     let row = match find(txn, id)? {
         None => return Err(unknown()),
         Some(Target::Theirs { .. }) => {
-            return Err(bad(
+            return Err(Response::json_error(
+                409,
                 "not_our_message",
                 &format!("only a message we sent can be {action}"),
             ));
@@ -220,7 +221,7 @@ pub async fn edit(api: &Rc<Api>, req: Request, id: &str) -> Response {
         Err(r) => return r,
     };
     if ContentKind::from_byte(row.kind) != ContentKind::Text {
-        return bad("not_text", "only a text message can be edited");
+        return Response::json_error(409, "not_text", "only a text message can be edited");
     }
     let now = now_ms();
     if now.saturating_sub(row.created_ms) > EDIT_WINDOW_MS {
@@ -261,7 +262,8 @@ pub fn revoke(api: &Rc<Api>, id: &str) -> Response {
         ContentKind::from_byte(row.kind),
         ContentKind::Reaction | ContentKind::Edit | ContentKind::Revoke
     ) {
-        return bad(
+        return Response::json_error(
+            409,
             "not_deletable",
             "a reaction, an edit or a delete cannot itself be deleted",
         );

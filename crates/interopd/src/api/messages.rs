@@ -32,9 +32,9 @@ pub const MAX_LOCATION_TEXT_CHARS: usize = 256;
 #[serde(deny_unknown_fields)]
 struct SendJson {
     to: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     text: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     location: Option<LocationJson>,
     #[serde(default)]
     reply_to: Option<String>,
@@ -51,6 +51,15 @@ struct LocationJson {
     name: Option<String>,
     #[serde(default)]
     address: Option<String>,
+}
+
+/// A field that may be absent but, when given, is not `null` (the document says so).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// What a send carries: text, or a place.
@@ -150,6 +159,9 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
         && !valid_message_ref(&r)
     {
         return bad("bad_reply_to", "'reply_to' must be a message id");
+    }
+    if let Err(r) = check_correlation(req.query_param("correlation").as_deref()) {
+        return r;
     }
     let from_query = !matches!(content_type.as_deref(), Some("application/json"));
     let (to, body, reply_to, correlation) = match content_type.as_deref() {
