@@ -96,6 +96,10 @@ fn schemathesis_finds_no_disagreement_between_the_document_and_the_server() {
         .args(["--url", &format!("http://{api}")])
         .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
         .args(["--checks", "all", "--no-color", "--seed", "1"])
+        // The one DELETE, `DELETE /v1/messages/{id}`, is "delete for everyone": the message
+        // stays ours to look at, with `revoked: true` (docs/api.md), so a GET after it
+        // answers 200, where this check expects 404.
+        .args(["--exclude-checks", "use_after_free"])
         // Reports and caches go to the temporary directory, not the source tree; the output
         // to a file, so that a long report can never fill a pipe and stall the run.
         .current_dir(dir.path())

@@ -7,9 +7,9 @@
 //! mirrored field for field in `samples()` below. This file only reads them.
 
 use interopd::content::{
-    AudioMessage, ContentKind, ContextInfo, DocumentMessage, ExtendedTextMessage, ImageMessage,
-    Message, MessageId, MessageKey, ReactionMessage, VideoMessage, decode_padded,
-    encode_with_padding, message_id,
+    AudioMessage, ContentKind, ContextInfo, DocumentMessage, ExtendedTextMessage,
+    FutureProofMessage, ImageMessage, Message, MessageId, MessageKey, ReactionMessage,
+    VideoMessage, decode_padded, encode_with_padding, message_id,
 };
 use prost::Message as _;
 
@@ -284,4 +284,85 @@ fn message_ids_match_an_independent_sha256() {
         cases += 1;
     }
     assert_eq!(cases, 4);
+}
+
+// ---- household shapes against WhatsApp's own schema -------------------------------------
+
+const HOUSEHOLD_VECTORS: &str = include_str!("data/content/household_vectors.txt");
+
+fn wa_key(from_me: bool) -> MessageKey {
+    MessageKey {
+        remote_jid: s(PEER),
+        from_me: Some(from_me),
+        id: s(ID_A),
+        participant: None,
+    }
+}
+
+/// Mirrors `samples()` in `tests/data/content/make_household_vectors.py`, which encodes them
+/// with WhatsApp's schema (`WAProto_pb2` from pyaileys), not ours.
+fn household_samples() -> Vec<(&'static str, Message, ContentKind)> {
+    let wrapped = Message {
+        edited_message: Some(Box::new(FutureProofMessage {
+            message: Some(Box::new(Message::edit(
+                wa_key(false),
+                Message::text("wrapped"),
+                5,
+            ))),
+        })),
+        ..Message::default()
+    };
+    vec![
+        (
+            "household_reaction",
+            Message::reaction(wa_key(false), "👍", 1_767_225_600_123),
+            ContentKind::Reaction,
+        ),
+        (
+            "household_edit",
+            Message::edit(
+                wa_key(true),
+                Message::text("Door closed again"),
+                1_767_225_660_000,
+            ),
+            ContentKind::Edit,
+        ),
+        (
+            "household_revoke",
+            Message::revoke(wa_key(true)),
+            ContentKind::Revoke,
+        ),
+        ("household_wrapped_edit", wrapped, ContentKind::Edit),
+        (
+            "household_location",
+            Message::location(
+                52.520008,
+                -13.404954,
+                s("Alexanderplatz"),
+                s("10178 Berlin"),
+            ),
+            ContentKind::Location,
+        ),
+    ]
+}
+
+#[test]
+fn household_shapes_match_whatsapps_own_schema_byte_for_byte() {
+    let vectors: Vec<(&str, Vec<u8>)> = HOUSEHOLD_VECTORS
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (name, bytes) = l.split_once(' ').expect("name and hex");
+            (name, hex(bytes))
+        })
+        .collect();
+    let samples = household_samples();
+    assert_eq!(vectors.len(), samples.len());
+    for ((name, bytes), (want, msg, kind)) in vectors.into_iter().zip(samples) {
+        assert_eq!(name, want);
+        assert_eq!(msg.encode_to_vec(), bytes, "{name}: prost against WAProto");
+        let decoded = Message::decode(bytes.as_slice()).expect(name);
+        assert_eq!(decoded, msg, "{name}");
+        assert_eq!(decoded.kind(), kind, "{name}");
+    }
 }

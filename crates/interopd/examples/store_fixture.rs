@@ -5,7 +5,7 @@
 //! The fixture is committed; regenerate it only when adding a new schema version's fixture.
 
 use interopd::signal::{self, Address};
-use interopd::store::{InboxRow, OutboxRow, OutboxStatus, Store};
+use interopd::store::{InboxRow, MessageNote, OutboxRow, OutboxStatus, Store};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::env::args().nth(1).ok_or("usage: store_fixture DIR")?;
@@ -44,6 +44,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             t_secs: 1_700_000_000,
             received_ms: now,
             content: b"hello".to_vec(),
+        },
+    )?;
+    // Schema 3 on: a note on the outbox row (correlation, edited).
+    txn.put_note(
+        "3EB0000000000000000001",
+        &MessageNote {
+            correlation: "door-42".into(),
+            edited: true,
+            revoked: false,
+            text: "fixture edited".into(),
+            updated_ms: now,
         },
     )?;
     txn.commit()?;

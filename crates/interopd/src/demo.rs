@@ -82,6 +82,35 @@ pub fn curl_lines(api: SocketAddr, token_file: &Path) -> [String; 3] {
     ]
 }
 
+/// The household examples the demo prints after the curl lines, each as `label: command`
+/// (so the first three stay the only lines that start with `curl`). `$ID` stands for an id
+/// that `POST /v1/messages` answered.
+pub fn household_lines(api: SocketAddr, token_file: &Path) -> [String; 6] {
+    let auth = format!(
+        "-H \"Authorization: Bearer $(cat '{}')\" -H 'Content-Type: application/json'",
+        token_file.display()
+    );
+    let base = format!("http://{api}/v1");
+    [
+        format!(
+            "reaction back:  curl {auth} -d '{{\"to\": \"+15550100\", \"text\": \"react please\", \"correlation\": \"demo-1\"}}' '{base}/messages'"
+        ),
+        format!(
+            "a location:     curl {auth} -d '{{\"to\": \"+15550100\", \"text\": \"where\"}}' '{base}/messages'"
+        ),
+        format!(
+            "react:          curl {auth} -d '{{\"emoji\": \"👍\"}}' \"{base}/messages/$ID/reactions\""
+        ),
+        format!(
+            "edit (15 min):  curl {auth} -X PATCH -d '{{\"text\": \"edited\"}}' \"{base}/messages/$ID\""
+        ),
+        format!("delete:         curl {auth} -X DELETE \"{base}/messages/$ID\""),
+        format!(
+            "typing:         curl {auth} -d '{{\"state\": \"composing\"}}' '{base}/chats/%2B15550100/typing'"
+        ),
+    ]
+}
+
 /// File under the demo's state that remembers the daemon's media host port, so a restart
 /// keeps the origin registered at the hub (and the URLs in sent messages) valid.
 pub const MEDIA_PORT_FILE: &str = "media-port";
@@ -202,6 +231,12 @@ pub fn run(
     for line in curl_lines(api, &token_file) {
         banner.push_str(&format!("  {line}\n"));
     }
+    banner.push_str(
+        "\nThe echo contact reacts to a text starting with \"react\", shares a place when asked\n\"where\", echoes your edits and deletes on its echo, and shows typing first:\n",
+    );
+    for line in household_lines(api, &token_file) {
+        banner.push_str(&format!("  {line}\n"));
+    }
     banner.push('\n');
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
@@ -238,5 +273,27 @@ pub fn provisioned_config(p: &Provisioned) -> config::Config {
         webhook: None,
         media: config::MediaConfig::default(),
         reset_identity: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn household_lines_name_every_new_route_and_never_start_with_curl() {
+        let api: SocketAddr = "127.0.0.1:8787".parse().unwrap();
+        let lines = household_lines(api, Path::new("/tmp/t"));
+        assert!(lines.iter().all(|l| !l.trim_start().starts_with("curl ")));
+        for route in [
+            "/reactions",
+            "-X PATCH",
+            "-X DELETE",
+            "/typing",
+            "where",
+            "react please",
+        ] {
+            assert!(lines.iter().any(|l| l.contains(route)), "{route}");
+        }
     }
 }

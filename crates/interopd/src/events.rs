@@ -53,6 +53,7 @@ const MAX_OVERFLOW_PER_JOB: u64 = 2;
 const KIND_MESSAGE: u8 = 1;
 const KIND_STATUS: u8 = 2;
 const KIND_IDENTITY: u8 = 3;
+const KIND_TYPING: u8 = 4;
 /// Longest contact user (the account part of its JID) stored in an identity event, in bytes.
 pub const MAX_IDENTITY_USER_BYTES: usize = 64;
 
@@ -80,6 +81,13 @@ pub enum Event {
         held: bool,
         at_ms: u64,
     },
+    /// Contact `user` started (`composing`) or stopped typing to us at `at_ms`. Logged for
+    /// SSE and webhooks only; never an inbox entry.
+    Typing {
+        user: String,
+        composing: bool,
+        at_ms: u64,
+    },
 }
 
 impl Event {
@@ -89,6 +97,7 @@ impl Event {
             Event::Message { .. } => "message",
             Event::Status { .. } => "status",
             Event::Identity { .. } => "identity",
+            Event::Typing { .. } => "typing",
         }
     }
 
@@ -140,6 +149,23 @@ impl Event {
                 v.extend_from_slice(&device.to_be_bytes());
                 v.extend_from_slice(previous);
                 v.extend_from_slice(current);
+                put_str(&mut v, user)?;
+            }
+            Event::Typing {
+                user,
+                composing,
+                at_ms,
+            } => {
+                if user.len() > MAX_IDENTITY_USER_BYTES {
+                    return Err(StoreError::TooLarge {
+                        what: "typing event user",
+                        len: user.len() as u64,
+                        max: MAX_IDENTITY_USER_BYTES as u64,
+                    });
+                }
+                v.push(KIND_TYPING);
+                v.push(u8::from(*composing));
+                v.extend_from_slice(&at_ms.to_be_bytes());
                 put_str(&mut v, user)?;
             }
         }
@@ -201,6 +227,31 @@ impl Event {
                     previous,
                     current,
                     held,
+                    at_ms,
+                }
+            }
+            KIND_TYPING => {
+                let composing = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => {
+                        return Err(StoreError::Corrupt {
+                            table: "events",
+                            detail: "bad typing flag",
+                        });
+                    }
+                };
+                let at_ms = r.u64()?;
+                let user = r.string()?;
+                if user.len() > MAX_IDENTITY_USER_BYTES {
+                    return Err(StoreError::Corrupt {
+                        table: "events",
+                        detail: "typing event user too long",
+                    });
+                }
+                Event::Typing {
+                    user,
+                    composing,
                     at_ms,
                 }
             }
@@ -350,6 +401,22 @@ impl EventBus {
             previous: change.previous,
             current: change.current,
             held: change.held,
+            at_ms: now_ms,
+        };
+        self.record(txn, &event, now_ms)
+    }
+
+    /// Logs "contact `user` is typing (or stopped)" in `txn` (and its webhook job).
+    pub fn record_typing(
+        &self,
+        txn: &Txn,
+        user: &str,
+        composing: bool,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let event = Event::Typing {
+            user: user.to_owned(),
+            composing,
             at_ms: now_ms,
         };
         self.record(txn, &event, now_ms)
@@ -671,6 +738,12 @@ mod tests {
                 at_ms in any::<u64>(),
             ) {
                 let e = Event::Identity { user, device, previous, current, held, at_ms };
+                prop_assert_eq!(Event::decode(&e.encode().unwrap()).unwrap(), e);
+            }
+
+            #[test]
+            fn typing_events_round_trip(user in "[0-9]{1,64}", composing in any::<bool>(), at_ms in any::<u64>()) {
+                let e = Event::Typing { user, composing, at_ms };
                 prop_assert_eq!(Event::decode(&e.encode().unwrap()).unwrap(), e);
             }
         }

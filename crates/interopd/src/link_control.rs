@@ -29,7 +29,13 @@ pub trait LinkControl {
     /// already committed in `read_marks` (see `api::inbox::pending_read_marks`). Send the read
     /// receipt now if connected; after each login the link sends all pending ones anyway.
     fn mark_read(&self, from_digits: &str, message_id: &str);
+    /// Show `composing` (or `paused`) to contact `to_digits` now. Not stored: `false` when
+    /// the link is not up, or [`MAX_PENDING_TYPING`] notices already wait.
+    fn typing(&self, to_digits: &str, composing: bool) -> bool;
 }
+
+/// Typing notices that may wait for the link's next turn; more are refused.
+pub const MAX_PENDING_TYPING: usize = 16;
 
 /// A link that is never connected. The daemon uses it until the real link is plugged in, and
 /// tests use it to run the API alone.
@@ -59,4 +65,8 @@ impl LinkControl for OfflineLink {
     }
 
     fn mark_read(&self, _from_digits: &str, _message_id: &str) {}
+
+    fn typing(&self, _to_digits: &str, _composing: bool) -> bool {
+        false
+    }
 }

@@ -11,10 +11,30 @@ pub(super) fn record_json(o: &Opened, now_ms: u64, media: &MediaOutcome) -> serd
         "t": now_ms / 1000,
         "kind": kind.as_str(),
     });
-    if let Some(text) = o.message.text_body()
-        && let Some(obj) = v.as_object_mut()
-    {
-        obj.insert("text".into(), text.into());
+    if let Some(obj) = v.as_object_mut() {
+        let m = &o.message;
+        if let Some(text) = m.text_body() {
+            obj.insert("text".into(), text.into());
+        }
+        if let Some(r) = &m.reaction_message {
+            obj.insert("text".into(), r.text.clone().unwrap_or_default().into());
+            if let Some(id) = r.key.as_ref().and_then(|k| k.id.clone()) {
+                obj.insert("reply_to".into(), id.into());
+            }
+        }
+        if let Some((id, text)) = m.edit_of() {
+            obj.insert("edits".into(), id.into());
+            obj.insert("text".into(), text.unwrap_or_default().into());
+        }
+        if let Some(id) = m.revoke_of() {
+            obj.insert("revokes".into(), id.into());
+        }
+        if let Some(l) = &m.location_message {
+            obj.insert(
+                "location".into(),
+                serde_json::json!({"lat": l.degrees_latitude, "lon": l.degrees_longitude, "name": l.name}),
+            );
+        }
     }
     if let Some((sha, size, mime)) = media_facts(&o.message)
         && let Some(obj) = v.as_object_mut()

@@ -10,7 +10,7 @@
 //!
 //! | behaviour          | on a message                                                      |
 //! |--------------------|-------------------------------------------------------------------|
-//! | `echo`             | delivery receipt, read receipt, then `echo: <text>`; media in kind |
+//! | `echo`             | delivery receipt, read receipt, typing, then `echo: <text>`; media in kind; 👍 to `react…`; a location to `where`; an edit or delete of its own echo to an edit or delete |
 //! | `silent`           | delivery receipt only                                             |
 //! | `read_after:N`     | delivery receipt, read receipt N seconds later                    |
 //! | `not_opted_in`     | never reached: the hub answers `not_opted_in`                     |
@@ -70,6 +70,10 @@ pub const MAX_SEEN_IDS: usize = 4096;
 pub const MAX_RETAINED_SENT: usize = 256;
 /// How long a simulated user keeps a sent message for resending, in milliseconds.
 pub const MAX_RETAINED_SENT_AGE_MS: u64 = 24 * 3600 * 1000;
+/// The reaction the echo contact sends to a text that starts with `react`.
+pub const ECHO_REACTION: &str = "\u{1F44D}";
+/// The place the echo contact shares when asked `where`: latitude, longitude, name.
+pub const ECHO_LOCATION: (f64, f64, &str) = (52.520_008, 13.404_954, "Alexanderplatz, Berlin");
 /// (device, sender, message id) triples whose retry receipts a simulated user counts.
 pub const MAX_RETRY_TRACKED: usize = 1024;
 
@@ -261,6 +265,8 @@ pub struct SimUser {
     sent: VecDeque<SentMessage>,
     retries: HashMap<String, u8>,
     retries_order: VecDeque<String>,
+    /// (message received, echo sent) pairs, newest last, for echoing edits and deletes.
+    echoes: VecDeque<(String, String)>,
 }
 
 /// What a simulated device made of an inbound `<message>`.
@@ -312,6 +318,7 @@ impl SimUser {
                 sent: VecDeque::new(),
                 retries: HashMap::new(),
                 retries_order: VecDeque::new(),
+                echoes: VecDeque::new(),
             },
             out,
         ))

@@ -83,18 +83,70 @@ impl SimUser {
             // The record and any echo wait for the blob.
             out.push(SimAction::FetchMedia(Box::new(f)));
         } else if echo {
-            let reply = match opened.message.text_body() {
-                Some(text) => Message::text(format!("echo: {text}")),
-                None if opened.message.kind().is_media() => opened.message.clone(),
-                None => return Ok(out),
+            let Some(reply) = self.echo_of(&opened, &sender, now_ms) else {
+                return Ok(out);
             };
+            // Typing first, as a person would.
+            out.push(SimAction::Send {
+                from: self.jid().with_device(0),
+                stanza: Stanza::new("chatstate")
+                    .attr("to", sender.to_string())
+                    .child(Stanza::new("composing")),
+            });
             let stanza = self.encrypt_message(&sender, &reply, dir, now_ms, rng)?;
+            if let Some(id) = stanza.attr_value("id")
+                && opened.message.kind() == ContentKind::Text
+            {
+                self.remember_echo(&opened.id, id);
+            }
             out.push(SimAction::Send {
                 from: self.jid().with_device(0),
                 stanza,
             });
         }
         Ok(out)
+    }
+
+    /// What the echo contact answers to `opened` from `sender`: 👍 to a text starting with
+    /// `react`, a location to `where`, the edit or delete of its own echo to an edit or a
+    /// delete, `echo: <text>` to other text, and media in kind. `None`: no answer.
+    fn echo_of(&self, opened: &Opened, sender: &Jid, now_ms: u64) -> Option<Message> {
+        let m = &opened.message;
+        let theirs = |id: &str| content::MessageKey {
+            remote_jid: Some(sender.to_string()),
+            from_me: Some(false),
+            id: Some(id.to_owned()),
+            participant: None,
+        };
+        let mine = |id: &str| content::MessageKey {
+            remote_jid: Some(sender.to_string()),
+            from_me: Some(true),
+            id: Some(id.to_owned()),
+            participant: None,
+        };
+        let ms = i64::try_from(now_ms).unwrap_or(i64::MAX);
+        if let Some((target, text)) = m.edit_of() {
+            let echo = self.echo_id(target)?;
+            let text = format!("echo: {}", text.unwrap_or_default());
+            return Some(Message::edit(mine(echo), Message::text(text), ms));
+        }
+        if let Some(target) = m.revoke_of() {
+            return Some(Message::revoke(mine(self.echo_id(target)?)));
+        }
+        match m.text_body() {
+            Some(t) if t.trim_start().to_ascii_lowercase().starts_with("react") => {
+                Some(Message::reaction(theirs(&opened.id), ECHO_REACTION, ms))
+            }
+            Some(t) if t.trim().eq_ignore_ascii_case("where") => Some(Message::location(
+                ECHO_LOCATION.0,
+                ECHO_LOCATION.1,
+                Some(ECHO_LOCATION.2.to_owned()),
+                None,
+            )),
+            Some(text) => Some(Message::text(format!("echo: {text}"))),
+            None if m.kind().is_media() => Some(m.clone()),
+            None => None,
+        }
     }
 
     /// The blob of a [`PendingMedia`] came back from the proxy (`Ok(blob)`) or could not be
@@ -241,19 +293,22 @@ impl SimUser {
         if let Some(mt) = media_type(kind) {
             enc = enc.attr("mediatype", mt);
         }
-        let message = Stanza::new("message")
+        let mut message = Stanza::new("message")
             .attr("id", sent.id.as_str())
             .attr("to", sent.to.to_string())
             .attr("type", stanza_type(kind))
             .attr("t", (now_ms / 1000).to_string())
-            .attr("count", receipt.count.to_string())
-            .child(
-                Stanza::new("participants").child(
-                    Stanza::new("to")
-                        .attr("jid", from_key.as_str())
-                        .child(enc.bytes(ct.body)),
-                ),
-            );
+            .attr("count", receipt.count.to_string());
+        if let Some(edit) = content::stanza_edit(kind) {
+            message = message.attr("edit", edit);
+        }
+        let message = message.child(
+            Stanza::new("participants").child(
+                Stanza::new("to")
+                    .attr("jid", from_key.as_str())
+                    .child(enc.bytes(ct.body)),
+            ),
+        );
         wtx.commit().map_err(StoreError::from)?;
         match sent.answered.iter_mut().find(|(d, _)| *d == from_key) {
             Some(slot) => slot.1 = receipt.count,

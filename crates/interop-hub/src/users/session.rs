@@ -222,11 +222,33 @@ impl SimUser {
         }
         wtx.commit().map_err(StoreError::from)?;
         self.remember_sent(id.as_str(), to, message, now_ms);
-        Ok(Stanza::new("message")
+        let mut m = Stanza::new("message")
             .attr("id", id.as_str())
             .attr("to", to.to_string())
             .attr("type", stanza_type(message.kind()))
-            .attr("t", (now_ms / 1000).to_string())
-            .child(participants))
+            .attr("t", (now_ms / 1000).to_string());
+        if let Some(edit) = content::stanza_edit(message.kind()) {
+            m = m.attr("edit", edit);
+        }
+        Ok(m.child(participants))
+    }
+
+    /// Remembers that `echo` answered `original`, so an edit or delete of `original` can
+    /// be echoed on `echo`; at most [`MAX_RETAINED_SENT`] pairs.
+    pub(super) fn remember_echo(&mut self, original: &str, echo: &str) {
+        if self.echoes.len() >= MAX_RETAINED_SENT {
+            self.echoes.pop_front();
+        }
+        self.echoes
+            .push_back((original.to_owned(), echo.to_owned()));
+    }
+
+    /// The id of the echo that answered `original`, if remembered.
+    pub(super) fn echo_id(&self, original: &str) -> Option<&str> {
+        self.echoes
+            .iter()
+            .rev()
+            .find(|(o, _)| o == original)
+            .map(|(_, e)| e.as_str())
     }
 }

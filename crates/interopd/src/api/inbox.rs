@@ -68,6 +68,32 @@ pub fn message_json(
                 obj.insert("reply_to".into(), id.as_str().into());
             }
         }
+        if let Some((id, text)) = m.edit_of() {
+            obj.insert("edits".into(), id.into());
+            if let Some(t) = text {
+                obj.insert("text".into(), t.into());
+            }
+        }
+        if let Some(id) = m.revoke_of() {
+            obj.insert("revokes".into(), id.into());
+        }
+        if let Some(loc) = &m.location_message {
+            obj.insert("location".into(), location_json(loc));
+        }
+        if let Some(c) = correlation(txn, row, m)? {
+            obj.insert("correlation".into(), c.into());
+        }
+        // The latest state of this message itself, after the sender edited or deleted it.
+        let dedupe = format!("{}@{}|{}", row.from, crate::jid::WHATSAPP_SERVER, row.id);
+        if let Some(n) = txn.note(&dedupe)? {
+            if n.revoked {
+                obj.remove("text");
+            } else if n.edited {
+                obj.insert("text".into(), n.text.as_str().into());
+            }
+            obj.insert("edited".into(), n.edited.into());
+            obj.insert("revoked".into(), n.revoked.into());
+        }
         if let Some(info) = media_pipe::media_info(m) {
             if let Some(caption) = &info.caption {
                 obj.insert("text".into(), caption.as_str().into());
@@ -76,6 +102,42 @@ pub fn message_json(
         }
     }
     Ok(v)
+}
+
+/// The `location` object of a received location: `lat`, `lon`, and `name` and `address`
+/// when given. Degrees that are absent or not finite read as 0 (JSON has no NaN).
+fn location_json(loc: &crate::content::LocationMessage) -> serde_json::Value {
+    let deg = |d: Option<f64>| d.filter(|d| d.is_finite()).unwrap_or(0.0);
+    let mut v = serde_json::json!({
+        "lat": deg(loc.degrees_latitude),
+        "lon": deg(loc.degrees_longitude),
+    });
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(n) = &loc.name {
+            obj.insert("name".into(), n.as_str().into());
+        }
+        if let Some(a) = &loc.address {
+            obj.insert("address".into(), a.as_str().into());
+        }
+    }
+    v
+}
+
+/// The correlation of the message that `m` replies or reacts to, when that is a message we
+/// sent to the same contact with one. Asking the contact is what makes the answer count: a
+/// stranger who learns the id gets nothing.
+fn correlation(txn: &Txn, row: &InboxRow, m: &Message) -> Result<Option<String>, StoreError> {
+    let Some(target) = m.refers_to() else {
+        return Ok(None);
+    };
+    match txn.outbox_by_id(target)? {
+        Some((_, ours)) if ours.to == row.from => {}
+        _ => return Ok(None),
+    }
+    Ok(txn
+        .note(target)?
+        .map(|n| n.correlation)
+        .filter(|c| !c.is_empty()))
 }
 
 /// The `media` object of a received media message: where to fetch it once its download
@@ -178,6 +240,15 @@ pub fn event_json(txn: &Txn, event: &Event) -> Result<Option<serde_json::Value>,
             "fingerprint": crate::signal::fingerprint(current, user),
             "held": held,
             "changed_at": rfc3339(*at_ms),
+        }))),
+        Event::Typing {
+            user,
+            composing,
+            at_ms,
+        } => Ok(Some(serde_json::json!({
+            "phone": format!("+{user}"),
+            "state": if *composing { "composing" } else { "paused" },
+            "at": rfc3339(*at_ms),
         }))),
     }
 }

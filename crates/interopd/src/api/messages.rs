@@ -25,13 +25,91 @@ const OUTBOX_FULL_RETRY_AFTER_SECS: &str = "5";
 /// Longest message id accepted in `reply_to`, in bytes (peers' ids are not all `3EB0…`).
 pub const MAX_MESSAGE_ID_BYTES: usize = 128;
 
+/// Longest location `name` or `address`, in characters (Unicode scalar values).
+pub const MAX_LOCATION_TEXT_CHARS: usize = 256;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SendJson {
     to: String,
-    text: String,
+    #[serde(default, deserialize_with = "present")]
+    text: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    location: Option<LocationJson>,
     #[serde(default)]
     reply_to: Option<String>,
+    #[serde(default)]
+    correlation: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocationJson {
+    lat: f64,
+    lon: f64,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    address: Option<String>,
+}
+
+/// A field that may be absent but, when given, is not `null` (the document says so).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// What a send carries: text, or a place.
+enum Body {
+    Text(String),
+    Location(Box<Message>),
+}
+
+/// A checked location, or the 400 naming what is wrong.
+fn location(l: LocationJson) -> Result<Message, Response> {
+    if !(-90.0..=90.0).contains(&l.lat) {
+        return Err(bad("bad_latitude", "'lat' must be from -90 to 90 degrees"));
+    }
+    if !(-180.0..=180.0).contains(&l.lon) {
+        return Err(bad(
+            "bad_longitude",
+            "'lon' must be from -180 to 180 degrees",
+        ));
+    }
+    for (name, v) in [("name", &l.name), ("address", &l.address)] {
+        if v.as_ref()
+            .is_some_and(|t| t.chars().count() > MAX_LOCATION_TEXT_CHARS)
+        {
+            return Err(bad(
+                "location_text_too_long",
+                &format!("location '{name}' is over {MAX_LOCATION_TEXT_CHARS} characters"),
+            ));
+        }
+    }
+    Ok(Message::location(l.lat, l.lon, l.name, l.address))
+}
+
+/// A correlation as a send takes it: 1 to [`crate::store::MAX_CORRELATION_BYTES`] printable
+/// ASCII characters (so its bound in bytes and in characters is the same).
+fn check_correlation(c: Option<&str>) -> Result<(), Response> {
+    match c {
+        Some(c) if c.len() > crate::store::MAX_CORRELATION_BYTES => Err(bad(
+            "correlation_too_long",
+            &format!(
+                "'correlation' is {} bytes, over the limit of {}",
+                c.len(),
+                crate::store::MAX_CORRELATION_BYTES
+            ),
+        )),
+        Some(c) if c.is_empty() || !c.bytes().all(|b| (b' '..=b'~').contains(&b)) => Err(bad(
+            "bad_correlation",
+            "'correlation' must be 1 to 64 printable ASCII characters",
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub(crate) fn bad(code: &str, message: &str) -> Response {
@@ -61,7 +139,7 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
     let content_type = req.head.content_type();
     // The query's `to` and `reply_to` belong to a text body; a JSON body carries its own. They
     // are checked whenever given, so a bad one is never silently ignored.
-    for name in ["to", "reply_to"] {
+    for name in ["to", "reply_to", "correlation"] {
         if req.query_param_count(name) > 1 {
             return bad(
                 "repeated_parameter",
@@ -82,14 +160,28 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
     {
         return bad("bad_reply_to", "'reply_to' must be a message id");
     }
+    if let Err(r) = check_correlation(req.query_param("correlation").as_deref()) {
+        return r;
+    }
     let from_query = !matches!(content_type.as_deref(), Some("application/json"));
-    let (to, text, reply_to) = match content_type.as_deref() {
+    let (to, body, reply_to, correlation) = match content_type.as_deref() {
         Some("application/json") => {
             let body: SendJson = match req.body.read_json(MAX_JSON_BODY_BYTES).await {
                 Ok(b) => b,
                 Err(e) => return body_error(&e),
             };
-            (body.to, body.text, body.reply_to)
+            let what = match (body.text, body.location) {
+                (Some(t), None) => Body::Text(t),
+                (None, Some(l)) => match location(l) {
+                    Ok(m) => Body::Location(Box::new(m)),
+                    Err(r) => return r,
+                },
+                (None, None) => return bad("missing_text", "give 'text' or 'location'"),
+                (Some(_), Some(_)) => {
+                    return bad("text_and_location", "give 'text' or 'location', not both");
+                }
+            };
+            (body.to, what, body.reply_to, body.correlation)
         }
         // `curl -d TEXT` sends form-urlencoded; CONTRACT.md promises that line works, so the
         // body is taken as literal text (not form-decoded), as for text/plain.
@@ -101,6 +193,7 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
                 );
             };
             let reply_to = req.query_param("reply_to");
+            let correlation = req.query_param("correlation");
             let bytes = match req.body.read_to_vec(MAX_JSON_BODY_BYTES).await {
                 Ok(b) => b,
                 Err(e) => return body_error(&e),
@@ -108,7 +201,7 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
             let Ok(text) = String::from_utf8(bytes) else {
                 return bad("bad_text", "the text/plain body is not UTF-8");
             };
-            (to, text, reply_to)
+            (to, Body::Text(text), reply_to, correlation)
         }
         _ => {
             return Response::json_error(
@@ -128,7 +221,7 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
             "'to' must be an E.164 number such as +4915112345678",
         );
     };
-    if text.is_empty() {
+    if matches!(&body, Body::Text(t) if t.is_empty()) {
         return bad("empty_text", "'text' must not be empty");
     }
     if let Some(r) = &reply_to
@@ -136,7 +229,10 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
     {
         return bad("bad_reply_to", "'reply_to' must be a message id");
     }
-    queue_text(api, key, &digits, text, reply_to)
+    if let Err(r) = check_correlation(correlation.as_deref()) {
+        return r;
+    }
+    queue_send(api, key, &digits, body, reply_to, correlation)
 }
 
 /// A message id as `reply_to` takes it: 1 to [`MAX_MESSAGE_ID_BYTES`] visible ASCII
@@ -242,12 +338,13 @@ pub(crate) fn commit_queued(
     Ok(accepted(&row.id, OutboxStatus::Queued))
 }
 
-fn queue_text(
+fn queue_send(
     api: &Rc<Api>,
     key: Option<String>,
     digits: &str,
-    text: String,
+    body: Body,
     reply_to: Option<String>,
+    correlation: Option<String>,
 ) -> Response {
     let txn = match api.store.begin() {
         Ok(t) => t,
@@ -257,16 +354,37 @@ fn queue_text(
         return r;
     }
     let now = now_ms();
-    let msg = match &reply_to {
-        None => Message::text(text),
-        Some(r) => {
-            // Replying to one of our own messages quotes us; otherwise the peer's.
-            let participant = match txn.outbox_by_id(r) {
-                Ok(Some(_)) => format!("{}@{}", api.account, crate::jid::INTEROP_SERVER),
-                Ok(None) => format!("{digits}@{}", crate::jid::WHATSAPP_SERVER),
-                Err(e) => return store_error(&e),
-            };
-            Message::reply(text, r.clone(), participant, None)
+    let quote = match &reply_to {
+        None => None,
+        Some(r) => match quoted(api, &txn, digits, r) {
+            Ok(q) => Some(q),
+            Err(e) => return store_error(&e),
+        },
+    };
+    let (kind, msg) = match body {
+        Body::Text(text) => match quote {
+            None => (ContentKind::Text, Message::text(text)),
+            Some((participant, original)) => (
+                ContentKind::Text,
+                Message::reply(
+                    text,
+                    reply_to.clone().unwrap_or_default(),
+                    participant,
+                    original,
+                ),
+            ),
+        },
+        Body::Location(m) => {
+            let mut m = *m;
+            if let (Some(loc), Some((participant, original))) = (m.location_message.as_mut(), quote)
+            {
+                loc.context_info = Some(content::ContextInfo {
+                    stanza_id: reply_to.clone(),
+                    participant: Some(participant),
+                    quoted_message: original.map(Box::new),
+                });
+            }
+            (ContentKind::Location, m)
         }
     };
     let bytes = prost::Message::encode_to_vec(&msg);
@@ -281,14 +399,48 @@ fn queue_text(
             ),
         );
     }
-    let row = queued_row(
-        new_message_id(api, now),
-        digits,
-        ContentKind::Text,
-        now,
-        bytes,
-    );
-    commit_queued(api, txn, key.as_deref(), &row, |_| Ok(())).unwrap_or_else(|e| store_error(&e))
+    let row = queued_row(new_message_id(api, now), digits, kind, now, bytes);
+    let note = correlation.map(|correlation| crate::store::MessageNote {
+        correlation,
+        updated_ms: now,
+        ..crate::store::MessageNote::default()
+    });
+    commit_queued(api, txn, key.as_deref(), &row, |t| match &note {
+        Some(n) => t.put_note(&row.id, n),
+        None => Ok(()),
+    })
+    .unwrap_or_else(|e| store_error(&e))
+}
+
+/// Who wrote message `id` that a reply to `digits` quotes, and a copy of it to show above
+/// the reply (`contextInfo.participant` and `quotedMessage`, as WhatsApp clients expect):
+/// ours when it is in the outbox, else the peer's from the inbox. The copy is left out when
+/// the message is unknown or its content does not decode.
+fn quoted(
+    api: &Api,
+    txn: &Txn,
+    digits: &str,
+    id: &str,
+) -> Result<(String, Option<Message>), StoreError> {
+    let decode = |b: &[u8]| <Message as prost::Message>::decode(b).ok();
+    if let Some((_, row)) = txn.outbox_by_id(id)? {
+        let me = format!("{}@{}", api.account, crate::jid::INTEROP_SERVER);
+        return Ok((me, decode(&row.content).map(strip_context)));
+    }
+    let peer = format!("{digits}@{}", crate::jid::WHATSAPP_SERVER);
+    let copy = match txn.inbox_by_message_id(id)? {
+        Some((_, _, row)) if row.from == digits => decode(&row.content).map(strip_context),
+        _ => None,
+    };
+    Ok((peer, copy))
+}
+
+/// A quoted copy without its own reply context, so quotes do not nest without end.
+fn strip_context(mut m: Message) -> Message {
+    if let Some(ext) = m.extended_text_message.as_mut() {
+        ext.context_info = None;
+    }
+    m
 }
 
 fn existing_status(_api: &Api, txn: &Txn, id: &str) -> OutboxStatus {
@@ -312,9 +464,45 @@ pub fn status(api: &Rc<Api>, id: &str) -> Response {
         Err(e) => return store_error(&e),
     };
     match txn.outbox_by_id(id) {
-        Ok(Some((_, row))) => Response::json(200, &status_json(&row)),
+        Ok(Some((_, row))) => match txn.note(id) {
+            Ok(note) => {
+                let mut v = status_json(&row);
+                add_note(&mut v, &row, note.as_ref());
+                Response::json(200, &v)
+            }
+            Err(e) => store_error(&e),
+        },
         Ok(None) => Response::json_error(404, "unknown_message", "no message with this id"),
         Err(e) => store_error(&e),
+    }
+}
+
+/// Adds what the message's note says to its status object: the latest `text` (after an
+/// edit; the original text otherwise), `edited` and `revoked`, and its `correlation`.
+pub fn add_note(
+    v: &mut serde_json::Value,
+    row: &OutboxRow,
+    note: Option<&crate::store::MessageNote>,
+) {
+    let Some(obj) = v.as_object_mut() else {
+        return;
+    };
+    let original = <Message as prost::Message>::decode(row.content.as_slice()).ok();
+    let text = match note {
+        Some(n) if n.revoked => None,
+        Some(n) if n.edited => Some(n.text.clone()),
+        _ => original
+            .as_ref()
+            .and_then(Message::text_body)
+            .map(str::to_owned),
+    };
+    if let Some(t) = text {
+        obj.insert("text".into(), t.into());
+    }
+    obj.insert("edited".into(), note.is_some_and(|n| n.edited).into());
+    obj.insert("revoked".into(), note.is_some_and(|n| n.revoked).into());
+    if let Some(n) = note.filter(|n| !n.correlation.is_empty()) {
+        obj.insert("correlation".into(), n.correlation.as_str().into());
     }
 }
 

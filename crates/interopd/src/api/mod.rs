@@ -12,6 +12,7 @@
 //! [`inbox`] (long-poll, read marks, SSE, the message object), [`contacts`] (contacts, trust,
 //! identity), [`media`] (send media, fetch received media), [`webhook`] (the delivery worker).
 
+mod actions;
 pub mod auth;
 pub mod contacts;
 pub mod inbox;
@@ -44,6 +45,10 @@ pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024;
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/messages"),
     ("GET", "/v1/messages/{id}"),
+    ("PATCH", "/v1/messages/{id}"),
+    ("DELETE", "/v1/messages/{id}"),
+    ("POST", "/v1/messages/{id}/reactions"),
+    ("POST", "/v1/chats/{phone}/typing"),
     ("POST", "/v1/media"),
     ("GET", "/v1/media/{id}"),
     ("GET", "/v1/inbox"),
@@ -114,6 +119,8 @@ pub struct Api {
     pub(crate) link: Rc<dyn LinkControl>,
     pub(crate) limits: ApiLimits,
     rate: RefCell<auth::RateLimiter>,
+    /// Typing notices' own bucket ([`actions::TYPING_BURST`], [`actions::TYPING_PER_SEC`]).
+    pub(crate) typing_rate: RefCell<auth::RateLimiter>,
     pub(crate) sse_clients: Rc<Cell<usize>>,
     pub(crate) media: Rc<MediaStore>,
     pub(crate) media_public_url: Option<String>,
@@ -125,6 +132,10 @@ pub struct Api {
 pub enum Route {
     Send,
     Status(String),
+    Edit(String),
+    Revoke(String),
+    React(String),
+    Typing(String),
     SendMedia,
     Media(String),
     Inbox,
@@ -158,8 +169,20 @@ pub fn route(method: &str, path: &str) -> Routed {
     let param = |s: &str| percent_decode(s, false).unwrap_or_default();
     let (found, allow) = match segs.as_slice() {
         ["v1", "messages"] => ((method == "POST").then_some(Route::Send), "POST"),
-        ["v1", "messages", id] if !id.is_empty() => {
-            ((method == "GET").then(|| Route::Status(param(id))), "GET")
+        ["v1", "messages", id] if !id.is_empty() => (
+            match method {
+                "GET" => Some(Route::Status(param(id))),
+                "PATCH" => Some(Route::Edit(param(id))),
+                "DELETE" => Some(Route::Revoke(param(id))),
+                _ => None,
+            },
+            "GET, PATCH, DELETE",
+        ),
+        ["v1", "messages", id, "reactions"] if !id.is_empty() => {
+            ((method == "POST").then(|| Route::React(param(id))), "POST")
+        }
+        ["v1", "chats", p, "typing"] if !p.is_empty() => {
+            ((method == "POST").then(|| Route::Typing(param(p))), "POST")
         }
         ["v1", "media"] => ((method == "POST").then_some(Route::SendMedia), "POST"),
         ["v1", "media", id] if !id.is_empty() => {
@@ -274,6 +297,11 @@ impl Api {
                 parts.limits.rate_burst_requests,
                 parts.limits.rate_requests_per_sec,
             )),
+            // A twentieth of the API's own bucket, and never less than the typing bounds.
+            typing_rate: RefCell::new(auth::RateLimiter::new(
+                (parts.limits.rate_burst_requests / 20).max(actions::TYPING_BURST),
+                (parts.limits.rate_requests_per_sec / 20).max(actions::TYPING_PER_SEC),
+            )),
             store: parts.store,
             account: parts.account,
             token: parts.token,
@@ -341,6 +369,10 @@ impl Api {
         match route {
             Route::Send => messages::send(self, req).await,
             Route::Status(id) => messages::status(self, &id),
+            Route::Edit(id) => actions::edit(self, req, &id).await,
+            Route::Revoke(id) => actions::revoke(self, &id),
+            Route::React(id) => actions::react(self, req, &id).await,
+            Route::Typing(phone) => actions::typing(self, req, &phone).await,
             Route::SendMedia => media::send(self, req).await,
             Route::Media(id) => media::fetch(self, &req, &id),
             Route::Inbox => inbox::long_poll(self, &req).await,

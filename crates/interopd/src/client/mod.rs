@@ -595,6 +595,15 @@ impl Client {
         self.send_message(to, &Message::text(text), now_ms, rng)
     }
 
+    /// Sends `<chatstate to><composing/></chatstate>` (or `<paused/>`) to user `to`.
+    pub fn chat_state(&mut self, to: &Jid, composing: bool, now_ms: u64) {
+        let state = if composing { "composing" } else { "paused" };
+        let s = Stanza::new("chatstate")
+            .attr("to", to.to_user().to_string())
+            .child(Stanza::new(state));
+        self.push(&s, now_ms);
+    }
+
     /// Sends a read receipt for message `id` from `to`.
     pub fn mark_read(&mut self, id: &str, to: &Jid, now_ms: u64) {
         let s = Stanza::new("receipt")

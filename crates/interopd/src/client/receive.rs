@@ -126,6 +126,19 @@ impl Client {
             return Ok(());
         }
         let cursor = txn.inbox_insert(&dedupe, &row)?;
+        if cursor.is_some() {
+            // An edit or a delete for everyone amends the sender's own earlier message (the
+            // key names the sender), in the transaction that stores it; the original stays.
+            let amend = match (message.edit_of(), message.revoke_of()) {
+                (Some((target, Some(text))), _) => Some((target, Some(text))),
+                (_, Some(target)) => Some((target, None)),
+                _ => None,
+            };
+            if let Some((target, text)) = amend {
+                let key = format!("{}|{target}", from.to_user());
+                txn.amend(&key, text, now_ms)?;
+            }
+        }
         if let (Some(j), Some(c)) = (&self.journal, cursor) {
             j.inbound(&txn, c, now_ms)?;
         }

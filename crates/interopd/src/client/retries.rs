@@ -306,19 +306,22 @@ impl Client {
         if let Some(mt) = crate::content::media_type(kind) {
             enc = enc.attr("mediatype", mt);
         }
-        let m = Stanza::new("message")
+        let mut m = Stanza::new("message")
             .attr("id", id)
             .attr("to", device.to_user().to_string())
             .attr("type", crate::content::stanza_type(kind))
             .attr("t", (now_ms / 1000).to_string())
-            .attr("count", count.to_string())
-            .child(
-                Stanza::new("participants").child(
-                    Stanza::new("to")
-                        .attr("jid", device.to_string())
-                        .child(enc.bytes(ct.body)),
-                ),
-            );
+            .attr("count", count.to_string());
+        if let Some(edit) = crate::content::stanza_edit(kind) {
+            m = m.attr("edit", edit);
+        }
+        let m = m.child(
+            Stanza::new("participants").child(
+                Stanza::new("to")
+                    .attr("jid", device.to_string())
+                    .child(enc.bytes(ct.body)),
+            ),
+        );
         answered.set(&key, count);
         answered.save(&txn, META_RETRY_ANSWERED)?;
         let change = match changed {

@@ -126,6 +126,9 @@ impl Client {
             .attr("to", msg.to.to_string())
             .attr("type", crate::content::stanza_type(msg.kind))
             .attr("t", (now_ms / 1000).to_string());
+        if let Some(edit) = crate::content::stanza_edit(msg.kind) {
+            m = m.attr("edit", edit);
+        }
         if any {
             m = m.child(participants);
         } else if !msg.devices.is_empty() {

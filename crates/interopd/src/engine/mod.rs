@@ -55,6 +55,7 @@ mod outbox;
 mod powercut_tests;
 #[cfg(all(test, feature = "demo"))]
 mod tests;
+mod typing;
 #[cfg(test)]
 mod wa_tests;
 
@@ -151,6 +152,9 @@ pub struct Engine<R> {
     /// Messages the gatekeeper refused with a retryable code: tries so far, and when the
     /// next may start (`None` while it is in flight again).
     retries: HashMap<String, (u8, Option<u64>)>,
+    /// The last typing state logged per contact and when, at most
+    /// [`typing::MAX_TYPING_TRACKED`] contacts.
+    typing_seen: HashMap<String, (bool, u64)>,
     events: VecDeque<LinkEvent>,
 }
 
@@ -185,6 +189,7 @@ impl<R: Rng + CryptoRng> Engine<R> {
             statuses: Vec::new(),
             replaced: false,
             retries: HashMap::new(),
+            typing_seen: HashMap::new(),
             events: VecDeque::new(),
         }
     }
@@ -228,6 +233,16 @@ impl<R: Rng + CryptoRng> Engine<R> {
     }
 
     /// The API committed work for the link (an outbox row, a read mark).
+    /// Sends a typing notice to contact `to_digits` if logged in; dropped otherwise (typing
+    /// is never stored or resent).
+    pub fn handle_typing(&mut self, to_digits: &str, composing: bool, now_ms: u64) {
+        self.tick(now_ms);
+        if matches!(self.phase, Phase::Up) {
+            let to = Jid::whatsapp(to_digits.to_owned(), None);
+            self.client.chat_state(&to, composing, now_ms);
+        }
+    }
+
     pub fn handle_api_wake(&mut self, now_ms: u64) {
         self.tick(now_ms);
         self.woken = true;
@@ -407,6 +422,7 @@ impl<R: Rng + CryptoRng> Engine<R> {
                 Event::DecryptFailed { id, from, reason } => {
                     log::warn!("link: message {id} from {from} cannot be decrypted: {reason}");
                 }
+                Event::ChatState { from, state } => self.chat_state(&from.user, &state),
                 Event::SendFailed { id, reason } => {
                     log::warn!("link: message {id} cannot be sent: {reason}");
                     self.landed(&id);

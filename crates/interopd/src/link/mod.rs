@@ -16,7 +16,8 @@
 //! until a frame arrives, the API wakes the link ([`Link::wake`], an `event_listener::Event`,
 //! never a tick) or the engine's `poll_timeout` passes.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -65,6 +66,9 @@ pub struct Link {
     woken: Cell<bool>,
     /// Fired with `woken`, so a sleeping session loop sees new work at once.
     wake: event_listener::Event,
+    /// Typing notices for the session loop to send (contact digits, composing), at most
+    /// [`crate::link_control::MAX_PENDING_TYPING`]; never stored.
+    typing: RefCell<VecDeque<(String, bool)>>,
 }
 
 impl Link {
@@ -90,6 +94,20 @@ impl LinkControl for Link {
     fn mark_read(&self, _from_digits: &str, _message_id: &str) {
         // The request is already durable in `read_marks`; the session loop sends it.
         self.set_woken();
+    }
+
+    fn typing(&self, to_digits: &str, composing: bool) -> bool {
+        if self.state.get() != LinkState::Up {
+            return false;
+        }
+        let mut q = self.typing.borrow_mut();
+        if q.len() >= crate::link_control::MAX_PENDING_TYPING {
+            return false;
+        }
+        q.push_back((to_digits.to_owned(), composing));
+        drop(q);
+        self.set_woken();
+        true
     }
 }
 
@@ -128,6 +146,7 @@ pub fn start(rt: &Runtime) -> Rc<dyn LinkControl> {
         reconnects: Cell::new(0),
         woken: Cell::new(true),
         wake: event_listener::Event::new(),
+        typing: RefCell::default(),
     });
     let inbound = Rc::new(InboundMedia::default());
     match crate::tls::client_config(&pin_of(&rt.config)) {
@@ -340,6 +359,10 @@ async fn session<R: rand::Rng + rand::CryptoRng>(
         // The listener is made before `woken` is read, so a wake between the two is not lost.
         let mut listener = link.wake.listen();
         if link.woken.replace(false) {
+            let typing = std::mem::take(&mut *link.typing.borrow_mut());
+            for (to, composing) in typing {
+                engine.handle_typing(&to, composing, wall_ms());
+            }
             engine.handle_api_wake(wall_ms());
             continue;
         }

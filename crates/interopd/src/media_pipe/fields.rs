@@ -242,7 +242,12 @@ pub(super) fn parts(m: &Message) -> Option<Parts<'_>> {
                 height: None,
             }
         }
-        ContentKind::Text | ContentKind::Reaction | ContentKind::Unknown => return None,
+        ContentKind::Text
+        | ContentKind::Reaction
+        | ContentKind::Edit
+        | ContentKind::Revoke
+        | ContentKind::Location
+        | ContentKind::Unknown => return None,
     })
 }
 

@@ -107,6 +107,31 @@ impl Txn {
         Ok(cursor)
     }
 
+    /// The received message with id `id` from whoever sent it: its dedupe key (which names
+    /// the sender), cursor and row. A scan over the dedupe index, which retention bounds
+    /// (`retention::MAX_INBOX_ROWS`); the newest match wins if two senders used one id.
+    pub fn inbox_by_message_id(
+        &self,
+        id: &str,
+    ) -> Result<Option<(String, u64, InboxRow)>, StoreError> {
+        let suffix = format!("|{id}");
+        let t = self.inner.open_table(DEDUPE)?;
+        let mut found: Option<(String, u64)> = None;
+        for item in t.iter()? {
+            let (k, v) = item?;
+            if k.value().ends_with(&suffix) {
+                let cursor = u64::from_be_bytes(*v.value());
+                if found.as_ref().is_none_or(|(_, c)| cursor > *c) {
+                    found = Some((k.value().to_owned(), cursor));
+                }
+            }
+        }
+        let Some((key, cursor)) = found else {
+            return Ok(None);
+        };
+        Ok(self.inbox_get(cursor)?.map(|row| (key, cursor, row)))
+    }
+
     pub fn inbox_after(
         &self,
         after: u64,

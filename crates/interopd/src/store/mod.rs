@@ -24,6 +24,7 @@ mod health;
 mod inbox;
 mod jobs;
 mod log;
+mod notes;
 mod outbox;
 #[cfg(test)]
 pub(crate) mod powercut;
@@ -36,12 +37,14 @@ use interop_io::signal_tables::SignalTables;
 pub use interop_io::state_dir::{
     StoreError, ensure_state_dir, open_database, open_database_shared, open_private_file,
 };
+pub use notes::{MAX_CORRELATION_BYTES, MessageNote, NOTE_ROW_VERSION};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 /// The schema this build writes. A store with a larger version is refused; a smaller one is
 /// migrated at open (docs/store.md, "Schema versions"). Version 2: `local_identity` rows
-/// store the public key (row version 2).
-pub const SCHEMA_VERSION: u32 = 2;
+/// store the public key (row version 2). Version 3: table `message_notes` (correlations,
+/// edits and deletes for everyone).
+pub const SCHEMA_VERSION: u32 = 3;
 /// The file name of the database inside the state directory.
 pub const DB_FILE_NAME: &str = "interopd.redb";
 /// Bytes redb may use for its page cache. redb's own default is sized for servers; a home
@@ -75,6 +78,8 @@ const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempote
 const READ_MARKS: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("read_marks");
 /// Received media messages waiting for their blob, by dedupe key (docs/store.md).
 const PENDING_INBOX: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_inbox");
+/// Notes on messages (correlation, latest text, edited/revoked), by message key.
+const MESSAGE_NOTES: TableDefinition<&str, &[u8]> = TableDefinition::new("message_notes");
 /// Row version of a `pending_inbox` value.
 pub const PENDING_INBOX_ROW_VERSION: u8 = 1;
 /// Row version of an `idempotency` value.
@@ -207,6 +212,7 @@ impl Store {
                         crate::signal::upgrade_identity_record(&txn).map_err(signal_store_error)?;
                         meta = txn.inner.open_table(META)?;
                     }
+                    // Version 3 adds `message_notes`, created empty below; no row changes.
                     meta.insert(META_SCHEMA_VERSION, &SCHEMA_VERSION.to_be_bytes()[..])?;
                     ::log::info!("store: migrated schema version {v} to {SCHEMA_VERSION}");
                 }
@@ -233,6 +239,7 @@ impl Store {
         txn.inner.open_table(IDEMPOTENCY)?;
         txn.inner.open_table(READ_MARKS)?;
         txn.inner.open_table(PENDING_INBOX)?;
+        txn.inner.open_table(MESSAGE_NOTES)?;
         txn.commit()
     }
 

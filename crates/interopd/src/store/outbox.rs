@@ -73,7 +73,7 @@ impl Txn {
     pub fn outbox_remove(&self, seq: u64, id: &str) -> Result<(), StoreError> {
         self.inner.open_table(OUTBOX)?.remove(&seq.to_be_bytes())?;
         self.inner.open_table(OUTBOX_BY_ID)?.remove(id)?;
-        Ok(())
+        self.remove_note(id)
     }
 
     /// Rows in the outbox (queued and finished).
@@ -87,7 +87,7 @@ impl Txn {
         self.inner.open_table(INBOX)?.remove(&key)?;
         self.inner.open_table(DEDUPE)?.remove(dedupe_key)?;
         self.inner.open_table(READ_MARKS)?.remove(&key)?;
-        Ok(())
+        self.remove_note(dedupe_key)
     }
 
     /// Rows in the inbox.

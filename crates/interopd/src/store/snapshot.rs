@@ -16,7 +16,7 @@ use redb::{
 };
 
 use super::{
-    DEDUPE, DEVICE_LISTS, EVENTS, IDEMPOTENCY, INBOX, LOCAL_IDENTITY, MEDIA, META,
+    DEDUPE, DEVICE_LISTS, EVENTS, IDEMPOTENCY, INBOX, LOCAL_IDENTITY, MEDIA, MESSAGE_NOTES, META,
     META_SCHEMA_VERSION, OUTBOX, OUTBOX_BY_ID, PENDING_INBOX, PREKEYS, READ_MARKS,
     REMOTE_IDENTITIES, SESSIONS, SIGNED_PREKEYS, STORE_CACHE_BYTES, StoreError, WEBHOOK_DEAD,
     WEBHOOK_JOBS, be_u32,
@@ -29,7 +29,7 @@ pub const SNAPSHOT_BATCH_ROWS: usize = 1024;
 /// The names of every table a snapshot carries, in the order it copies them. A live store with
 /// a table not listed here is refused ([`StoreError::Database`]), so that a table added
 /// without adding it here cannot silently be left out of backups.
-pub const SNAPSHOT_TABLES: [&str; 18] = [
+pub const SNAPSHOT_TABLES: [&str; 19] = [
     "meta",
     "local_identity",
     "prekeys",
@@ -48,6 +48,7 @@ pub const SNAPSHOT_TABLES: [&str; 18] = [
     "events",
     "idempotency",
     "read_marks",
+    "message_notes",
 ];
 
 /// Opens the store file at `path` read-only, beside a daemon that may have it open for
@@ -122,6 +123,7 @@ pub fn copy_into(src: &ReadTransaction, dst: &Database) -> Result<SnapshotCounts
         ("events", copy_table(src, dst, EVENTS)?),
         ("idempotency", copy_table(src, dst, IDEMPOTENCY)?),
         ("read_marks", copy_table(src, dst, READ_MARKS)?),
+        ("message_notes", copy_table(src, dst, MESSAGE_NOTES)?),
     ];
     Ok(SnapshotCounts {
         schema_version,

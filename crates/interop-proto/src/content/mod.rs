@@ -19,6 +19,12 @@
 
 use core::fmt;
 
+mod actions;
+mod emoji;
+
+pub use actions::*;
+pub use emoji::*;
+
 use prost::Message as _;
 use rand::RngExt as _;
 use sha2::{Digest as _, Sha256};
@@ -164,6 +170,9 @@ pub struct Message {
     pub conversation: Option<String>,
     #[prost(message, optional, tag = "3")]
     pub image_message: Option<ImageMessage>,
+    /// A shared place (pin): coordinates, optional name and address.
+    #[prost(message, optional, tag = "5")]
+    pub location_message: Option<LocationMessage>,
     /// Text with context: a reply carries [`ContextInfo`].
     #[prost(message, optional, tag = "6")]
     pub extended_text_message: Option<ExtendedTextMessage>,
@@ -173,8 +182,14 @@ pub struct Message {
     pub audio_message: Option<AudioMessage>,
     #[prost(message, optional, tag = "9")]
     pub video_message: Option<VideoMessage>,
+    /// An edit or a delete for everyone of an earlier message ([`ProtocolMessage`]).
+    #[prost(message, optional, boxed, tag = "12")]
+    pub protocol_message: Option<Box<ProtocolMessage>>,
     #[prost(message, optional, tag = "46")]
     pub reaction_message: Option<ReactionMessage>,
+    /// The wrapper some clients put around an edit's `protocolMessage`; read, never sent.
+    #[prost(message, optional, boxed, tag = "58")]
+    pub edited_message: Option<Box<FutureProofMessage>>,
 }
 
 /// Text, optionally with reply context.
@@ -355,6 +370,11 @@ pub enum ContentKind {
     Video,
     Document,
     Reaction,
+    /// A `protocolMessage` of type `MESSAGE_EDIT`: new text for an earlier message.
+    Edit,
+    /// A `protocolMessage` of type `REVOKE`: an earlier message deleted for everyone.
+    Revoke,
+    Location,
     /// None of the fields we model is set (a kind WhatsApp has and we do not).
     Unknown,
 }
@@ -370,6 +390,9 @@ impl ContentKind {
             Self::Video => "video",
             Self::Document => "file",
             Self::Reaction => "reaction",
+            Self::Edit => "edit",
+            Self::Revoke => "revoke",
+            Self::Location => "location",
             Self::Unknown => "unknown",
         }
     }
@@ -385,6 +408,9 @@ impl ContentKind {
             Self::Video => 5,
             Self::Document => 6,
             Self::Reaction => 7,
+            Self::Edit => 8,
+            Self::Revoke => 9,
+            Self::Location => 10,
         }
     }
 
@@ -398,6 +424,9 @@ impl ContentKind {
             5 => Self::Video,
             6 => Self::Document,
             7 => Self::Reaction,
+            8 => Self::Edit,
+            9 => Self::Revoke,
+            10 => Self::Location,
             _ => Self::Unknown,
         }
     }
@@ -459,7 +488,8 @@ impl Message {
     }
 
     /// What this message is. If several fields are set (peers do not do that), the first
-    /// in this order wins: text, extended text, image, video, audio, document, reaction.
+    /// in this order wins: text, extended text, image, video, audio, document, reaction,
+    /// location, then an edit or revoke (a `protocolMessage`, bare or in `editedMessage`).
     pub fn kind(&self) -> ContentKind {
         if self.conversation.is_some() || self.extended_text_message.is_some() {
             ContentKind::Text
@@ -477,12 +507,16 @@ impl Message {
             ContentKind::Document
         } else if self.reaction_message.is_some() {
             ContentKind::Reaction
+        } else if self.location_message.is_some() {
+            ContentKind::Location
         } else {
-            ContentKind::Unknown
+            self.protocol()
+                .map_or(ContentKind::Unknown, ProtocolMessage::kind)
         }
     }
 
-    /// The text of a text message: `conversation`, else `extendedTextMessage.text`.
+    /// The text of a text message: `conversation`, else `extendedTextMessage.text`. An edit's
+    /// new text is [`Message::edit_of`]'s.
     pub fn text_body(&self) -> Option<&str> {
         self.conversation.as_deref().or_else(|| {
             self.extended_text_message
@@ -499,6 +533,7 @@ impl Message {
             .or_else(|| self.video_message.as_ref()?.context_info.as_ref())
             .or_else(|| self.audio_message.as_ref()?.context_info.as_ref())
             .or_else(|| self.document_message.as_ref()?.context_info.as_ref())
+            .or_else(|| self.location_message.as_ref()?.context_info.as_ref())
     }
 
     /// Id of the message this one replies to (`contextInfo.stanzaId`).
@@ -658,12 +693,24 @@ pub fn message_id(unix_secs: u64, own_user: &str, random: &[u8; 16]) -> MessageI
     MessageId(id)
 }
 
-/// The `<message type>` for a content kind.
+/// The `<message type>` for a content kind. A location is `media` (with `mediatype`
+/// `location`), as WhatsApp's clients send it; an edit and a revoke are `text`.
 pub fn stanza_type(kind: ContentKind) -> &'static str {
     match kind {
         ContentKind::Reaction => "reaction",
+        ContentKind::Location => "media",
         k if k.is_media() => "media",
         _ => "text",
+    }
+}
+
+/// The `<message edit>` attribute for a content kind: `1` for an edit, `7` for a delete
+/// for everyone by its sender; none for everything else.
+pub fn stanza_edit(kind: ContentKind) -> Option<&'static str> {
+    match kind {
+        ContentKind::Edit => Some(EDIT_ATTR_MESSAGE_EDIT),
+        ContentKind::Revoke => Some(EDIT_ATTR_SENDER_REVOKE),
+        _ => None,
     }
 }
 
@@ -675,6 +722,7 @@ pub fn media_type(kind: ContentKind) -> Option<&'static str> {
         ContentKind::Voice => "ptt",
         ContentKind::Video => "video",
         ContentKind::Document => "document",
+        ContentKind::Location => "location",
         _ => return None,
     })
 }
@@ -880,6 +928,27 @@ mod tests {
                 reaction_message: Some(m),
                 ..Message::default()
             }),
+            // Finite degrees: NaN is not equal to itself, so it cannot round-trip by `==`.
+            (-90.0f64..=90.0, -180.0f64..=180.0, opt_text(), opt_text())
+                .prop_map(|(lat, lon, name, address)| Message::location(lat, lon, name, address)),
+            (
+                opt_text(),
+                any::<Option<i32>>(),
+                opt_text(),
+                any::<Option<i64>>()
+            )
+                .prop_map(|(id, r#type, text, timestamp_ms)| Message {
+                    protocol_message: Some(Box::new(ProtocolMessage {
+                        key: Some(MessageKey {
+                            id,
+                            ..MessageKey::default()
+                        }),
+                        r#type,
+                        edited_message: text.map(|t| Box::new(Message::text(t))),
+                        timestamp_ms,
+                    })),
+                    ..Message::default()
+                }),
             Just(Message::default()),
         ]
         .boxed()
