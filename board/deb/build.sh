@@ -86,7 +86,7 @@ Description: household end of DMA messaging interoperability
  every message with the Signal protocol, hosts its users' media and offers a
  small local HTTP API, so household devices can send and receive text, images,
  voice notes, video and files. This is the appliance build: the reference
- gatekeeper and `interopd demo` are not included.
+ gatekeeper and "interopd demo" are not included.
 CONTROL
 
 deb="$out_dir/interopd_${version}_${arch}.deb"
