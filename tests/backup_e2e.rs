@@ -8,53 +8,14 @@ mod api_common;
 mod daemon_support;
 mod hub_support;
 
-use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use api_common::free_port;
-use daemon_support::{Daemon, WAIT, hub_at, provision_conf, received_texts, wait_token};
+use daemon_support::{Daemon, hub_at, provision_conf, received_texts, wait_log};
 
 const INTEROPD: &str = env!("CARGO_BIN_EXE_interopd");
-
-/// `interopd run` with its stderr in `log` (to read its login line back).
-fn spawn_logged(conf: &Path, state: &Path, log: &Path) -> Daemon {
-    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let child = Command::new(INTEROPD)
-        .arg("run")
-        .arg("--config")
-        .arg(conf)
-        .arg("--state")
-        .arg(state)
-        .args(["--api", &api.to_string()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut d = Daemon {
-        child,
-        conf: conf.to_path_buf(),
-        state: state.to_path_buf(),
-        api,
-        token: String::new(),
-    };
-    d.token = wait_token(state, api);
-    d
-}
-
-fn wait_log(log: &Path, needle: &str) -> String {
-    let t0 = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(t0.elapsed() < WAIT, "{needle:?} never logged:\n{text}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn interopd(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(INTEROPD).args(args).output().unwrap()
@@ -134,7 +95,7 @@ fn a_backup_taken_while_running_restores_the_same_household_and_delivers_what_wa
     let conf = provision_conf(dir.path(), &hub_state, &listen, "acme-home");
     let state = dir.path().join("state");
     let log1 = dir.path().join("run1.log");
-    let d = spawn_logged(&conf, &state, &log1);
+    let d = Daemon::spawn_logged(&conf, &state, &log1);
     wait_log(&log1, "(enlisted: true)");
 
     // Messages both ways: each text to the echo contact is read and answered.
@@ -210,7 +171,7 @@ fn a_backup_taken_while_running_restores_the_same_household_and_delivers_what_wa
 
     hub = hub_at(&hub_state, &listen, &control);
     let log2 = dir.path().join("run2.log");
-    let d = spawn_logged(&conf, &state, &log2);
+    let d = Daemon::spawn_logged(&conf, &state, &log2);
     let text = wait_log(&log2, "link: up as");
     assert!(text.contains("(enlisted: false)"), "{text}");
     assert_eq!(
@@ -525,7 +486,7 @@ fn a_backup_twenty_messages_old_still_talks_to_the_contact_after_a_restore() {
     let conf = provision_conf(dir.path(), &hub.state, &hub.listen, "acme-home");
     let state = dir.path().join("state");
     let log1 = dir.path().join("run1.log");
-    let d = spawn_logged(&conf, &state, &log1);
+    let d = Daemon::spawn_logged(&conf, &state, &log1);
     let id = d.send("+15550100", "before");
     d.wait_status(&id, "read");
     d.wait_inbox(1);
@@ -543,7 +504,7 @@ fn a_backup_twenty_messages_old_still_talks_to_the_contact_after_a_restore() {
     let out = restore(&archive, &state, None, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let log2 = dir.path().join("run2.log");
-    let d = spawn_logged(&conf, &state, &log2);
+    let d = Daemon::spawn_logged(&conf, &state, &log2);
     assert!(wait_log(&log2, "link: up as").contains("(enlisted: false)"));
     assert_eq!(inbox(&d).len(), 1, "the inbox as it was at backup time");
     for i in 0..5 {

@@ -9,7 +9,7 @@ mod hub_support;
 use std::time::{Duration, Instant};
 
 use api_common::{Reply, request};
-use daemon_support::{Daemon, WAIT};
+use daemon_support::{Daemon, WAIT, received};
 use hub_support::HubProc;
 use serde_json::{Value, json};
 
@@ -37,74 +37,33 @@ fn accepted(r: &Reply) -> String {
     r.json()["id"].as_str().unwrap().to_owned()
 }
 
-/// What the echo contact decrypted, as the hub's control API shows it.
-fn received(hub: &HubProc, phone: &str) -> Vec<Value> {
-    let (_, r) = hub.control("GET", &format!("/users/{phone}/received"), None);
-    r.as_array().cloned().unwrap_or_default()
-}
-
 fn wait_received(hub: &HubProc, phone: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let t0 = Instant::now();
     loop {
-        if let Some(v) = received(hub, phone).into_iter().find(&pred) {
+        if let Some(v) = received(&hub.control, phone).into_iter().find(&pred) {
             return v;
         }
         assert!(
             t0.elapsed() < WAIT,
             "the contact never received it: {:?}",
-            received(hub, phone)
+            received(&hub.control, phone)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Every inbox entry, in cursor order.
-fn inbox(d: &Daemon) -> Vec<Value> {
-    let v = d.get("/v1/inbox?after=0&limit=500").json();
-    v["messages"].as_array().cloned().unwrap_or_default()
 }
 
 fn wait_inbox(d: &Daemon, pred: impl Fn(&Value) -> bool) -> Value {
     let t0 = Instant::now();
     loop {
-        if let Some(v) = inbox(d).into_iter().find(&pred) {
+        if let Some(v) = d.inbox_entries().into_iter().find(&pred) {
             return v;
         }
         assert!(
             t0.elapsed() < WAIT,
             "the inbox never showed it: {:?}",
-            inbox(d)
+            d.inbox_entries()
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The data of every logged SSE event named `name`, from the start of the log.
-fn events(d: &Daemon, name: &str) -> Vec<Value> {
-    use std::io::{BufRead, BufReader, Write};
-    let mut s = std::net::TcpStream::connect(d.api).unwrap();
-    write!(
-        s,
-        "GET /v1/events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nLast-Event-ID: 0\r\n\r\n",
-        d.api, d.token
-    )
-    .unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    let mut r = BufReader::new(s);
-    let (mut out, mut kind, mut line) = (Vec::new(), String::new(), String::new());
-    loop {
-        line.clear();
-        match r.read_line(&mut line) {
-            Ok(0) | Err(_) => return out,
-            Ok(_) => {}
-        }
-        if let Some(k) = line.trim_end().strip_prefix("event: ") {
-            kind = k.to_owned();
-        } else if let Some(data) = line.trim_end().strip_prefix("data: ")
-            && kind == name
-        {
-            out.push(serde_json::from_str(data).unwrap());
-        }
     }
 }
 
@@ -224,15 +183,15 @@ fn asking_for_a_reaction_or_a_location_brings_one_back_and_a_reply_keeps_the_cor
 
     // The contact showed typing before its echo; typing is an event, never an inbox entry.
     let t0 = Instant::now();
-    while events(&d, "typing").is_empty() {
+    while d.logged_events("typing").is_empty() {
         assert!(t0.elapsed() < WAIT, "no typing event");
     }
-    let typing = events(&d, "typing");
+    let typing = d.logged_events("typing");
     assert_eq!(
         (typing[0]["phone"].as_str(), typing[0]["state"].as_str()),
         (Some(ECHO), Some("composing"))
     );
-    assert!(inbox(&d).iter().all(|m| m["kind"] != "typing"));
+    assert!(d.inbox_entries().iter().all(|m| m["kind"] != "typing"));
 
     // Sending a location, and typing, go out; the contact records the place it got.
     let loc = accepted(&call(
@@ -260,7 +219,7 @@ fn bad_household_input_gets_its_own_code_and_queues_nothing() {
     let d = Daemon::start(dir.path(), &hub, "acme-home");
     let id = d.send(ECHO, "first");
     d.wait_status(&id, "read");
-    let before = received(&hub, ECHO).len();
+    let before = received(&hub.control, ECHO).len();
     let react = format!("/v1/messages/{id}/reactions");
     let cases = [
         (
@@ -318,7 +277,10 @@ fn bad_household_input_gets_its_own_code_and_queues_nothing() {
     // A later message arrives right after `first`: nothing refused was queued before it.
     let later = d.send(ECHO, "second");
     d.wait_status(&later, "read");
-    let now: Vec<Value> = received(&hub, ECHO).into_iter().skip(before).collect();
+    let now: Vec<Value> = received(&hub.control, ECHO)
+        .into_iter()
+        .skip(before)
+        .collect();
     assert_eq!(now.len(), 1, "{now:?}");
     assert_eq!(now[0]["text"], "second");
 }

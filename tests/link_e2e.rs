@@ -245,7 +245,7 @@ fn a_verified_contacts_new_identity_holds_sends_until_trusted_again() {
     let contact = d.get("/v1/contacts/%2B15550100").json();
     assert_eq!(contact["trust"], "changed");
     // The change is an event on the stream (and for webhooks), named once, with both keys.
-    let changes = identity_events(&d);
+    let changes = d.logged_events("identity");
     assert_eq!(changes.len(), 1, "{changes:?}");
     let e = &changes[0];
     assert_eq!(e["phone"], "+15550100");
@@ -572,38 +572,6 @@ fn a_read_receipt_still_due_when_the_hub_is_killed_is_sent_after_its_restart() {
     d.wait_status(&id, "read");
     let _ = hub.kill();
     let _ = hub.wait();
-}
-
-/// The `identity` events logged so far: reads `/v1/events` from the start until it has shown
-/// every event up to the newest (an SSE stream does not end, so stop at a quiet second).
-fn identity_events(d: &Daemon) -> Vec<serde_json::Value> {
-    use std::io::{BufRead, BufReader, Write};
-    let mut s = std::net::TcpStream::connect(d.api).unwrap();
-    write!(
-        s,
-        "GET /v1/events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nLast-Event-ID: 0\r\n\r\n",
-        d.api, d.token
-    )
-    .unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-    let mut r = BufReader::new(s);
-    let (mut out, mut kind, mut line) = (Vec::new(), String::new(), String::new());
-    r.read_line(&mut line).unwrap();
-    assert!(line.contains(" 200 "), "/v1/events answered {line}");
-    loop {
-        line.clear();
-        match r.read_line(&mut line) {
-            Ok(0) | Err(_) => return out,
-            Ok(_) => {}
-        }
-        if let Some(k) = line.trim_end().strip_prefix("event: ") {
-            kind = k.to_owned();
-        } else if let Some(data) = line.trim_end().strip_prefix("data: ")
-            && kind == "identity"
-        {
-            out.push(serde_json::from_str(data).unwrap());
-        }
-    }
 }
 
 // Every behaviour above holds on both wire profiles; the two load tests (kill -9 in 200

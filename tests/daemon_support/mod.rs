@@ -42,6 +42,18 @@ impl Daemon {
 
     /// Starts `interopd run` with config `conf`, state `state` and API address `api`.
     pub fn spawn(conf: &Path, state: &Path, api: SocketAddr) -> Daemon {
+        Daemon::spawn_to(conf, state, api, Stdio::inherit())
+    }
+
+    /// [`Daemon::spawn`] with the daemon's log (stderr) written to the file `log`, for a test
+    /// that reads log lines back ([`wait_log`]).
+    pub fn spawn_logged(conf: &Path, state: &Path, log: &Path) -> Daemon {
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let file = std::fs::File::create(log).unwrap();
+        Daemon::spawn_to(conf, state, api, Stdio::from(file))
+    }
+
+    fn spawn_to(conf: &Path, state: &Path, api: SocketAddr, stderr: Stdio) -> Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_interopd"))
             .arg("run")
             .arg("--config")
@@ -50,7 +62,7 @@ impl Daemon {
             .arg(state)
             .args(["--api", &api.to_string()])
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         // The guard exists before any wait, so a failed start still kills the process.
@@ -128,9 +140,9 @@ impl Daemon {
         }
     }
 
-    /// The whole inbox's texts, in cursor order, page by page.
-    pub fn inbox_texts(&self) -> Vec<String> {
-        let mut texts = Vec::new();
+    /// The whole inbox, in cursor order, page by page.
+    pub fn inbox_entries(&self) -> Vec<Value> {
+        let mut entries = Vec::new();
         let mut after = 0;
         loop {
             let v = self
@@ -138,13 +150,51 @@ impl Daemon {
                 .json();
             let page = v["messages"].as_array().unwrap();
             if page.is_empty() {
-                return texts;
+                return entries;
             }
-            texts.extend(
-                page.iter()
-                    .map(|m| m["text"].as_str().unwrap_or("").to_owned()),
-            );
+            entries.extend(page.iter().cloned());
             after = v["next"].as_u64().unwrap();
+        }
+    }
+
+    /// The whole inbox's texts, in cursor order.
+    pub fn inbox_texts(&self) -> Vec<String> {
+        self.inbox_entries()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+
+    /// The data of every SSE event named `name` logged so far: reads `/v1/events` from the
+    /// start until it has shown every event up to the newest (an SSE stream does not end, so
+    /// it stops at a quiet second).
+    pub fn logged_events(&self, name: &str) -> Vec<Value> {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::net::TcpStream::connect(self.api).unwrap();
+        write!(
+            s,
+            "GET /v1/events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nLast-Event-ID: 0\r\n\r\n",
+            self.api, self.token
+        )
+        .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut r = BufReader::new(s);
+        let (mut out, mut kind, mut line) = (Vec::new(), String::new(), String::new());
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains(" 200 "), "/v1/events answered {line}");
+        loop {
+            line.clear();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return out,
+                Ok(_) => {}
+            }
+            if let Some(k) = line.trim_end().strip_prefix("event: ") {
+                kind = k.to_owned();
+            } else if let Some(data) = line.trim_end().strip_prefix("data: ")
+                && kind == name
+            {
+                out.push(serde_json::from_str(data).unwrap());
+            }
         }
     }
 
@@ -269,7 +319,29 @@ pub fn hub_at(state: &Path, listen: &str, control: &str) -> Child {
     child
 }
 
+/// Polls the file `log` until it contains `needle`; returns the whole log.
+pub fn wait_log(log: &Path, needle: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(t0.elapsed() < WAIT, "{needle:?} never logged:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The texts user `phone` decrypted, as the hub's control API at `hub_control` shows them.
 pub fn received_texts(hub_control: &str, phone: &str) -> Vec<String> {
+    received(hub_control, phone)
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// Everything user `phone` decrypted, as the hub's control API at `hub_control` shows it.
+pub fn received(hub_control: &str, phone: &str) -> Vec<Value> {
     let mut s = std::net::TcpStream::connect(hub_control).unwrap();
     use std::io::{Read, Write};
     write!(
@@ -281,9 +353,5 @@ pub fn received_texts(hub_control: &str, phone: &str) -> Vec<String> {
     s.read_to_string(&mut out).unwrap();
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("[]");
     let v: Value = serde_json::from_str(body).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap_or("").to_owned())
-        .collect()
+    v.as_array().unwrap().clone()
 }
