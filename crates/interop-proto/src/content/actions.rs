@@ -112,6 +112,55 @@ impl Message {
         }
     }
 
+    /// Whether every location in this message, and in every message it quotes or carries as
+    /// an edit, has finite coordinates. NaN or infinity means nothing on a map, and NaN does
+    /// not even equal itself, so `decode_padded` refuses such content wherever it is nested
+    /// (the content_decode fuzzer found a NaN latitude). The depth is bounded by prost's
+    /// decode recursion limit.
+    pub(super) fn locations_are_finite(&self) -> bool {
+        let own = self.location_message.as_ref().is_none_or(|l| {
+            [l.degrees_latitude, l.degrees_longitude]
+                .into_iter()
+                .flatten()
+                .all(f64::is_finite)
+        });
+        let contexts = [
+            self.extended_text_message
+                .as_ref()
+                .and_then(|m| m.context_info.as_ref()),
+            self.image_message
+                .as_ref()
+                .and_then(|m| m.context_info.as_ref()),
+            self.video_message
+                .as_ref()
+                .and_then(|m| m.context_info.as_ref()),
+            self.audio_message
+                .as_ref()
+                .and_then(|m| m.context_info.as_ref()),
+            self.document_message
+                .as_ref()
+                .and_then(|m| m.context_info.as_ref()),
+            self.location_message
+                .as_ref()
+                .and_then(|m| m.context_info.as_ref()),
+        ];
+        let nested = contexts
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.quoted_message.as_deref())
+            .chain(
+                self.protocol_message
+                    .as_ref()
+                    .and_then(|p| p.edited_message.as_deref()),
+            )
+            .chain(
+                self.edited_message
+                    .as_ref()
+                    .and_then(|f| f.message.as_deref()),
+            );
+        own && nested.into_iter().all(Message::locations_are_finite)
+    }
+
     /// The `protocolMessage`, bare or inside `editedMessage` (one level; deeper is ignored).
     pub fn protocol(&self) -> Option<&ProtocolMessage> {
         self.protocol_message.as_deref().or_else(|| {
@@ -164,7 +213,7 @@ impl Message {
 mod tests {
     use super::*;
     use crate::content::{
-        decode_padded, encode_with_padding, media_type, stanza_edit, stanza_type,
+        ContentError, decode_padded, encode_with_padding, media_type, stanza_edit, stanza_type,
     };
     use prost::Message as _;
 
@@ -248,6 +297,35 @@ mod tests {
         assert_eq!(bytes[0], 0x2a);
         assert_eq!(bytes[2], 0x09);
         assert_eq!(bytes[3..11], 52.52f64.to_le_bytes());
+    }
+
+    #[test]
+    fn a_location_that_is_not_finite_is_refused_wherever_it_is_nested() {
+        let bad = |lat: f64, lon: f64| Message::location(lat, lon, None, None);
+        let refused = |m: &Message| {
+            let bytes = encode_with_padding(m, 1).unwrap();
+            matches!(decode_padded(&bytes), Err(ContentError::Protobuf { .. }))
+        };
+        for (lat, lon) in [
+            (f64::NAN, 0.0),
+            (0.0, f64::INFINITY),
+            (f64::NEG_INFINITY, 1.0),
+        ] {
+            assert!(refused(&bad(lat, lon)), "bare ({lat}, {lon})");
+            let quoted = Message::reply("ok", "3EB0EE", "1@s.whatsapp.net", Some(bad(lat, lon)));
+            assert!(refused(&quoted), "quoted ({lat}, {lon})");
+            let edit = Message::edit(key("3EB0FF"), bad(lat, lon), 5);
+            assert!(refused(&edit), "as an edit ({lat}, {lon})");
+        }
+        // The fuzzer's shape, byte for byte: field 5, degreesLatitude = NaN, one pad byte.
+        let nan = [0x2a, 0x09, 0x09, 0, 0, 0, 0, 0, 0, 0xf8, 0x7f, 0x01];
+        assert!(matches!(
+            decode_padded(&nan),
+            Err(ContentError::Protobuf { .. })
+        ));
+        // Finite extremes are the API's to judge, not the decoder's.
+        let edge = decode_padded(&encode_with_padding(&bad(-90.0, 180.0), 1).unwrap());
+        assert_eq!(edge.unwrap().kind(), ContentKind::Location);
     }
 
     #[test]

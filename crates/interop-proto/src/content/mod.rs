@@ -592,14 +592,7 @@ pub fn decode_padded(bytes: &[u8]) -> Result<Message, ContentError> {
     let msg = Message::decode(body).map_err(|err| ContentError::Protobuf {
         detail: err.to_string(),
     })?;
-    // A peer's location must be real numbers: NaN or infinity means nothing on a map, and NaN
-    // would not even equal itself (the content_decode fuzzer found it).
-    if let Some(loc) = &msg.location_message
-        && [loc.degrees_latitude, loc.degrees_longitude]
-            .into_iter()
-            .flatten()
-            .any(|d| !d.is_finite())
-    {
+    if !msg.locations_are_finite() {
         return Err(ContentError::Protobuf {
             detail: "location coordinates are not finite numbers".to_owned(),
         });
