@@ -224,15 +224,17 @@ def run_case(case, cfg):
         conn.close()
 
 
-def main():
+def run_cases(run):
+    """The peers' command line, CONFIG_JSON CASE [CASE ...]: runs each case with `run(case,
+    cfg)` and prints one JSON line per case; an unexpected error prints {"case", "error"}."""
     cfg = json.loads(sys.argv[1])
     for case in sys.argv[2:]:
         try:
-            line = run_case(case, cfg)
+            line = run(case, cfg)
         except Exception as e:
             line = {"case": case, "error": f"{type(e).__name__}: {e}"}
         print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    run_cases(run_case)

@@ -29,11 +29,10 @@ status is 0 either way, the Rust side asserts on the lines.
 import asyncio
 import json
 import os
-import sys
 import time
 import urllib.request
 
-from hub_client import REGISTRATION_ID, TIMEOUT_S, Conn, client_payload
+from hub_client import REGISTRATION_ID, TIMEOUT_S, Conn, client_payload, run_cases
 
 import pyaileys.crypto.noise as noise
 from pyaileys.auth.state import AuthenticationState
@@ -345,15 +344,5 @@ def run_case(case, cfg):
         peer.conn.close()
 
 
-def main():
-    cfg = json.loads(sys.argv[1])
-    for case in sys.argv[2:]:
-        try:
-            line = run_case(case, cfg)
-        except Exception as e:
-            line = {"case": case, "error": f"{type(e).__name__}: {e}"}
-        print(json.dumps(line), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    run_cases(run_case)
