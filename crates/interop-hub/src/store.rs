@@ -15,6 +15,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use interop_io::state_dir::{StoreError, ensure_state_dir, open_database};
 use interop_proto::signal::{RawKey, WirePreKey, WireSignedPreKey};
 
+mod groups;
+pub use groups::{GroupMember, GroupRecord};
+
 /// The schema this build writes.
 pub const HUB_SCHEMA_VERSION: u32 = 1;
 /// File name of the hub's database inside its state directory.
@@ -142,6 +145,8 @@ impl HubStore {
             txn.open_table(RECEIVED)?;
             txn.open_table(CONTACTS)?;
             txn.open_table(SIM_TIMERS)?;
+            txn.open_table(groups::GROUPS)?;
+            txn.open_table(groups::MEMBERSHIPS)?;
         }
         txn.commit()?;
         Ok(HubStore { db })

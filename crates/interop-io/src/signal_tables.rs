@@ -1,7 +1,7 @@
 //! The Signal engine's tables in a redb file: the one [`SignalStore`] implementation over a
 //! redb write transaction, used by the daemon's store and by the hub's simulated devices, so
 //! both keep the same table names and key layouts (docs/store.md: `local_identity`,
-//! `prekeys`, `signed_prekeys`, `sessions`, `remote_identities`, and counters in `meta`).
+//! `prekeys`, `signed_prekeys`, `sessions`, `remote_identities`, `sender_keys`, and counters in `meta`).
 
 use interop_proto::signal_store::{IdTable, KeyTable, SignalStore};
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
@@ -16,12 +16,14 @@ pub const SIGNED_PREKEYS: TableDefinition<&[u8; 4], &[u8]> = TableDefinition::ne
 pub const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 pub const REMOTE_IDENTITIES: TableDefinition<&str, &[u8]> =
     TableDefinition::new("remote_identities");
+pub const SENDER_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("sender_keys");
 
 fn key_table(t: KeyTable) -> TableDefinition<'static, &'static str, &'static [u8]> {
     match t {
         KeyTable::LocalIdentity => LOCAL_IDENTITY,
         KeyTable::Sessions => SESSIONS,
         KeyTable::RemoteIdentities => REMOTE_IDENTITIES,
+        KeyTable::SenderKeys => SENDER_KEYS,
     }
 }
 
@@ -39,6 +41,7 @@ pub fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
         KeyTable::LocalIdentity,
         KeyTable::Sessions,
         KeyTable::RemoteIdentities,
+        KeyTable::SenderKeys,
     ] {
         txn.open_table(key_table(t))?;
     }

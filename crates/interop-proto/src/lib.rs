@@ -15,6 +15,7 @@
 //! - [`stanza`]: the stanza model and its two encodings, `interop-xml/1` text and the `wa`
 //!   profile's binary nodes, with bounds.
 //! - [`jid`]: wire addresses (`user:device@server`) and E.164 phone numbers.
+//! - [`group`]: group JIDs (`{id}@g.us`), the participant-list hash, group message shapes.
 //! - [`login`]: the login handshake, both sides, and its proof string.
 //! - [`wa_login`]: profile `wa`'s login: the `ClientPayload` built and read.
 //! - [`wa_stream`]: a `wa` connection as a byte pipe for either side: the handshake driven
@@ -38,6 +39,7 @@
 
 pub mod content;
 pub mod frame;
+pub mod group;
 pub mod jid;
 pub mod jwt;
 pub mod login;

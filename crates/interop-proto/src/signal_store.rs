@@ -17,6 +17,9 @@ pub enum KeyTable {
     Sessions,
     /// One identity record per contact device, under `user.device`.
     RemoteIdentities,
+    /// One sender-key record per (group, sending device), under `group:user.device`: our own
+    /// chain for each group we send to, and every member's chain we were given.
+    SenderKeys,
 }
 
 /// Tables keyed by a 24-bit prekey id (stored as a 4-byte big-endian key).

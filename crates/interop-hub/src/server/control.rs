@@ -22,7 +22,9 @@ pub(super) fn echo() -> String {
 
 #[derive(Deserialize)]
 pub(super) struct SendBody {
-    pub(super) to: String,
+    /// An account, or a simulated user's `+phone`; or `group` instead.
+    pub(super) to: Option<String>,
+    pub(super) group: Option<String>,
     pub(super) text: Option<String>,
     pub(super) media: Option<MediaBody>,
 }
@@ -33,6 +35,31 @@ pub(super) struct MediaBody {
     pub(super) mimetype: String,
     data_base64: String,
     pub(super) filename: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct NewGroup {
+    pub(super) subject: String,
+    pub(super) members: Vec<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct MemberBody {
+    /// `+phone` of a simulated user, or an account name (`phone` is accepted as its alias).
+    #[serde(alias = "phone")]
+    pub(super) member: String,
+}
+
+fn group_json(g: &GroupInfo) -> serde_json::Value {
+    let members: Vec<serde_json::Value> = g
+        .members
+        .iter()
+        .map(|(m, admin)| serde_json::json!({"member": m, "admin": admin}))
+        .collect();
+    serde_json::json!({
+        "id": g.id, "subject": g.subject, "creator": g.creator,
+        "created_at": g.created_ms / 1000, "members": members,
+    })
 }
 
 #[derive(Deserialize)]
@@ -56,6 +83,8 @@ pub(super) fn control_error(e: ControlError) -> Response {
         ControlError::UnknownUser => Response::json_error(404, "unknown_user", &e.to_string()),
         ControlError::BadRequest { detail } => Response::json_error(400, "bad_request", &detail),
         ControlError::Exists => Response::json_error(409, "exists", &e.to_string()),
+        ControlError::UnknownGroup => Response::json_error(404, "unknown_group", &e.to_string()),
+        ControlError::NotMember => Response::json_error(404, "not_member", &e.to_string()),
         ControlError::Hub(inner) => {
             log::error!("hub: control: {inner}");
             Response::json_error(500, "internal", &inner.to_string())
@@ -172,11 +201,28 @@ pub(super) async fn handle_control(shared: &Shared, req: Request) -> Response {
                 Ok(m) => m,
                 Err(r) => return r,
             };
-            let sent =
-                shared
-                    .borrow_mut()
-                    .hub
-                    .sim_send(&phone, &body.to, &message, now, &mut rand::rng());
+            let sent = match (&body.to, &body.group) {
+                (Some(to), None) => {
+                    shared
+                        .borrow_mut()
+                        .hub
+                        .sim_send(&phone, to, &message, now, &mut rand::rng())
+                }
+                (None, Some(group)) => shared.borrow_mut().hub.sim_send_group(
+                    &phone,
+                    group,
+                    &message,
+                    now,
+                    &mut rand::rng(),
+                ),
+                _ => {
+                    return Response::json_error(
+                        400,
+                        "bad_request",
+                        "give exactly one of \"to\" and \"group\"",
+                    );
+                }
+            };
             match sent {
                 Ok(id) => Response::json(200, &serde_json::json!({"id": id})),
                 Err(e) => control_error(e),
@@ -232,6 +278,46 @@ pub(super) async fn handle_control(shared: &Shared, req: Request) -> Response {
                 Err(e) => control_error(e),
             }
         }
+        ("POST", ["groups"]) => {
+            let body: NewGroup = match body_json(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let made = shared
+                .borrow_mut()
+                .hub
+                .create_group(&body.subject, &body.members, now);
+            match made {
+                Ok(g) => Response::json(201, &group_json(&g)),
+                Err(e) => control_error(e),
+            }
+        }
+        ("GET", ["groups", id]) => match shared.borrow().hub.group_info(id) {
+            Ok(g) => Response::json(200, &group_json(&g)),
+            Err(e) => control_error(e),
+        },
+        ("POST", ["groups", id, "members"]) => {
+            let id = id.to_string();
+            let body: MemberBody = match body_json(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let added = shared
+                .borrow_mut()
+                .hub
+                .add_group_member(&id, &body.member, now);
+            match added {
+                Ok(g) => Response::json(200, &group_json(&g)),
+                Err(e) => control_error(e),
+            }
+        }
+        ("DELETE", ["groups", id, "members", member]) => {
+            let removed = shared.borrow_mut().hub.remove_group_member(id, member, now);
+            match removed {
+                Ok(g) => Response::json(200, &group_json(&g)),
+                Err(e) => control_error(e),
+            }
+        }
         ("POST", ["connections", "drop"]) => {
             let n = shared.borrow_mut().hub.drop_connections();
             Response::json(200, &serde_json::json!({"dropped": n}))
@@ -253,9 +339,17 @@ pub(super) async fn handle_control(shared: &Shared, req: Request) -> Response {
                 }),
             )
         }
-        (_, ["users"] | ["users", _, _] | ["connections", "drop"] | ["stats"]) => {
-            Response::json_error(405, "method_not_allowed", "method not allowed here")
-        }
+        (
+            _,
+            ["users"]
+            | ["users", _, _]
+            | ["connections", "drop"]
+            | ["stats"]
+            | ["groups"]
+            | ["groups", _]
+            | ["groups", _, "members"]
+            | ["groups", _, "members", _],
+        ) => Response::json_error(405, "method_not_allowed", "method not allowed here"),
         _ => Response::json_error(404, "not_found", "no such route"),
     };
     pump(shared);

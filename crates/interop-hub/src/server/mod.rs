@@ -27,7 +27,7 @@ use smol::channel::{Receiver, Sender};
 
 use crate::media::MediaStore;
 use crate::proxy;
-use crate::state::{AccountBook, ConnId, ControlError, Hub, MediaFetch, Output};
+use crate::state::{AccountBook, ConnId, ControlError, GroupInfo, Hub, MediaFetch, Output};
 use interop_io::http::{self, Request, Response, ServeOptions};
 use interop_io::state_dir::StoreError;
 use interop_io::tls;

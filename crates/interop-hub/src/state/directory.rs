@@ -18,6 +18,7 @@ impl Hub {
         let result = Stanza::new("iq").attr("id", id).attr("type", "result");
         match (s.attr_value("xmlns"), s.attr_value("type")) {
             (Some("w:p"), Some("get")) => result,
+            (Some("w:g2"), _) => self.group_iq(device, s, now_ms),
             (Some("encrypt"), Some("set")) => match self.upload(device, s) {
                 Ok(()) => result,
                 Err((code, text)) => iq_error(id, code, text),

@@ -7,7 +7,8 @@
 //! lives in [`HubStore`] and the simulated devices' stores.
 //!
 //! [`Hub`] is one type split by noun, one file each: `connections.rs` (accept, login, frames,
-//! timeouts), `directory.rs` (the `<iq>`s and the prekey directory), `routing.rs` (messages,
+//! timeouts), `directory.rs` (the `<iq>`s and the prekey directory), `groups.rs` (groups,
+//! their `w:g2` iqs, `w:gp2` notifications and group messages), `routing.rs` (messages,
 //! receipts, queues, notifications), `sims.rs` (the simulated users) and `control.rs` (what
 //! the control API asks). This file holds the state, its types and the media fetches.
 //!
@@ -67,8 +68,13 @@ pub type ConnId = u64;
 mod connections;
 mod control;
 mod directory;
+mod groups;
+#[cfg(test)]
+mod groups_tests;
 mod routing;
 mod sims;
+
+pub use groups::{GroupInfo, MAX_GROUPS_PER_USER};
 
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +148,10 @@ pub enum ControlError {
     BadRequest { detail: String },
     /// Caller: the user exists already.
     Exists,
+    /// Caller: no group with this id.
+    UnknownGroup,
+    /// Caller: the user named is not a member of the group.
+    NotMember,
     /// Environment or peer.
     Hub(HubError),
 }
@@ -152,6 +162,8 @@ impl fmt::Display for ControlError {
             ControlError::UnknownUser => f.write_str("no such simulated user"),
             ControlError::BadRequest { detail } => f.write_str(detail),
             ControlError::Exists => f.write_str("user exists already"),
+            ControlError::UnknownGroup => f.write_str("no such group"),
+            ControlError::NotMember => f.write_str("not a member of the group"),
             ControlError::Hub(e) => write!(f, "{e}"),
         }
     }
@@ -205,6 +217,8 @@ enum Refusal {
     UnknownDevice,
     QueueFull,
     Internal,
+    UnknownGroup,
+    NotMember,
 }
 
 impl Refusal {
@@ -216,6 +230,8 @@ impl Refusal {
             Refusal::UnknownDevice => "unknown_device",
             Refusal::QueueFull => "queue_full",
             Refusal::Internal => "internal",
+            Refusal::UnknownGroup => "unknown_group",
+            Refusal::NotMember => "not_member",
         }
     }
 
@@ -227,6 +243,8 @@ impl Refusal {
             Refusal::UnknownDevice => "a <to> names a device the recipient does not have",
             Refusal::QueueFull => "the recipient device's offline queue is full",
             Refusal::Internal => "server error",
+            Refusal::UnknownGroup => "no such group",
+            Refusal::NotMember => "the sender is not a member of the group",
         }
     }
 }
@@ -280,6 +298,22 @@ struct SimDirectory<'a> {
 impl Directory for SimDirectory<'_> {
     fn devices(&mut self, user: &Jid) -> Vec<u32> {
         self.store.devices_of(&user.user).unwrap_or_default()
+    }
+
+    fn group_devices(&mut self, group: &interop_proto::group::GroupId) -> Vec<Jid> {
+        let Ok(Some(rec)) = self.store.group(group.as_str()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for m in &rec.members {
+            let Ok(user) = Jid::parse(&m.jid) else {
+                continue;
+            };
+            for d in self.store.devices_of(&user.user).unwrap_or_default() {
+                out.push(user.with_device(d));
+            }
+        }
+        out
     }
 
     fn bundle(&mut self, device: &Jid) -> Option<WireBundle> {

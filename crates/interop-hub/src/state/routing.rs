@@ -7,6 +7,15 @@ impl Hub {
     /// Routes a `<message>`, `<receipt>` or `<chatstate>` from `from` (a device). Returns the
     /// recipient user JID for the ack.
     pub(super) fn route(&mut self, from: &Jid, s: &Stanza, now_ms: u64) -> Result<String, Refusal> {
+        if s.attr_value("to")
+            .is_some_and(interop_proto::group::is_group_jid)
+        {
+            return match s.tag.as_str() {
+                "message" => self.route_group_message(from, s, now_ms),
+                "receipt" => self.route_group_receipt(from, s, now_ms),
+                _ => Err(Refusal::BadRequest),
+            };
+        }
         let to = s
             .attr_value("to")
             .and_then(|t| Jid::parse(t).ok())

@@ -42,6 +42,11 @@ impl Hub {
         let d = device.device.unwrap_or(0);
         let result = if retry {
             user.receive_retry(d, s, &mut dir, now_ms, rng)
+        } else if s
+            .attr_value("from")
+            .is_some_and(interop_proto::group::is_group_jid)
+        {
+            user.receive_group(d, s, &mut dir, now_ms, rng)
         } else {
             user.receive(d, s, &mut dir, now_ms, rng)
         };

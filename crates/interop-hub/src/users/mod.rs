@@ -51,10 +51,12 @@ use interop_proto::stanza::Stanza;
 type SignalError = interop_proto::signal::SignalError<StoreError>;
 use interop_io::state_dir::StoreError;
 
+mod group;
 mod media_fields;
 mod receive;
 mod session;
 
+pub use group::MAX_SENDER_KEYS_GIVEN;
 pub use media_fields::*;
 
 /// Most devices one simulated user may have.
@@ -164,6 +166,8 @@ pub trait Directory {
     fn devices(&mut self, user: &Jid) -> Vec<u32>;
     /// A bundle for a device, consuming one one-time prekey if any remain.
     fn bundle(&mut self, device: &Jid) -> Option<WireBundle>;
+    /// Every device of every member of `group`, as device JIDs.
+    fn group_devices(&mut self, group: &interop_proto::group::GroupId) -> Vec<Jid>;
 }
 
 /// Something a simulated user wants done.
@@ -267,6 +271,9 @@ pub struct SimUser {
     retries_order: VecDeque<String>,
     /// (message received, echo sent) pairs, newest last, for echoing edits and deletes.
     echoes: VecDeque<(String, String)>,
+    /// `{group}|{user}.{device}` for each member device given our sender key (at most
+    /// [`MAX_SENDER_KEYS_GIVEN`]; in memory: after a restart the key is given again).
+    sender_key_given: HashSet<String>,
 }
 
 /// What a simulated device made of an inbound `<message>`.
@@ -319,6 +326,7 @@ impl SimUser {
                 retries: HashMap::new(),
                 retries_order: VecDeque::new(),
                 echoes: VecDeque::new(),
+                sender_key_given: HashSet::new(),
             },
             out,
         ))

@@ -168,6 +168,10 @@ pub struct Message {
     /// Plain text with no reply context.
     #[prost(string, optional, tag = "1")]
     pub conversation: Option<String>,
+    /// A group's sender key, given over a pairwise session ([`SenderKeyDistribution`]).
+    /// Travels alone in the pairwise `<enc>` of a group message; the content is in the skmsg.
+    #[prost(message, optional, tag = "2")]
+    pub sender_key_distribution_message: Option<SenderKeyDistribution>,
     #[prost(message, optional, tag = "3")]
     pub image_message: Option<ImageMessage>,
     /// A shared place (pin): coordinates, optional name and address.
@@ -190,6 +194,29 @@ pub struct Message {
     /// The wrapper some clients put around an edit's `protocolMessage`; read, never sent.
     #[prost(message, optional, boxed, tag = "58")]
     pub edited_message: Option<Box<FutureProofMessage>>,
+}
+
+/// A sender key for group `group_id` (the id, without `@g.us`): the serialized Signal
+/// SenderKeyDistributionMessage (version byte 0x33, then its protobuf).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SenderKeyDistribution {
+    #[prost(string, optional, tag = "1")]
+    pub group_id: Option<String>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    pub axolotl_sender_key_distribution_message: Option<Vec<u8>>,
+}
+
+impl Message {
+    /// A message that only hands over the sender key `skdm` of group `group_id`.
+    pub fn sender_key_distribution(group_id: impl Into<String>, skdm: Vec<u8>) -> Self {
+        Self {
+            sender_key_distribution_message: Some(SenderKeyDistribution {
+                group_id: Some(group_id.into()),
+                axolotl_sender_key_distribution_message: Some(skdm),
+            }),
+            ..Self::default()
+        }
+    }
 }
 
 /// Text, optionally with reply context.

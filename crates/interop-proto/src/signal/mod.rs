@@ -19,7 +19,8 @@
 //!
 //! Files: this one holds the types, errors and bounds; `keys.rs` the key conversions and our
 //! identity; `prekeys.rs` one-time and signed prekeys; `identities.rs` contacts' identities
-//! and trust; `scratch.rs` the buffered store; `ops.rs` the operations.
+//! and trust; `scratch.rs` the buffered store; `ops.rs` the operations; `sender_keys.rs` the
+//! group cipher (sender keys).
 
 use std::collections::{HashMap, HashSet};
 
@@ -247,6 +248,9 @@ pub enum SignalError<E> {
     BadKey,
     /// Peer or us: no session with this device; fetch a bundle first.
     NoSession { address: Address },
+    /// Peer or us: no sender key of `sender` in `group` (its distribution never reached us,
+    /// or names a chain rotated away). The receiver asks for it with a retry receipt.
+    NoSenderKey { group: String, sender: Address },
     /// Household policy: a verified contact's identity changed. Sending and receiving for
     /// this device are held until the household trusts the new identity. `newly_held` is
     /// `(verified key, offered key)` when this operation put the offered key on hold (it was
@@ -277,6 +281,9 @@ impl<E: std::fmt::Display> std::fmt::Display for SignalError<E> {
             Self::BadSignature => f.write_str("signed prekey signature does not verify"),
             Self::BadKey => f.write_str("invalid public key"),
             Self::NoSession { address } => write!(f, "no session with {address}"),
+            Self::NoSenderKey { group, sender } => {
+                write!(f, "no sender key of {sender} in group {group}")
+            }
             Self::UntrustedIdentity { address, .. } => {
                 write!(
                     f,
@@ -349,12 +356,14 @@ mod keys;
 mod ops;
 mod prekeys;
 mod scratch;
+mod sender_keys;
 
 pub use identities::*;
 pub use keys::*;
 pub use ops::*;
 pub use prekeys::*;
 use scratch::*;
+pub use sender_keys::*;
 
 #[cfg(test)]
 mod tests {

@@ -44,6 +44,9 @@ pub const DEVICE_PLACES: &[DevicePlace] = &[
     place(&["message"], "from", Some(Writer::Server), None),
     place(&["receipt"], "from", Some(Writer::Server), None),
     place(&["chatstate"], "from", Some(Writer::Server), None),
+    // The sending device of a group message, and the device a group receipt concerns.
+    place(&["message"], "participant", Some(Writer::Server), None),
+    place(&["receipt"], "participant", None, None),
     // Each recipient device of a message.
     place(&["message", "participants", "to"], "jid", None, None),
     // The devices whose prekey bundles are asked for, and the bundles given.
@@ -114,7 +117,10 @@ fn walk(s: &mut Stanza, depth: usize, places: &[&DevicePlace], f: fn(&str) -> Op
 fn strip_device_zero(value: &str) -> Option<String> {
     let user = value.strip_suffix(WHATSAPP_SERVER)?.strip_suffix('@')?;
     let bare = user.strip_suffix(":0")?;
-    (!bare.is_empty() && !bare.contains(':')).then(|| format!("{bare}@{WHATSAPP_SERVER}"))
+    // The same user test as add_device_zero, so that the two are inverses (proptest found
+    // `@:0@s.whatsapp.net`, which was stripped but never read back).
+    (!bare.is_empty() && !bare.contains(':') && !bare.contains('@'))
+        .then(|| format!("{bare}@{WHATSAPP_SERVER}"))
 }
 
 /// `{user}@s.whatsapp.net` → `{user}:0@s.whatsapp.net`; anything else unchanged (`None`).
@@ -183,6 +189,14 @@ mod tests {
         (
             Writer::Server,
             r#"<notification id="3" type="identity" from="15550100@s.whatsapp.net" t="1700000100"/>"#,
+        ),
+        (
+            Writer::Server,
+            r#"<message id="3EB081" from="120363000000000001@g.us" participant="15550100:0@s.whatsapp.net" to="acme-home@interop" type="text" t="1700000000"><enc v="2" type="skmsg">AAEC</enc></message>"#,
+        ),
+        (
+            Writer::Client,
+            r#"<receipt id="3EB081" to="120363000000000001@g.us" participant="15550100:0@s.whatsapp.net"/>"#,
         ),
     ];
 
