@@ -217,6 +217,7 @@ fn fixture(schema_version: Option<u32>) -> Fixture {
     }
     drop(store);
     std::fs::write(state.join("api-token"), "t0ken\n").unwrap();
+    interopd::api::triggers::load_or_create_key(&state, "doorbell").unwrap();
     let conf = root.join("interopd.conf");
     std::fs::write(&conf, api_common::config_text(&state, "127.0.0.1:1", None)).unwrap();
     let pass = root.join("pass");
@@ -280,6 +281,7 @@ fn a_plain_tar_backup_lists_with_tar_and_restores() {
     assert_eq!(names.first(), Some(&"state/interopd.redb"));
     assert_eq!(names.last(), Some(&"manifest.json"));
     assert!(names.contains(&"state/api-token"), "{names:?}");
+    assert!(names.contains(&"state/trigger-keys/doorbell"), "{names:?}");
     assert!(names.contains(&"config/interopd.conf"), "{names:?}");
     let target = f.root.join("restored");
     let conf_out = f.root.join("restored.conf");
@@ -291,6 +293,14 @@ fn a_plain_tar_backup_lists_with_tar_and_restores() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read(target.join("api-token")).unwrap(), b"t0ken\n");
+    // Trigger keys come back with their modes, so the restored household's URLs still work.
+    let key = std::path::Path::new("trigger-keys").join("doorbell");
+    assert_eq!(
+        std::fs::read(target.join(&key)).unwrap(),
+        std::fs::read(f.root.join("state").join(&key)).unwrap()
+    );
+    assert_eq!(mode(&target.join(&key)), 0o600);
+    assert_eq!(mode(&target.join("trigger-keys")), 0o700);
     assert_eq!(
         std::fs::read(&conf_out).unwrap(),
         std::fs::read(&f.conf).unwrap()

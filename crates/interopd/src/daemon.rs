@@ -48,6 +48,8 @@ pub enum DaemonError {
     Store(StoreError),
     /// Environment: the API token file could not be read or created.
     Token(api::auth::TokenError),
+    /// Environment: a trigger's key file could not be read or created.
+    TriggerKey(api::triggers::TriggerKeyError),
     /// Environment: our identity could not be created.
     Identity { detail: String },
     /// Environment: the API address could not be bound (in use, not ours).
@@ -66,6 +68,7 @@ impl fmt::Display for DaemonError {
         match self {
             Self::Store(e) => write!(f, "{e}"),
             Self::Token(e) => write!(f, "{e}"),
+            Self::TriggerKey(e) => write!(f, "{e}"),
             Self::Identity { detail } => write!(f, "identity: {detail}"),
             Self::Bind { addr, source } => write!(f, "API address {addr}: {source}"),
             Self::Signals(e) => write!(f, "signal handlers: {e}"),
@@ -140,6 +143,7 @@ impl Runtime {
         })?;
         let token =
             api::auth::load_or_create_token(&config.state_dir).map_err(DaemonError::Token)?;
+        api::triggers::ensure_keys(&config).map_err(DaemonError::TriggerKey)?;
         let media = MediaStore::open(&config.state_dir, config.media.quota_bytes).map_err(|e| {
             DaemonError::Media {
                 detail: e.to_string(),
@@ -246,6 +250,8 @@ pub async fn serve(
         media: Rc::clone(&rt.media),
         media_public_url: rt.config.media.public_url.clone(),
         media_blob_expiry_ms: rt.config.media.blob_expiry_secs.saturating_mul(1000),
+        state_dir: rt.config.state_dir.clone(),
+        triggers: rt.config.triggers.clone(),
     });
     let options = crate::http::ServeOptions {
         // Media uploads stream; every other route caps its own body far lower.

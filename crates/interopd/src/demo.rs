@@ -272,6 +272,7 @@ pub fn provisioned_config(p: &Provisioned) -> config::Config {
         state_dir: std::path::PathBuf::from(config::DEFAULT_STATE_DIR),
         webhook: None,
         media: config::MediaConfig::default(),
+        triggers: Vec::new(),
         reset_identity: false,
     }
 }

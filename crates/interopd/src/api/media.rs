@@ -112,14 +112,14 @@ fn pipe_error(e: &PipeError) -> Response {
     }
 }
 
-/// The validated query of a send.
-struct SendQuery {
-    digits: String,
-    kind: SendKind,
-    mimetype: String,
-    caption: Option<String>,
-    filename: Option<String>,
-    seconds: Option<u32>,
+/// The validated query of a send (a trigger with an image builds one from its config).
+pub(crate) struct SendQuery {
+    pub(crate) digits: String,
+    pub(crate) kind: SendKind,
+    pub(crate) mimetype: String,
+    pub(crate) caption: Option<String>,
+    pub(crate) filename: Option<String>,
+    pub(crate) seconds: Option<u32>,
 }
 
 fn send_query(req: &Request) -> Result<SendQuery, Response> {
@@ -226,6 +226,19 @@ pub async fn send(api: &Rc<Api>, mut req: Request) -> Response {
         Ok(q) => q,
         Err(r) => return r,
     };
+    let declared = req.body.declared_len();
+    send_stream(api, key, &q, &mut req.body, declared).await
+}
+
+/// A send of `body` (at most `declared` bytes when known) as `q` says, under `key`: the
+/// route's path from the replay check to the 202. Triggers with an image use it too.
+pub(crate) async fn send_stream<R: futures_lite::AsyncRead + Unpin>(
+    api: &Rc<Api>,
+    key: Option<String>,
+    q: &SendQuery,
+    body: &mut R,
+    declared: Option<u64>,
+) -> Response {
     let Some(public_url) = api.media_public_url.clone() else {
         return Response::json_error(
             503,
@@ -243,7 +256,6 @@ pub async fn send(api: &Rc<Api>, mut req: Request) -> Response {
         Err(e) => return store_error(&e),
     }
     let max_bytes = q.kind.max_plaintext_bytes();
-    let declared = req.body.declared_len();
     if let Some(len) = declared
         && len > max_bytes
     {
@@ -264,9 +276,7 @@ pub async fn send(api: &Rc<Api>, mut req: Request) -> Response {
     let mut media_key = [0u8; MEDIA_KEY_BYTES];
     rand::Rng::fill_bytes(&mut rng, &mut media_key);
     let mut facts =
-        match media_pipe::encrypt_body(&mut req.body, q.kind, max_bytes, &media_key, temp.file())
-            .await
-        {
+        match media_pipe::encrypt_body(body, q.kind, max_bytes, &media_key, temp.file()).await {
             Ok(f) => f,
             Err(e) => return pipe_error(&e),
         };
@@ -305,7 +315,7 @@ pub async fn send(api: &Rc<Api>, mut req: Request) -> Response {
         Ok(len) => len,
         Err(e) => return media_store_error(&e),
     };
-    let (committed, response) = queue(api, key.as_deref(), &q, &media_id, blob_len, now, bytes);
+    let (committed, response) = queue(api, key.as_deref(), q, &media_id, blob_len, now, bytes);
     if !committed {
         // A failed commit, or another request with the same key won: no row names this blob.
         if let Err(e) = api.media.remove(Direction::Outgoing, &media_id) {

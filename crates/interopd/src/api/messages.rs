@@ -63,7 +63,7 @@ where
 }
 
 /// What a send carries: text, or a place.
-enum Body {
+pub(crate) enum Body {
     Text(String),
     Location(Box<Message>),
 }
@@ -338,7 +338,9 @@ pub(crate) fn commit_queued(
     Ok(accepted(&row.id, OutboxStatus::Queued))
 }
 
-fn queue_send(
+/// The one transaction of a text or location send, after validation: replay check, quote,
+/// encode, outbox row and note, 202. Triggers send through it too.
+pub(crate) fn queue_send(
     api: &Rc<Api>,
     key: Option<String>,
     digits: &str,

@@ -10,7 +10,12 @@
 //!
 //! Submodules: [`auth`] (token file, host check, rate limit), [`messages`] (send, status),
 //! [`inbox`] (long-poll, read marks, SSE, the message object), [`contacts`] (contacts, trust,
-//! identity), [`media`] (send media, fetch received media), [`webhook`] (the delivery worker).
+//! identity), [`media`] (send media, fetch received media), [`triggers`] (trigger URLs and
+//! their keys), [`webhook`] (the delivery worker).
+//!
+//! `/v1/triggers/{name}` is the one route that takes no bearer token: its `?key=` is checked
+//! by [`triggers`] instead, after the Host check and outside the token's rate limit. A `key`
+//! on any other route is refused with its own 401 code, so a trigger key never opens them.
 
 mod actions;
 pub mod auth;
@@ -18,6 +23,7 @@ pub mod contacts;
 pub mod inbox;
 pub mod media;
 pub mod messages;
+pub mod triggers;
 pub mod webhook;
 
 use std::cell::{Cell, RefCell};
@@ -57,6 +63,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/contacts"),
     ("GET", "/v1/contacts/{phone}"),
     ("POST", "/v1/contacts/{phone}/trust"),
+    ("GET", "/v1/triggers/{name}"),
+    ("POST", "/v1/triggers/{name}"),
     ("GET", "/v1/identity"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
@@ -106,6 +114,10 @@ pub struct ApiParts {
     pub media_public_url: Option<String>,
     /// `[media] blob_expiry_secs` in milliseconds: how long a sent blob is hosted.
     pub media_blob_expiry_ms: u64,
+    /// The state directory (trigger key files live under it).
+    pub state_dir: std::path::PathBuf,
+    /// The config's `[[trigger]]` entries.
+    pub triggers: Vec<crate::config::TriggerConfig>,
 }
 
 /// The API's shared state. One per daemon, shared as `Rc<Api>`.
@@ -125,6 +137,7 @@ pub struct Api {
     pub(crate) media: Rc<MediaStore>,
     pub(crate) media_public_url: Option<String>,
     pub(crate) media_blob_expiry_ms: u64,
+    pub(crate) triggers: triggers::Triggers,
 }
 
 /// A matched route, with its decoded path parameter.
@@ -144,6 +157,7 @@ pub enum Route {
     Contacts,
     Contact(String),
     Trust(String),
+    Trigger(String),
     Identity,
     Health,
     Metrics,
@@ -201,6 +215,10 @@ pub fn route(method: &str, path: &str) -> Routed {
         ["v1", "contacts", p, "trust"] if !p.is_empty() => {
             ((method == "POST").then(|| Route::Trust(param(p))), "POST")
         }
+        ["v1", "triggers", name] if !name.is_empty() => (
+            matches!(method, "GET" | "POST").then(|| Route::Trigger(param(name))),
+            "GET, POST",
+        ),
         ["v1", "identity"] => ((method == "GET").then_some(Route::Identity), "GET"),
         ["healthz"] => (
             (method == "GET" || method == "HEAD").then_some(Route::Health),
@@ -314,6 +332,7 @@ impl Api {
             media: parts.media,
             media_public_url: parts.media_public_url,
             media_blob_expiry_ms: parts.media_blob_expiry_ms,
+            triggers: triggers::Triggers::new(parts.state_dir, parts.triggers),
         })
     }
 
@@ -336,7 +355,18 @@ impl Api {
         if routed == Routed::Found(Route::Health) {
             return self.health();
         }
+        if let Routed::Found(Route::Trigger(name)) = &routed {
+            return triggers::fire(self, req, name).await;
+        }
         if !auth::bearer_matches(req.header("authorization"), &self.token) {
+            if req.query_param_count("key") > 0 {
+                return Response::json_error(
+                    401,
+                    "trigger_key_refused",
+                    "a trigger key works only on /v1/triggers/{name}; this route needs the API token as 'Authorization: Bearer <token>'",
+                )
+                .with_header("WWW-Authenticate", "Bearer");
+            }
             return Response::json_error(
                 401,
                 "unauthorized",
@@ -382,6 +412,8 @@ impl Api {
             Route::Contact(phone) => contacts::one(self, &phone),
             Route::Trust(phone) => contacts::trust(self, &phone),
             Route::Identity => contacts::identity(self),
+            // Answered before the token check, above.
+            Route::Trigger(name) => triggers::fire(self, req, &name).await,
             Route::Metrics => self.metrics_text(),
             Route::Health => self.health(),
         }
@@ -454,6 +486,7 @@ mod tests {
             .replace("{id}", "3EB0000000000000000001")
             .replace("{cursor}", "7")
             .replace("{phone}", "%2B15550100")
+            .replace("{name}", "doorbell")
     }
 
     #[test]

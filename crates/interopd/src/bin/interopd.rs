@@ -29,6 +29,11 @@ commands:
                                        restore a backup into an empty state directory (with
                                        --force, an existing one is moved aside); with --config,
                                        also write the backed-up config file there
+  trigger-url NAME [--config FILE] [--state DIR] [--api ADDR] [--rotate]
+                                       print the URL that fires [[trigger]] NAME (its last
+                                       line), making its key if needed; --rotate replaces the
+                                       key, and the old URL stops working at once; --api is
+                                       the address `run --api` was given, for the URL
   media-pin [--config FILE] [--state DIR]
                                        print the media host's TLS pin (sha256//BASE64) for
                                        the gatekeeper's registration, making its key if needed
@@ -52,6 +57,9 @@ struct Args {
     passphrase_file: Option<PathBuf>,
     no_encrypt: bool,
     force: bool,
+    rotate: bool,
+    /// The operand after the command (`trigger-url NAME`).
+    operand: Option<String>,
 }
 
 fn parse_args() -> Result<Args, lexopt::Error> {
@@ -70,6 +78,8 @@ fn parse_args() -> Result<Args, lexopt::Error> {
         passphrase_file: None,
         no_encrypt: false,
         force: false,
+        rotate: false,
+        operand: None,
     };
     while let Some(arg) = p.next()? {
         match arg {
@@ -84,9 +94,13 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             Long("passphrase-file") => args.passphrase_file = Some(p.value()?.into()),
             Long("no-encrypt") => args.no_encrypt = true,
             Long("force") => args.force = true,
+            Long("rotate") => args.rotate = true,
             Long("version") => args.command = "version".into(),
             Long("help") | Short('h') => args.command = "help".into(),
             Value(v) if args.command.is_empty() => args.command = v.string()?,
+            Value(v) if args.command == "trigger-url" && args.operand.is_none() => {
+                args.operand = Some(v.string()?);
+            }
             _ => return Err(arg.unexpected()),
         }
     }
@@ -158,6 +172,61 @@ fn media_pin(config_path: &std::path::Path, state: Option<PathBuf>) -> ExitCode 
         Err(e) => {
             eprintln!("interopd: media host identity: {e}");
             ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// `interopd trigger-url NAME [--rotate]`: the URL of a configured trigger, as the last line.
+fn trigger_url(config_path: &std::path::Path, args: &Args) -> ExitCode {
+    let Some(name) = &args.operand else {
+        eprintln!("interopd: trigger-url needs the trigger's NAME\n\n{USAGE}");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let mut config = match load_config(config_path, args.state.clone()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(addr) = args.api.as_deref() {
+        let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+            eprintln!("interopd: --api {addr:?} must be an IP address and port");
+            return ExitCode::from(EXIT_USAGE);
+        };
+        config.api_addr = addr;
+    }
+    if !config.triggers.iter().any(|t| t.name == *name) {
+        let names: Vec<&str> = config.triggers.iter().map(|t| t.name.as_str()).collect();
+        eprintln!(
+            "interopd: {} has no [[trigger]] named {name:?} (it has: {})",
+            config_path.display(),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if let Err(e) = interopd::store::ensure_state_dir(&config.state_dir) {
+        eprintln!("interopd: {e}");
+        return ExitCode::FAILURE;
+    }
+    let state = &config.state_dir;
+    let key = if args.rotate {
+        interopd::api::triggers::rotate_key(state, name)
+    } else {
+        interopd::api::triggers::load_or_create_key(state, name)
+    };
+    match key {
+        Ok(key) => {
+            if args.rotate {
+                eprintln!("interopd: trigger {name}: new key; the old URL no longer works");
+            }
+            println!("{}", interopd::api::triggers::url(&config, name, &key));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("interopd: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -411,6 +480,7 @@ fn main() -> ExitCode {
             args.reset_identity,
         ),
         "media-pin" => media_pin(&config_path, args.state.clone()),
+        "trigger-url" => trigger_url(&config_path, &args),
         "backup" => backup(&config_path, &args),
         "restore" => restore(&args),
         #[cfg(feature = "demo")]

@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod api_rate;
+pub mod trigger;
 mod wire;
 pub use api_rate::{ApiRate, MAX_API_RATE_REQUESTS};
+pub use trigger::TriggerConfig;
 use wire::parse_hex32;
 pub use wire::{PROFILE_WHEN_ABSENT, WHATSAPP_NOISE_ROOT, max_token_bytes, parse_noise_root};
 
@@ -111,6 +113,8 @@ pub struct Config {
     pub webhook: Option<WebhookConfig>,
     /// The `[media]` section (defaults when absent).
     pub media: MediaConfig,
+    /// The `[[trigger]]` entries: trigger URLs, in file order.
+    pub triggers: Vec<TriggerConfig>,
     /// Set by `interopd run --reset-identity`, never by the file: start with a new identity
     /// even though the state directory shows an earlier one ([`crate::daemon::earlier_life`]).
     pub reset_identity: bool,
@@ -266,7 +270,7 @@ impl Config {
                 }
             })?;
         }
-        Ok(())
+        trigger::check_files(&self.triggers)
     }
 
     /// Our account as the gatekeeper knows it: `{integrator}-{user}`.
@@ -345,7 +349,8 @@ impl std::fmt::Display for Config {
         }
         writeln!(f)?;
         writeln!(f, "[state]")?;
-        writeln!(f, "dir = {}", q(&self.state_dir.to_string_lossy()))
+        writeln!(f, "dir = {}", q(&self.state_dir.to_string_lossy()))?;
+        trigger::render(f, &self.triggers)
     }
 }
 
@@ -386,6 +391,8 @@ struct Raw {
     webhook: Option<RawWebhook>,
     #[serde(default)]
     media: RawMedia,
+    #[serde(default)]
+    trigger: Vec<S<trigger::RawTrigger>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -617,6 +624,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
     };
     let media = media(&raw.media, text, &resolve)?;
+    let triggers = trigger::parse(text, &raw.trigger, &resolve, media.public_url.is_some())?;
     Ok(Config {
         integrator,
         user,
@@ -633,6 +641,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         state_dir,
         webhook,
         media,
+        triggers,
         reset_identity: false,
     })
 }
