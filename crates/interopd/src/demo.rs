@@ -222,6 +222,7 @@ pub fn run(
         cfg.api_rate = rate;
     }
     enable_media_host(&state, &hub_dir, &mut cfg)?;
+    let group = demo_group(&state, control)?;
     let token_file: PathBuf = daemon_dir.join("api-token");
     // The banner is best effort: a closed stdout (a pipe nobody reads) must not stop the demo.
     let mut banner = format!(
@@ -237,12 +238,94 @@ pub fn run(
     for line in household_lines(api, &token_file) {
         banner.push_str(&format!("  {line}\n"));
     }
+    banner.push_str(&format!(
+        "\nThe demo group {group} holds you and both contacts; the echo contact answers there too:\n  {}\n",
+        group_line(api, &token_file, &group)
+    ));
     banner.push('\n');
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
     drop(out);
     daemon::run(cfg, Box::new(crate::link::start)).map_err(DemoError::Daemon)
 }
+/// The demo group's send line, as `label: command` like the household lines.
+pub fn group_line(api: SocketAddr, token_file: &Path, group: &str) -> String {
+    let auth = format!(
+        "-H \"Authorization: Bearer $(cat {})\"",
+        token_file.display()
+    );
+    format!(
+        "group:          curl {auth} -d '{{\"group\": \"{group}\", \"text\": \"Hello family\"}}' 'http://{api}/v1/messages'"
+    )
+}
+
+/// Subject of the group the demo makes on its first start.
+pub const DEMO_GROUP_SUBJECT: &str = "Family (demo)";
+/// File under the demo's state directory naming its group, so a restart reuses it.
+pub const DEMO_GROUP_FILE: &str = "demo-group";
+/// Largest answer read from the hub's control API when making the demo group, in bytes.
+const DEMO_GROUP_ANSWER_BYTES: u64 = 64 * 1024;
+
+/// The demo group's id: the one made on an earlier start, or a new group (us as its admin,
+/// and both simulated contacts) made now through the hub's control API. The daemon learns
+/// of it from the gatekeeper's `create` notification when it logs in.
+fn demo_group(state: &Path, control: SocketAddr) -> Result<String, DemoError> {
+    let file = state.join(DEMO_GROUP_FILE);
+    if let Ok(text) = std::fs::read_to_string(&file)
+        && let Ok(g) = crate::group::GroupId::new(text.trim())
+    {
+        return Ok(g.as_str().to_owned());
+    }
+    let failed = |detail: String| DemoError::Provision {
+        detail: format!("making the demo group: {detail}"),
+    };
+    let body = serde_json::json!({
+        "subject": DEMO_GROUP_SUBJECT,
+        "members": [DEMO_ACCOUNT, "+15550100", "+15550101"],
+    })
+    .to_string();
+    let host = control.to_string();
+    let answer = smol::block_on(async {
+        let mut stream = smol::net::TcpStream::connect(control)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let req = crate::http::ClientRequest {
+            method: "POST",
+            target: "/groups",
+            host: &host,
+            headers: &[("Content-Type", "application/json")],
+            body: body.as_bytes(),
+        };
+        let resp = crate::http::request(&mut stream, &req, 16 * 1024)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let status = resp.head.status;
+        let bytes = resp
+            .read_to_end(DEMO_GROUP_ANSWER_BYTES)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        if status != 201 {
+            return Err(failed(format!(
+                "the hub answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        Ok(bytes)
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&answer).map_err(|e| failed(e.to_string()))?;
+    let id = v
+        .get("id")
+        .and_then(|i| i.as_str())
+        .and_then(|i| crate::group::GroupId::new(i).ok())
+        .ok_or_else(|| failed("the hub's answer has no group id".into()))?;
+    std::fs::write(&file, id.as_str()).map_err(|source| DemoError::Io {
+        what: "writing the demo group file",
+        source,
+    })?;
+    Ok(id.as_str().to_owned())
+}
+
 /// The daemon config for an account the hub provisioned: dial the hub on its profile, pin its
 /// CA (and on `wa` its Noise root, serial `server::ROOT_SERIAL`), and defaults for
 /// everything else (what `interop-hub provision` prints). A Noise root that is not 64 hex

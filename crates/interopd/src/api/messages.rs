@@ -31,7 +31,11 @@ pub const MAX_LOCATION_TEXT_CHARS: usize = 256;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SendJson {
-    to: String,
+    #[serde(default)]
+    to: Option<String>,
+    /// A group id in place of `to`.
+    #[serde(default)]
+    group: Option<String>,
     #[serde(default, deserialize_with = "present")]
     text: Option<String>,
     #[serde(default, deserialize_with = "present")]
@@ -139,7 +143,7 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
     let content_type = req.head.content_type();
     // The query's `to` and `reply_to` belong to a text body; a JSON body carries its own. They
     // are checked whenever given, so a bad one is never silently ignored.
-    for name in ["to", "reply_to", "correlation"] {
+    for name in ["to", "group", "reply_to", "correlation"] {
         if req.query_param_count(name) > 1 {
             return bad(
                 "repeated_parameter",
@@ -164,7 +168,8 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
         return r;
     }
     let from_query = !matches!(content_type.as_deref(), Some("application/json"));
-    let (to, body, reply_to, correlation) = match content_type.as_deref() {
+    let query_group = req.query_param("group");
+    let (to, group, body, reply_to, correlation) = match content_type.as_deref() {
         Some("application/json") => {
             let body: SendJson = match req.body.read_json(MAX_JSON_BODY_BYTES).await {
                 Ok(b) => b,
@@ -181,17 +186,18 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
                     return bad("text_and_location", "give 'text' or 'location', not both");
                 }
             };
-            (body.to, what, body.reply_to, body.correlation)
+            (body.to, body.group, what, body.reply_to, body.correlation)
         }
         // `curl -d TEXT` sends form-urlencoded; CONTRACT.md promises that line works, so the
         // body is taken as literal text (not form-decoded), as for text/plain.
         None | Some("text/plain" | "application/x-www-form-urlencoded") => {
-            let Some(to) = req.query_param("to") else {
+            let to = req.query_param("to");
+            if to.is_none() && query_group.is_none() {
                 return bad(
                     "missing_to",
-                    "a text/plain body needs the recipient as ?to=%2B<digits>",
+                    "a text/plain body needs the recipient as ?to=%2B<digits> or ?group=<id>",
                 );
-            };
+            }
             let reply_to = req.query_param("reply_to");
             let correlation = req.query_param("correlation");
             let bytes = match req.body.read_to_vec(MAX_JSON_BODY_BYTES).await {
@@ -201,7 +207,7 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
             let Ok(text) = String::from_utf8(bytes) else {
                 return bad("bad_text", "the text/plain body is not UTF-8");
             };
-            (to, Body::Text(text), reply_to, correlation)
+            (to, query_group, Body::Text(text), reply_to, correlation)
         }
         _ => {
             return Response::json_error(
@@ -211,15 +217,26 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
             );
         }
     };
-    let Some(digits) = (if from_query {
-        super::query_phone(&to)
-    } else {
-        crate::jid::parse_phone(&to).ok()
-    }) else {
-        return bad(
-            "bad_phone",
-            "'to' must be an E.164 number such as +4915112345678",
-        );
+    let recipient = match (to, group) {
+        (Some(_), Some(_)) => return bad("to_and_group", "give 'to' or 'group', not both"),
+        (None, None) => return bad("missing_to", "give the recipient as 'to' or 'group'"),
+        (None, Some(g)) => match group_recipient(api, &g) {
+            Ok(jid) => jid,
+            Err(r) => return r,
+        },
+        (Some(to), None) => match if from_query {
+            super::query_phone(&to)
+        } else {
+            crate::jid::parse_phone(&to).ok()
+        } {
+            Some(digits) => digits,
+            None => {
+                return bad(
+                    "bad_phone",
+                    "'to' must be an E.164 number such as +4915112345678",
+                );
+            }
+        },
     };
     if matches!(&body, Body::Text(t) if t.is_empty()) {
         return bad("empty_text", "'text' must not be empty");
@@ -232,7 +249,21 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
     if let Err(r) = check_correlation(correlation.as_deref()) {
         return r;
     }
-    queue_send(api, key, &digits, body, reply_to, correlation)
+    queue_send(api, key, &recipient, body, reply_to, correlation)
+}
+
+/// The outbox recipient of a send to group `raw`: `{id}@g.us`, for a group we are in.
+pub(crate) fn group_recipient(api: &Api, raw: &str) -> Result<String, Response> {
+    let gid = super::groups::parse_group_id(raw)?;
+    match api.store.begin().and_then(|t| t.group(gid.as_str())) {
+        Ok(Some(_)) => Ok(gid.jid()),
+        Ok(None) => Err(Response::json_error(
+            404,
+            "unknown_group",
+            "we are not in a group with this id",
+        )),
+        Err(e) => Err(store_error(&e)),
+    }
 }
 
 /// A message id as `reply_to` takes it: 1 to [`MAX_MESSAGE_ID_BYTES`] visible ASCII
@@ -429,6 +460,16 @@ fn quoted(
         let me = format!("{}@{}", api.account, crate::jid::INTEROP_SERVER);
         return Ok((me, decode(&row.content).map(strip_context)));
     }
+    if let Ok(gid) = crate::group::GroupId::parse_jid(digits) {
+        // In a group, the quoted message's author is whoever sent it there.
+        return Ok(match txn.inbox_by_message_id(id)? {
+            Some((_, _, row)) if row.group == gid.as_str() => (
+                format!("{}@{}", row.from, crate::jid::WHATSAPP_SERVER),
+                decode(&row.content).map(strip_context),
+            ),
+            _ => (String::new(), None),
+        });
+    }
     let peer = format!("{digits}@{}", crate::jid::WHATSAPP_SERVER);
     let copy = match txn.inbox_by_message_id(id)? {
         Some((_, _, row)) if row.from == digits => decode(&row.content).map(strip_context),
@@ -470,6 +511,9 @@ pub fn status(api: &Rc<Api>, id: &str) -> Response {
             Ok(note) => {
                 let mut v = status_json(&row);
                 add_note(&mut v, &row, note.as_ref());
+                if let Err(e) = add_members(&txn, &mut v, id) {
+                    return store_error(&e);
+                }
                 Response::json(200, &v)
             }
             Err(e) => store_error(&e),
@@ -508,15 +552,53 @@ pub fn add_note(
     }
 }
 
+/// A group message's `members`: each member's progress, the least of its devices'
+/// (`sent`, `delivered`, `read`), by `+phone` (or account name).
+fn add_members(txn: &Txn, v: &mut serde_json::Value, id: &str) -> Result<(), StoreError> {
+    let Some(devices) = txn.group_receipts(id)? else {
+        return Ok(());
+    };
+    let mut members: std::collections::BTreeMap<String, crate::store::DeviceReceipt> =
+        std::collections::BTreeMap::new();
+    for (device, state) in devices {
+        let Ok(j) = crate::jid::Jid::parse(&device) else {
+            continue;
+        };
+        let name = super::groups::member_name(&j.to_user().to_string());
+        let e = members.entry(name).or_insert(state);
+        *e = (*e).min(state);
+    }
+    let map: serde_json::Map<String, serde_json::Value> = members
+        .into_iter()
+        .map(|(k, s)| {
+            let word = match s {
+                crate::store::DeviceReceipt::Sent => "sent",
+                crate::store::DeviceReceipt::Delivered => "delivered",
+                crate::store::DeviceReceipt::Read => "read",
+            };
+            (k, word.into())
+        })
+        .collect();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("members".into(), map.into());
+    }
+    Ok(())
+}
+
 /// The status object for an outbox row.
 pub fn status_json(row: &OutboxRow) -> serde_json::Value {
     let mut v = serde_json::json!({
         "id": row.id,
-        "to": format!("+{}", row.to),
         "kind": ContentKind::from_byte(row.kind).as_str(),
         "status": row.status.as_str(),
         "updated_at": rfc3339(row.updated_ms),
     });
+    if let Some(obj) = v.as_object_mut() {
+        match crate::group::GroupId::parse_jid(&row.to) {
+            Ok(g) => obj.insert("group".into(), g.as_str().into()),
+            Err(_) => obj.insert("to".into(), format!("+{}", row.to).into()),
+        };
+    }
     if row.status == OutboxStatus::Failed || !row.error_code.is_empty() {
         let code = if row.error_code.is_empty() {
             "failed"

@@ -20,6 +20,7 @@
 mod actions;
 pub mod auth;
 pub mod contacts;
+pub mod groups;
 pub mod inbox;
 pub mod media;
 pub mod messages;
@@ -65,6 +66,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/contacts/{phone}/trust"),
     ("GET", "/v1/triggers/{name}"),
     ("POST", "/v1/triggers/{name}"),
+    ("GET", "/v1/groups"),
+    ("POST", "/v1/groups"),
+    ("GET", "/v1/groups/{id}"),
+    ("POST", "/v1/groups/{id}/members"),
+    ("DELETE", "/v1/groups/{id}/members/{phone}"),
+    ("POST", "/v1/groups/{id}/leave"),
     ("GET", "/v1/identity"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
@@ -158,6 +165,12 @@ pub enum Route {
     Contact(String),
     Trust(String),
     Trigger(String),
+    Groups,
+    CreateGroup,
+    Group(String),
+    AddMember(String),
+    RemoveMember(String, String),
+    LeaveGroup(String),
     Identity,
     Health,
     Metrics,
@@ -218,6 +231,29 @@ pub fn route(method: &str, path: &str) -> Routed {
         ["v1", "triggers", name] if !name.is_empty() => (
             matches!(method, "GET" | "POST").then(|| Route::Trigger(param(name))),
             "GET, POST",
+        ),
+        ["v1", "groups"] => (
+            match method {
+                "GET" => Some(Route::Groups),
+                "POST" => Some(Route::CreateGroup),
+                _ => None,
+            },
+            "GET, POST",
+        ),
+        ["v1", "groups", g] if !g.is_empty() => {
+            ((method == "GET").then(|| Route::Group(param(g))), "GET")
+        }
+        ["v1", "groups", g, "members"] if !g.is_empty() => (
+            (method == "POST").then(|| Route::AddMember(param(g))),
+            "POST",
+        ),
+        ["v1", "groups", g, "members", p] if !g.is_empty() && !p.is_empty() => (
+            (method == "DELETE").then(|| Route::RemoveMember(param(g), param(p))),
+            "DELETE",
+        ),
+        ["v1", "groups", g, "leave"] if !g.is_empty() => (
+            (method == "POST").then(|| Route::LeaveGroup(param(g))),
+            "POST",
         ),
         ["v1", "identity"] => ((method == "GET").then_some(Route::Identity), "GET"),
         ["healthz"] => (
@@ -412,6 +448,12 @@ impl Api {
             Route::Contact(phone) => contacts::one(self, &phone),
             Route::Trust(phone) => contacts::trust(self, &phone),
             Route::Identity => contacts::identity(self),
+            Route::Groups => groups::list(self),
+            Route::CreateGroup => groups::create(self, req).await,
+            Route::Group(id) => groups::one(self, &id),
+            Route::AddMember(id) => groups::add(self, req, &id).await,
+            Route::RemoveMember(id, phone) => groups::remove(self, &id, &phone).await,
+            Route::LeaveGroup(id) => groups::leave(self, &id).await,
             // Answered before the token check, above.
             Route::Trigger(name) => triggers::fire(self, req, &name).await,
             Route::Metrics => self.metrics_text(),

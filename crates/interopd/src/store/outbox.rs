@@ -73,6 +73,7 @@ impl Txn {
     pub fn outbox_remove(&self, seq: u64, id: &str) -> Result<(), StoreError> {
         self.inner.open_table(OUTBOX)?.remove(&seq.to_be_bytes())?;
         self.inner.open_table(OUTBOX_BY_ID)?.remove(id)?;
+        self.delete_group_receipts(id)?;
         self.remove_note(id)
     }
 
