@@ -220,7 +220,7 @@ mod tests {
             "interopd-backup-20261308T013000Z.tar",
             "interopd-backup-20260230T013000Z.tar",
             "interopd-backup-20261208T253000Z.tar",
-            "interopd-backup-20261208T013000Z.tar",
+            "interopd-backup-20261208T013000Z.zip",
             "interopd-backup-20261208 013000Z.tar",
             "interopd-backup-+0261208T013000Z.tar",
             "notes.txt",

@@ -107,6 +107,34 @@ impl ScheduledBackups {
     }
 }
 
+/// The file checks of `[backup]`, for `check-config` and `run` after `Config::check_files`:
+/// the passphrase file must read as a passphrase. Warns (and passes) for `encrypt = false`,
+/// and for a `dir` that is not there now (a mount may come later; each run checks it again).
+pub fn check_files(config: &crate::config::Config) -> Result<(), crate::config::ConfigError> {
+    let Some(b) = &config.backup else {
+        return Ok(());
+    };
+    match &b.passphrase_file {
+        Some(p) => {
+            super::read_passphrase(p).map_err(|e| crate::config::ConfigError {
+                line: None,
+                message: format!("backup.passphrase_file: {e}"),
+            })?;
+        }
+        None => log::warn!(
+            "backup.encrypt = false: the archives in {} will hold the identity's private keys and the API token in the clear",
+            b.dir.display()
+        ),
+    }
+    if !b.dir.is_dir() {
+        log::warn!(
+            "backup.dir {} is not a directory now; each scheduled backup fails until it is",
+            b.dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Runs scheduled backups until the executor drops the task.
 pub async fn run(backups: Rc<ScheduledBackups>) {
     let every = backups.config.every_secs;

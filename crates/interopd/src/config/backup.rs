@@ -1,9 +1,9 @@
 //! `[backup]`: scheduled backups, as the config declares them (docs/config.md, docs/backup.md).
 //! A directory, an interval, how many archives to keep, and the passphrase file that encrypts
 //! them (or an explicit `encrypt = false`). Parsing only: whether the passphrase file reads is
-//! checked by [`super::Config::check_files`]; whether `dir` exists and is writable is checked
-//! at each run by the daemon (`backup::scheduled`), because it may be a disk or a network
-//! mount that comes and goes.
+//! checked by `backup::scheduled::check_files` (for `check-config` and `run`); whether `dir`
+//! exists and is writable is checked at each run by the daemon, because it may be a disk or a
+//! network mount that comes and goes.
 
 use std::path::{Path, PathBuf};
 
@@ -164,32 +164,6 @@ pub(super) fn render(
         Some(p) => writeln!(f, "passphrase_file = {}", q(&p.to_string_lossy())),
         None => writeln!(f, "encrypt = false"),
     }
-}
-
-/// The file checks of `[backup]`: the passphrase file must read as a passphrase. Warns (and
-/// passes) for `encrypt = false`, and for a `dir` that is not there yet (a mount may come
-/// later; each run checks it again).
-pub(super) fn check_files(backup: Option<&BackupConfig>) -> Result<(), ConfigError> {
-    let Some(b) = backup else { return Ok(()) };
-    match &b.passphrase_file {
-        Some(p) => {
-            crate::backup::read_passphrase(p).map_err(|e| ConfigError {
-                line: None,
-                message: format!("backup.passphrase_file: {e}"),
-            })?;
-        }
-        None => log::warn!(
-            "backup.encrypt = false: the archives in {} will hold the identity's private keys and the API token in the clear",
-            b.dir.display()
-        ),
-    }
-    if !b.dir.is_dir() {
-        log::warn!(
-            "backup.dir {} is not a directory now; each scheduled backup fails until it is",
-            b.dir.display()
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

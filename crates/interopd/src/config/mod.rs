@@ -275,8 +275,7 @@ impl Config {
                 }
             })?;
         }
-        trigger::check_files(&self.triggers)?;
-        backup::check_files(self.backup.as_ref())
+        trigger::check_files(&self.triggers)
     }
 
     /// Our account as the gatekeeper knows it: `{integrator}-{user}`.
