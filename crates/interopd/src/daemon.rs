@@ -452,6 +452,9 @@ pub fn run(config: Config, start_link: LinkStarter) -> Result<(), DaemonError> {
             }
         };
         serve(&rt, link, listener, stop).await?;
+        if let Some(b) = &rt.backups {
+            b.stop();
+        }
         if let Err(e) = notifier.stopping() {
             log::warn!("sd_notify: {e}");
         }

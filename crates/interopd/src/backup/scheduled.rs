@@ -49,6 +49,8 @@ pub struct ScheduledBackups {
     last_bytes: Cell<u64>,
     /// Failed runs since start.
     failures: Cell<u64>,
+    /// The run under way, if any; [`ScheduledBackups::stop`] kills it.
+    running: RefCell<Option<Running>>,
 }
 
 impl ScheduledBackups {
@@ -68,7 +70,14 @@ impl ScheduledBackups {
             schedule: RefCell::new(schedule),
             last_bytes: Cell::new(last_bytes),
             failures: Cell::new(0),
+            running: RefCell::new(None),
         }
+    }
+
+    /// Kills a run under way and removes its partial files: the daemon calls it as it stops
+    /// (its detached tasks are not dropped before the process exits).
+    pub fn stop(&self) {
+        drop(self.running.borrow_mut().take());
     }
 
     /// The last success, seconds since the epoch (0: none).
@@ -157,7 +166,7 @@ pub async fn run(backups: Rc<ScheduledBackups>) {
             smol::Timer::after(Duration::from_millis(wait)).await;
             continue;
         }
-        match run_once(&backups.config, &backups.state_dir, now).await {
+        match run_once(&backups, now).await {
             Ok(done) => {
                 backups.schedule.borrow_mut().succeeded(now);
                 backups.last_bytes.set(done.bytes);
@@ -194,7 +203,8 @@ struct Done {
 }
 
 /// One run at `now_ms`: the child, then rotation. The error is one sentence for the log.
-async fn run_once(config: &BackupConfig, state_dir: &Path, now_ms: u64) -> Result<Done, String> {
+async fn run_once(backups: &ScheduledBackups, now_ms: u64) -> Result<Done, String> {
+    let (config, state_dir) = (&backups.config, backups.state_dir.as_path());
     let start = Instant::now();
     let dir = &config.dir;
     if state_dir.starts_with(dir) || dir.starts_with(state_dir) {
@@ -233,7 +243,7 @@ async fn run_once(config: &BackupConfig, state_dir: &Path, now_ms: u64) -> Resul
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let failure = match child_outcome(cmd, &out).await {
+    let failure = match child_outcome(cmd, &out, &backups.running).await {
         Ok((status, _)) if status.success() && out.is_file() => None,
         Ok((_, log)) if !log.is_empty() => Some(log),
         Ok((status, _)) => Some(format!("interopd backup exited with {status}")),
@@ -263,18 +273,25 @@ async fn run_once(config: &BackupConfig, state_dir: &Path, now_ms: u64) -> Resul
 }
 
 /// Starts `cmd` and waits for it without blocking the thread; the exit status and the last
-/// error line of its log, or why it could not run. Dropped before the child exits (the daemon
-/// stops), the child is killed and its partial files next to `out` are removed.
-async fn child_outcome(mut cmd: Command, out: &Path) -> Result<(ExitStatus, String), String> {
-    let child = cmd
+/// error line of its log, or why it could not run. While it runs it sits in `slot`, so that
+/// [`ScheduledBackups::stop`] can kill it.
+async fn child_outcome(
+    mut cmd: Command,
+    out: &Path,
+    slot: &RefCell<Option<Running>>,
+) -> Result<(ExitStatus, String), String> {
+    let mut child = cmd
         .spawn()
         .map_err(|e| format!("starting interopd backup: {e}"))?;
-    let mut running = Running {
+    let stderr = child.stderr.take();
+    // Killed and cleaned up when taken out of the slot before it exited.
+    *slot.borrow_mut() = Some(Running {
         child,
         out: out.to_path_buf(),
         exited: false,
-    };
-    let Some(stderr) = running.child.stderr.take() else {
+    });
+    let Some(stderr) = stderr else {
+        drop(slot.borrow_mut().take());
         return Err("starting interopd backup: no stderr pipe".into());
     };
     let read_log = async {
@@ -294,25 +311,43 @@ async fn child_outcome(mut cmd: Command, out: &Path) -> Result<(ExitStatus, Stri
         None
     };
     let Some(log) = read_log.or(deadline).await else {
+        drop(slot.borrow_mut().take());
         return Err(format!(
             "interopd backup ran longer than {MAX_BACKUP_RUN_SECS} s and was stopped"
         ));
     };
     // The pipe closed: the child is exiting. Poll rather than block on its last moments.
     loop {
-        match running.child.try_wait() {
+        let polled = match slot.borrow_mut().as_mut() {
+            None => Err("the daemon is stopping".to_string()),
+            Some(r) => match r.child.try_wait() {
+                Ok(Some(status)) => {
+                    r.exited = true;
+                    Ok(Some(status))
+                }
+                Ok(None) => Ok(None),
+                Err(e) => Err(format!("waiting for interopd backup: {e}")),
+            },
+        };
+        match polled {
             Ok(Some(status)) => {
-                running.exited = true;
+                slot.borrow_mut().take();
                 return Ok((status, last_error(&log)));
             }
-            Ok(None) => smol::Timer::after(Duration::from_millis(10)).await,
-            Err(e) => return Err(format!("waiting for interopd backup: {e}")),
-        };
+            Ok(None) => {
+                smol::Timer::after(Duration::from_millis(10)).await;
+            }
+            Err(e) => {
+                drop(slot.borrow_mut().take());
+                return Err(e);
+            }
+        }
     }
 }
 
 /// A child backup until it has exited; killed (and its partial files removed) if dropped
 /// before.
+#[derive(Debug)]
 struct Running {
     child: std::process::Child,
     out: PathBuf,
