@@ -50,6 +50,8 @@ use crate::frame::MAX_FRAME_BYTES;
 use crate::jid::Jid;
 use crate::store::{OutboxStatus, Store, StoreError};
 
+#[cfg(all(test, feature = "demo"))]
+mod group_tests;
 mod groups;
 mod outbox;
 #[cfg(all(test, feature = "demo"))]
