@@ -127,6 +127,44 @@ fn printed_curl_lines_work_and_state_survives_a_restart() {
     );
 }
 
+/// The demo's group: the printed line sends to it, both contacts decrypt it, and the echo
+/// comes back into the inbox with the group's id.
+#[test]
+fn the_printed_group_line_reaches_both_contacts_and_the_echo_returns_with_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("interopd-demo");
+    let api = free_api();
+    let demo = start(&state, &api);
+    let line = demo.banner_value("group:");
+    let users = demo.banner_value("hub control:");
+    let group = std::fs::read_to_string(state.join("demo-group")).unwrap();
+    assert!(line.contains(&format!("\"group\": \"{group}\"")), "{line}");
+    let sent = sh(&line);
+    assert!(sent.contains("\"status\":\"queued\""), "{sent}");
+    let inbox = demo.curl_lines[1].clone();
+    let t0 = Instant::now();
+    loop {
+        let got = sh(&inbox);
+        if got.contains("echo: Hello family") {
+            assert!(got.contains(&format!("\"group\":\"{group}\"")), "{got}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no group echo: {got}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for phone in ["+15550100", "+15550101"] {
+        let url = users.replace("/users", &format!("/users/{phone}/received"));
+        let (_, body) = curl_status(&url);
+        assert!(
+            body.contains("Hello family") && body.contains(&group),
+            "{phone}: {body}"
+        );
+    }
+}
+
 /// `curl` of `url` with the status code as the output's last line.
 fn curl_status(url: &str) -> (u16, String) {
     let out = Command::new("curl")

@@ -283,16 +283,16 @@ pub fn run(
     for line in curl_lines(api, &token_file) {
         banner.push_str(&format!("  {line}\n"));
     }
+    banner.push_str(&format!(
+        "\nThe demo group {group} holds you and both contacts; the echo contact answers there too:\n  {}\n",
+        group_line(api, &token_file, &group)
+    ));
     banner.push_str(
         "\nThe echo contact reacts to a text starting with \"react\", shares a place when asked\n\"where\", echoes your edits and deletes on its echo, and shows typing first. A plain GET of\nthe doorbell's trigger URL sends it \"Someone is at the door\":\n",
     );
     for line in household_lines(api, &token_file, &daemon_dir) {
         banner.push_str(&format!("  {line}\n"));
     }
-    banner.push_str(&format!(
-        "\nThe demo group {group} holds you and both contacts; the echo contact answers there too:\n  {}\n",
-        group_line(api, &token_file, &group)
-    ));
     banner.push('\n');
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(banner.as_bytes()).and_then(|()| out.flush());
@@ -302,7 +302,7 @@ pub fn run(
 /// The demo group's send line, as `label: command` like the household lines.
 pub fn group_line(api: SocketAddr, token_file: &Path, group: &str) -> String {
     let auth = format!(
-        "-H \"Authorization: Bearer $(cat {})\"",
+        "-H \"Authorization: Bearer $(cat '{}')\" -H 'Content-Type: application/json'",
         token_file.display()
     );
     format!(
