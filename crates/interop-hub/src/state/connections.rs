@@ -265,6 +265,11 @@ impl Hub {
                 let class = s.tag.clone();
                 let ack = match self.route(device, s, now_ms) {
                     Ok(to) => {
+                        let phash = if s.tag == "message" {
+                            self.group_phash(&to, device)
+                        } else {
+                            None
+                        };
                         let mut a = Stanza::new("ack")
                             .attr("class", class)
                             .attr("id", s.attr_value("id").unwrap_or(""))
@@ -272,6 +277,9 @@ impl Hub {
                             .attr("t", unix_secs(now_ms));
                         if let Some(t) = s.attr_value("type").filter(|_| s.tag == "receipt") {
                             a = a.attr("type", t);
+                        }
+                        if let Some(phash) = phash {
+                            a = a.attr("phash", phash);
                         }
                         a
                     }

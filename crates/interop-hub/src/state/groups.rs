@@ -261,6 +261,22 @@ impl Hub {
         Ok(info(&self.remove_members(id, "hub", &[m], now_ms)?))
     }
 
+    /// The participant-list hash (docs/protocol.md 21.2) of group `gid` as a message from
+    /// `sender` should address it: every member device but the sender's. `None` for a group
+    /// we do not have. The ack of a group message carries it, so the sender can tell that
+    /// its device lists are stale.
+    pub(super) fn group_phash(&self, gid: &str, sender: &Jid) -> Option<String> {
+        let id = GroupId::parse_jid(gid).ok()?;
+        let rec = self.store.group(id.as_str()).ok()??;
+        let devices: Vec<String> = self
+            .member_devices(&rec)
+            .into_iter()
+            .filter(|d| d != sender)
+            .map(|d| d.to_string())
+            .collect();
+        Some(group::phash(&devices))
+    }
+
     /// Every device of every member of `rec`, as device JIDs.
     pub(super) fn member_devices(&self, rec: &GroupRecord) -> Vec<Jid> {
         let mut out = Vec::new();

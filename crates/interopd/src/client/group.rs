@@ -335,7 +335,36 @@ impl Client {
         txn.put_group_receipts(send, &receipts)?;
         // Sessions, our chain, key holders and stanza bytes commit together, before the wire.
         txn.commit()?;
+        if self.group_phashes.len() < MAX_PENDING_SENDS {
+            self.group_phashes
+                .insert(send.to_owned(), (gs.group.clone(), out.phash.clone()));
+        }
         self.send_committed(bytes, now_ms);
+        Ok(())
+    }
+
+    /// The gatekeeper acked group message `id` with its own participant-list hash. When it
+    /// differs from ours, some member's device list is stale (a new device, or one gone):
+    /// every member's cached list is forgotten, so the next send fetches them afresh.
+    pub(super) fn group_acked(&mut self, id: &str, theirs: &str) -> Result<(), ClientError> {
+        let Some((group, ours)) = self.group_phashes.remove(id) else {
+            return Ok(());
+        };
+        if ours == theirs {
+            return Ok(());
+        }
+        log::warn!(
+            "client: group {group}: the gatekeeper addresses other devices than message {id} did (phash {ours}, theirs {theirs}); device lists are fetched again for the next send"
+        );
+        let txn = self.store.begin()?;
+        if let Some(g) = txn.group(group.as_str())? {
+            for m in g.members {
+                if let Ok(j) = Jid::parse(&m.jid) {
+                    txn.forget_device_list(&j.user)?;
+                }
+            }
+        }
+        txn.commit()?;
         Ok(())
     }
 

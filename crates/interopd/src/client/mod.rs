@@ -166,6 +166,9 @@ pub struct Client {
     sends: HashMap<String, OutgoingMessage>,
     /// Group sends waiting for device lists or bundles, by message id.
     group_sends: HashMap<String, group::GroupSend>,
+    /// Group messages on the wire, by id: the group and the `phash` we sent, to compare with
+    /// the gatekeeper's in the ack.
+    group_phashes: HashMap<String, (crate::group::GroupId, String)>,
     /// Resends after a retry receipt whose server ack is outstanding: message id → how many.
     /// Their acks are not reported as [`Event::Acked`] (the row's own ack already was).
     resends: HashMap<String, u32>,
@@ -207,6 +210,7 @@ impl Client {
             pending: HashMap::new(),
             sends: HashMap::new(),
             group_sends: HashMap::new(),
+            group_phashes: HashMap::new(),
             resends: HashMap::new(),
             last_tx_ms: 0,
         })
@@ -341,6 +345,7 @@ impl Client {
         self.pending.clear();
         self.sends.clear();
         self.group_sends.clear();
+        self.group_phashes.clear();
         self.resends.clear();
     }
 
@@ -620,6 +625,9 @@ impl Client {
                     && self.resend_acked(id, s.attr_value("error"))
                 {
                     return Ok(());
+                }
+                if let (Some(id), Some(theirs)) = (s.attr_value("id"), s.attr_value("phash")) {
+                    self.group_acked(id, theirs)?;
                 }
                 self.events.push_back(Event::Acked {
                     class: s.attr_value("class").unwrap_or("").to_owned(),

@@ -169,3 +169,75 @@ fn a_removed_member_never_gets_the_new_chain_and_the_rest_still_read() {
     assert!(!received_texts(&rig, SILENT).contains(&"two".to_owned()));
     assert_eq!(status(&rig, "g-2"), OutboxStatus::Read);
 }
+
+#[test]
+fn a_phash_mismatch_in_the_ack_refreshes_device_lists_so_the_next_send_reaches_a_new_device() {
+    let mut rig = Rig::up("echo");
+    // The second member has two devices, but our cached list (fresh by its timestamp) only
+    // knows the first: the gatekeeper's participant list differs from ours.
+    rig.hub
+        .create_user(&format!("+{SILENT}"), 2, "silent", rig.now, &mut rig.rng)
+        .unwrap();
+    let txn = rig.store.begin().unwrap();
+    txn.put_device_list(
+        SILENT,
+        &crate::store::DeviceList {
+            fetched_ms: rig.now,
+            devices: vec![0],
+        },
+    )
+    .unwrap();
+    txn.commit().unwrap();
+    let info = rig
+        .hub
+        .create_group(
+            "Family",
+            &["acme-home".into(), format!("+{ECHO}"), format!("+{SILENT}")],
+            rig.now,
+        )
+        .unwrap();
+    rig.pump();
+    let gid = GroupId::new(&info.id).unwrap();
+
+    queue_group(&mut rig, &gid, "g-1", "one");
+    let ack = rig.hub_acks_phash(&mid("g-1"));
+    let sent = group_messages(&rig, &mid("g-1"));
+    assert_ne!(
+        sent[0].attr_value("phash"),
+        Some(ack.as_str()),
+        "stale on purpose"
+    );
+    let txn = rig.store.begin().unwrap();
+    let list = txn.device_list(SILENT).unwrap();
+    assert!(
+        list.as_ref().is_none_or(|l| l.devices.is_empty()),
+        "the mismatch dropped the list: {list:?}"
+    );
+    drop(txn);
+
+    queue_group(&mut rig, &gid, "g-2", "two");
+    let second = group_messages(&rig, &mid("g-2"));
+    let tos: Vec<&str> = second[0]
+        .child_named("participants")
+        .expect("the new device gets our key")
+        .children_named("to")
+        .filter_map(|t| t.attr_value("jid"))
+        .collect();
+    assert_eq!(tos, [format!("{SILENT}:1@s.whatsapp.net").as_str()]);
+    assert_eq!(
+        second[0].attr_value("phash"),
+        Some(rig.hub_acks_phash(&mid("g-2")).as_str()),
+        "now ours and the gatekeeper's agree"
+    );
+}
+
+impl Rig {
+    /// The `phash` the gatekeeper put on its ack of message `id`.
+    fn hub_acks_phash(&self, id: &str) -> String {
+        self.received
+            .iter()
+            .find(|a| a.tag == "ack" && a.attr_value("id") == Some(id))
+            .and_then(|a| a.attr_value("phash").map(str::to_owned))
+            .expect("an ack with a phash")
+    }
+}

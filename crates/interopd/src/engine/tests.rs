@@ -30,6 +30,8 @@ pub(super) struct Rig {
     events: Vec<LinkEvent>,
     /// Every stanza the engine wrote, in order.
     pub(super) sent: Vec<Stanza>,
+    /// Every stanza the hub wrote to the engine, in order.
+    pub(super) received: Vec<Stanza>,
 }
 
 impl Rig {
@@ -61,6 +63,7 @@ impl Rig {
             rng,
             events: Vec::new(),
             sent: Vec::new(),
+            received: Vec::new(),
         }
     }
 
@@ -117,6 +120,9 @@ impl Rig {
                 moved = true;
                 match out {
                     Output::Send { conn, payload } if Some(conn) == self.conn => {
+                        if let Ok(s) = crate::stanza::parse(&payload) {
+                            self.received.push(s);
+                        }
                         self.engine.handle_frame(&payload, self.now);
                     }
                     Output::Close { conn } if Some(conn) == self.conn => {
