@@ -273,6 +273,7 @@ pub fn provisioned_config(p: &Provisioned) -> config::Config {
         webhook: None,
         media: config::MediaConfig::default(),
         triggers: Vec::new(),
+        mqtt: None,
         reset_identity: false,
     }
 }
