@@ -61,7 +61,10 @@ fn wait_received(hub: &HubProc, text: &str, n: usize) {
         if got.iter().filter(|t| *t == text).count() >= n {
             return;
         }
-        assert!(t0.elapsed() < WAIT, "{text:?} x{n} never reached the echo contact: {got:?}");
+        assert!(
+            t0.elapsed() < WAIT,
+            "{text:?} x{n} never reached the echo contact: {got:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -73,7 +76,12 @@ fn check_config(component: &str, v: &Value) {
         assert!(v[key].is_string(), "{component}: {key} in {v}");
     }
     let device = &v["device"];
-    assert!(device["identifiers"].as_array().is_some_and(|a| !a.is_empty()), "{v}");
+    assert!(
+        device["identifiers"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty()),
+        "{v}"
+    );
     for key in ["name", "model", "sw_version"] {
         assert!(device[key].is_string(), "{component}: device.{key} in {v}");
     }
@@ -139,7 +147,11 @@ fn home_assistant_sees_the_device_and_its_commands_reach_the_echo_contact() {
     let mut components: Vec<&str> = Vec::new();
     for (topic, payload) in &configs {
         let parts: Vec<&str> = topic.split('/').collect();
-        assert_eq!((parts.len(), parts[0], parts[2], parts[4]), (5, "homeassistant", "home", "config"), "{topic}");
+        assert_eq!(
+            (parts.len(), parts[0], parts[2], parts[4]),
+            (5, "homeassistant", "home", "config"),
+            "{topic}"
+        );
         let v = json(payload);
         check_config(parts[1], &v);
         components.push(parts[1]);
@@ -153,15 +165,27 @@ fn home_assistant_sees_the_device_and_its_commands_reach_the_echo_contact() {
         .unwrap();
     assert_eq!(notify["command_topic"], format!("{BASE}/notify/15550100"));
 
-    let sub = b.subscribe(&[&format!("{BASE}/inbox"), &format!("{BASE}/send/result"), &format!("{BASE}/status")]);
+    let sub = b.subscribe(&[
+        &format!("{BASE}/inbox"),
+        &format!("{BASE}/send/result"),
+        &format!("{BASE}/status"),
+    ]);
 
     // The notify entity's command: plain text to the contact, whose echo arrives on inbox.
-    b.publish(&format!("{BASE}/notify/15550100"), b"hello from the doorbell", false);
+    b.publish(
+        &format!("{BASE}/notify/15550100"),
+        b"hello from the doorbell",
+        false,
+    );
     wait_received(&s.hub, "hello from the doorbell", 1);
     let inbox = sub.wait_for(&format!("{BASE}/inbox"), 1, |p| {
         json(p)["text"] == "echo: hello from the doorbell"
     });
-    let echo = inbox.iter().map(|p| json(p)).find(|v| v["text"] == "echo: hello from the doorbell").unwrap();
+    let echo = inbox
+        .iter()
+        .map(|p| json(p))
+        .find(|v| v["text"] == "echo: hello from the doorbell")
+        .unwrap();
     assert_eq!(echo["from"], ECHO);
     assert!(echo["cursor"].as_u64().is_some_and(|c| c > 0), "{echo}");
     assert!(echo["id"].is_string());
@@ -170,7 +194,9 @@ fn home_assistant_sees_the_device_and_its_commands_reach_the_echo_contact() {
     // message goes through the API's path to delivered (its status is the API's).
     let body = serde_json::json!({"to": ECHO, "text": "via mqtt send", "request_id": "r-1"});
     b.publish(&format!("{BASE}/send"), body.to_string().as_bytes(), false);
-    let results = sub.wait_for(&format!("{BASE}/send/result"), 1, |p| json(p)["request_id"] == "r-1");
+    let results = sub.wait_for(&format!("{BASE}/send/result"), 1, |p| {
+        json(p)["request_id"] == "r-1"
+    });
     let first = json(&results[0]);
     let id = first["id"].as_str().unwrap().to_owned();
     assert_eq!(first["status"], "queued");
@@ -178,35 +204,59 @@ fn home_assistant_sees_the_device_and_its_commands_reach_the_echo_contact() {
     let status = s.daemon.wait_status(&id, "read");
     assert_eq!(status["to"], ECHO);
     // Status events for it on `status`.
-    sub.wait_for(&format!("{BASE}/status"), 1, |p| json(p)["id"] == id.as_str());
+    sub.wait_for(&format!("{BASE}/status"), 1, |p| {
+        json(p)["id"] == id.as_str()
+    });
 
     // The same request_id again (a redelivery) gets the same id and sends nothing new.
     b.publish(&format!("{BASE}/send"), body.to_string().as_bytes(), false);
-    let results = sub.wait_for(&format!("{BASE}/send/result"), 2, |p| json(p)["request_id"] == "r-1");
+    let results = sub.wait_for(&format!("{BASE}/send/result"), 2, |p| {
+        json(p)["request_id"] == "r-1"
+    });
     assert_eq!(json(&results[1])["id"], id.as_str(), "{results:?}");
 
     // A malformed payload and one over the bound: an error on send/result, nothing queued.
-    b.publish(&format!("{BASE}/send"), b"{\"to\": \"+15550100\", \"txt\": \"typo\", \"request_id\": \"r-2\"}", false);
-    let r2 = sub.wait_for(&format!("{BASE}/send/result"), 1, |p| json(p)["request_id"] == "r-2");
+    b.publish(
+        &format!("{BASE}/send"),
+        b"{\"to\": \"+15550100\", \"txt\": \"typo\", \"request_id\": \"r-2\"}",
+        false,
+    );
+    let r2 = sub.wait_for(&format!("{BASE}/send/result"), 1, |p| {
+        json(p)["request_id"] == "r-2"
+    });
     let r2 = json(r2.iter().find(|p| json(p)["request_id"] == "r-2").unwrap());
     assert_eq!(r2["error"]["code"], "bad_json", "{r2}");
     assert!(r2.get("id").is_none());
     b.publish(&format!("{BASE}/send"), b"not json", false);
-    sub.wait_for(&format!("{BASE}/send/result"), 1, |p| json(p)["error"]["code"] == "bad_json" && json(p).get("request_id").is_none());
+    sub.wait_for(&format!("{BASE}/send/result"), 1, |p| {
+        json(p)["error"]["code"] == "bad_json" && json(p).get("request_id").is_none()
+    });
     let big = serde_json::json!({"to": ECHO, "text": "x".repeat(70 * 1024)});
     b.publish(&format!("{BASE}/send"), big.to_string().as_bytes(), false);
-    sub.wait_for(&format!("{BASE}/send/result"), 1, |p| json(p)["error"]["code"] == "payload_too_large");
+    sub.wait_for(&format!("{BASE}/send/result"), 1, |p| {
+        json(p)["error"]["code"] == "payload_too_large"
+    });
     // The bridge is still connected and serving: a marker goes through, and the echo contact
     // got "via mqtt send" once and never the refused texts.
     b.publish(&format!("{BASE}/notify/15550100"), b"marker", false);
     wait_received(&s.hub, "marker", 1);
     let got = daemon_support::received_texts(&s.hub.control, ECHO);
-    assert_eq!(got.iter().filter(|t| *t == "via mqtt send").count(), 1, "{got:?}");
-    assert!(!got.iter().any(|t| t == "typo" || t.starts_with("xxxx")), "{got:?}");
+    assert_eq!(
+        got.iter().filter(|t| *t == "via mqtt send").count(),
+        1,
+        "{got:?}"
+    );
+    assert!(
+        !got.iter().any(|t| t == "typo" || t.starts_with("xxxx")),
+        "{got:?}"
+    );
     // Nothing secret in the log.
     let log = std::fs::read_to_string(&s.log).unwrap();
     assert!(!log.contains(PASSWORD), "the MQTT password was logged");
-    assert!(!log.contains("hello from the doorbell"), "a message body was logged");
+    assert!(
+        !log.contains("hello from the doorbell"),
+        "a message body was logged"
+    );
 }
 
 #[test]
@@ -216,7 +266,8 @@ fn a_sigkilled_daemon_reads_offline_and_messages_from_a_broker_outage_arrive_aft
     }
     let mut s = setup("acme-mqtt2", PASSWORD, "");
     let inbox = format!("{BASE}/inbox");
-    s.broker.wait_retained(&format!("{BASE}/availability"), "online");
+    s.broker
+        .wait_retained(&format!("{BASE}/availability"), "online");
     // A consumer with a persistent session, so that the broker keeps what it misses.
     let sub = s.broker.subscribe_as(Some("outage-watch"), &[&inbox]);
     s.daemon.send(ECHO, "before");
@@ -227,14 +278,30 @@ fn a_sigkilled_daemon_reads_offline_and_messages_from_a_broker_outage_arrive_aft
         s.daemon.send(ECHO, text);
     }
     let t0 = Instant::now();
-    while s.daemon.inbox_texts().iter().filter(|t| t.starts_with("echo: down-")).count() < 3 {
+    while s
+        .daemon
+        .inbox_texts()
+        .iter()
+        .filter(|t| t.starts_with("echo: down-"))
+        .count()
+        < 3
+    {
         assert!(t0.elapsed() < WAIT, "the echoes never reached the inbox");
         std::thread::sleep(Duration::from_millis(100));
     }
     s.broker.restart();
-    let got = sub.wait_for(&inbox, 3, |p| json(p)["text"].as_str().is_some_and(|t| t.starts_with("echo: down-")));
+    let got = sub.wait_for(&inbox, 3, |p| {
+        json(p)["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("echo: down-"))
+    });
     // No gap: the cursors are the inbox's, in order, each at least once.
-    let api: Vec<u64> = s.daemon.inbox_entries().iter().map(|m| m["cursor"].as_u64().unwrap()).collect();
+    let api: Vec<u64> = s
+        .daemon
+        .inbox_entries()
+        .iter()
+        .map(|m| m["cursor"].as_u64().unwrap())
+        .collect();
     let mut seen: Vec<u64> = Vec::new();
     for c in got.iter().map(|p| json(p)["cursor"].as_u64().unwrap()) {
         if !seen.contains(&c) {
@@ -245,16 +312,20 @@ fn a_sigkilled_daemon_reads_offline_and_messages_from_a_broker_outage_arrive_aft
 
     // SIGKILL: no goodbye, the broker publishes the last will.
     s.daemon.kill();
-    s.broker.wait_retained(&format!("{BASE}/availability"), "offline");
+    s.broker
+        .wait_retained(&format!("{BASE}/availability"), "offline");
     // A restart resumes from the durable cursor: nothing new is published again.
     let before = sub.on(&inbox).len();
     s.daemon.restart();
-    s.broker.wait_retained(&format!("{BASE}/availability"), "online");
+    s.broker
+        .wait_retained(&format!("{BASE}/availability"), "online");
     s.daemon.send(ECHO, "after");
     sub.wait_for(&inbox, 1, |p| json(p)["text"] == "echo: after");
     let after: Vec<String> = sub.on(&inbox)[before..].to_vec();
     assert!(
-        after.iter().all(|p| json(p)["text"] == "echo: after" || json(p)["text"] == "after"),
+        after
+            .iter()
+            .all(|p| json(p)["text"] == "echo: after" || json(p)["text"] == "after"),
         "republished after the restart: {after:?}"
     );
 }
@@ -267,14 +338,26 @@ fn a_wrong_password_is_logged_clearly_and_retried_while_the_api_works() {
     let s = setup("acme-mqtt3", "not-the-password", "");
     let line = wait_log(&s.log, "refused the login");
     assert!(line.contains("retrying in"), "{line}");
-    assert!(!line.contains("not-the-password"), "the password was logged");
+    assert!(
+        !line.contains("not-the-password"),
+        "the password was logged"
+    );
     // It tries again with backoff: a second refusal is logged.
     let t0 = Instant::now();
-    while std::fs::read_to_string(&s.log).unwrap().matches("refused the login").count() < 2 {
+    while std::fs::read_to_string(&s.log)
+        .unwrap()
+        .matches("refused the login")
+        .count()
+        < 2
+    {
         assert!(t0.elapsed() < WAIT, "no retry");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(s.broker.log().contains("not authorised"), "{}", s.broker.log());
+    assert!(
+        s.broker.log().contains("not authorised"),
+        "{}",
+        s.broker.log()
+    );
     // The API is unaffected.
     let id = s.daemon.send(ECHO, "api still works");
     s.daemon.wait_status(&id, "read");
@@ -285,11 +368,19 @@ fn a_contact_dropped_from_the_config_loses_its_notify_entity() {
     if !mqtt_support::available() {
         return;
     }
-    let mut s = setup("acme-mqtt4", PASSWORD, "contacts = [\"+15550100\", \"+15550101\"]\n");
+    let mut s = setup(
+        "acme-mqtt4",
+        PASSWORD,
+        "contacts = [\"+15550100\", \"+15550101\"]\n",
+    );
     let topic = |d: &str| format!("homeassistant/notify/home/notify_{d}/config");
     let t0 = Instant::now();
     while s.broker.retained("homeassistant/notify/#").len() < 2 {
-        assert!(t0.elapsed() < WAIT, "{:?}", s.broker.retained("homeassistant/#"));
+        assert!(
+            t0.elapsed() < WAIT,
+            "{:?}",
+            s.broker.retained("homeassistant/#")
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // Let the bridge record what it published (it does once the broker acknowledged it).
@@ -297,14 +388,22 @@ fn a_contact_dropped_from_the_config_loses_its_notify_entity() {
     let conf = std::fs::read_to_string(&s.daemon.conf).unwrap();
     std::fs::write(
         &s.daemon.conf,
-        conf.replace("contacts = [\"+15550100\", \"+15550101\"]", "contacts = [\"+15550100\"]"),
+        conf.replace(
+            "contacts = [\"+15550100\", \"+15550101\"]",
+            "contacts = [\"+15550100\"]",
+        ),
     )
     .unwrap();
     s.daemon.kill();
     s.daemon.restart();
     let t0 = Instant::now();
     loop {
-        let notify: Vec<String> = s.broker.retained("homeassistant/notify/#").into_iter().map(|(t, _)| t).collect();
+        let notify: Vec<String> = s
+            .broker
+            .retained("homeassistant/notify/#")
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
         if notify == [topic("15550100")] {
             break;
         }

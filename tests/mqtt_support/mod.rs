@@ -61,7 +61,9 @@ pub fn available() -> bool {
             .status();
         match (update, install) {
             (Ok(_), Ok(s)) if s.success() && have() => Ok(()),
-            (u, i) => Err(format!("apt-get could not install mosquitto ({u:?}, {i:?})")),
+            (u, i) => Err(format!(
+                "apt-get could not install mosquitto ({u:?}, {i:?})"
+            )),
         }
     });
     match result {
@@ -243,10 +245,7 @@ impl Broker {
             if got.iter().any(|(t, p)| t == topic && p == want) {
                 return;
             }
-            assert!(
-                t0.elapsed() < WAIT,
-                "{topic} never read {want:?}: {got:?}"
-            );
+            assert!(t0.elapsed() < WAIT, "{topic} never read {want:?}: {got:?}");
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -261,9 +260,14 @@ impl Broker {
     /// keeps its QoS 1 messages while it is away, also across a broker restart, and
     /// `mosquitto_sub` connects again by itself.
     pub fn subscribe_as(&self, id: Option<&str>, topics: &[&str]) -> Sub {
-        let probe = format!("test-probe/{}/{}", std::process::id(), crate::api_common::free_port());
+        let probe = format!(
+            "test-probe/{}/{}",
+            std::process::id(),
+            crate::api_common::free_port()
+        );
         let mut cmd = Command::new("mosquitto_sub");
-        cmd.args(self.client_args()).args(["-q", "1", "-v", "-t", &probe]);
+        cmd.args(self.client_args())
+            .args(["-q", "1", "-v", "-t", &probe]);
         if let Some(id) = id {
             cmd.args(["-c", "-i", id]);
         }

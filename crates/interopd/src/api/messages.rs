@@ -214,7 +214,10 @@ fn json_parts(body: SendJson) -> Result<(String, Body, Option<String>, Option<St
         (None, Some(l)) => Body::Location(Box::new(location(l)?)),
         (None, None) => return Err(bad("missing_text", "give 'text' or 'location'")),
         (Some(_), Some(_)) => {
-            return Err(bad("text_and_location", "give 'text' or 'location', not both"));
+            return Err(bad(
+                "text_and_location",
+                "give 'text' or 'location', not both",
+            ));
         }
     };
     Ok((body.to, what, body.reply_to, body.correlation))

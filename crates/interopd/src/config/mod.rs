@@ -362,7 +362,6 @@ impl std::fmt::Display for Config {
     }
 }
 
-
 // ---- step 1: raw ------------------------------------------------------------------------
 
 type S<T> = toml::Spanned<T>;
@@ -614,7 +613,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     };
     let media = media(&raw.media, text, &resolve)?;
     let triggers = trigger::parse(text, &raw.trigger, &resolve, media.public_url.is_some())?;
-    let mqtt = mqtt::parse(text, raw.mqtt.as_ref(), &format!("{integrator}-{user}"), &resolve)?;
+    let mqtt = mqtt::parse(
+        text,
+        raw.mqtt.as_ref(),
+        &format!("{integrator}-{user}"),
+        &resolve,
+    )?;
     Ok(Config {
         integrator,
         user,

@@ -116,8 +116,9 @@ pub fn parse_mqtt_url(url: &str) -> Option<(String, u16, bool)> {
 pub fn valid_topic_part(s: &str, allow_slash: bool) -> bool {
     !s.is_empty()
         && s.len() <= MAX_MQTT_FIELD_BYTES
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-') || (allow_slash && b == b'/'))
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-') || (allow_slash && b == b'/')
+        })
         && !s.starts_with('/')
         && !s.ends_with('/')
         && !s.contains("//")
@@ -165,9 +166,12 @@ pub(super) fn parse(
     let path = |v: &Option<S<String>>, key: &str| -> Result<Option<PathBuf>, ConfigError> {
         match v {
             None => Ok(None),
-            Some(p) if p.get_ref().is_empty() || p.get_ref().len() > MAX_MQTT_FIELD_BYTES => Err(
-                err(p.span(), format!("mqtt.{key} must be 1 to {MAX_MQTT_FIELD_BYTES} bytes")),
-            ),
+            Some(p) if p.get_ref().is_empty() || p.get_ref().len() > MAX_MQTT_FIELD_BYTES => {
+                Err(err(
+                    p.span(),
+                    format!("mqtt.{key} must be 1 to {MAX_MQTT_FIELD_BYTES} bytes"),
+                ))
+            }
             Some(p) => Ok(Some(resolve(p.get_ref()))),
         }
     };
@@ -179,7 +183,10 @@ pub(super) fn parse(
         ));
     }
     if !tls && let Some(c) = &raw.ca_file {
-        return Err(err(c.span(), "mqtt.ca_file is for an mqtts:// url only".into()));
+        return Err(err(
+            c.span(),
+            "mqtt.ca_file is for an mqtts:// url only".into(),
+        ));
     }
     let password_file = path(&raw.password_file, "password_file")?;
     let username = match &raw.username {
@@ -193,7 +200,10 @@ pub(super) fn parse(
         Some(u) => Some(u.get_ref().clone()),
     };
     if let (None, Some(p)) = (&username, &raw.password_file) {
-        return Err(err(p.span(), "mqtt.password_file needs mqtt.username".into()));
+        return Err(err(
+            p.span(),
+            "mqtt.password_file needs mqtt.username".into(),
+        ));
     }
     let part = |v: &Option<S<String>>, key: &str, default: String, slash: bool| match v {
         None => Ok(default),
@@ -203,11 +213,20 @@ pub(super) fn parse(
             format!(
                 "mqtt.{key} {:?} must be 1 to {MAX_MQTT_FIELD_BYTES} of A-Z, a-z, 0-9, '_' and '-'{}",
                 s.get_ref(),
-                if slash { ", with '/' between levels" } else { "" }
+                if slash {
+                    ", with '/' between levels"
+                } else {
+                    ""
+                }
             ),
         )),
     };
-    let topic_prefix = part(&raw.topic_prefix, "topic_prefix", DEFAULT_TOPIC_PREFIX.into(), true)?;
+    let topic_prefix = part(
+        &raw.topic_prefix,
+        "topic_prefix",
+        DEFAULT_TOPIC_PREFIX.into(),
+        true,
+    )?;
     let discovery_prefix = part(
         &raw.discovery_prefix,
         "discovery_prefix",
@@ -215,7 +234,12 @@ pub(super) fn parse(
         true,
     )?;
     let node_id = part(&raw.node_id, "node_id", default_node_id(account), false)?;
-    let client_id = part(&raw.client_id, "client_id", format!("interopd-{node_id}"), false)?;
+    let client_id = part(
+        &raw.client_id,
+        "client_id",
+        format!("interopd-{node_id}"),
+        false,
+    )?;
     let contacts = match &raw.contacts {
         None => None,
         Some(list) if list.get_ref().len() > MAX_MQTT_CONTACTS => {
@@ -230,7 +254,9 @@ pub(super) fn parse(
                 let Ok(d) = crate::jid::parse_phone(c) else {
                     return Err(err(
                         list.span(),
-                        format!("mqtt.contacts: {c:?} is not an E.164 number such as \"+4915112345678\""),
+                        format!(
+                            "mqtt.contacts: {c:?} is not an E.164 number such as \"+4915112345678\""
+                        ),
                     ));
                 };
                 if !digits.contains(&d) {
@@ -347,8 +373,11 @@ mod tests {
     const GOOD: &str = "[account]\nintegrator = \"acme\"\nuser = \"home.1\"\ntoken = \"t\"\n\n[gatekeeper]\naddress = \"127.0.0.1:5222\"\nca_file = \"ca.pem\"\n";
 
     fn p(extra: &str) -> Result<Option<MqttConfig>, ConfigError> {
-        crate::config::parse(&format!("{GOOD}\n{extra}"), std::path::Path::new("/etc/i/c.conf"))
-            .map(|c| c.mqtt)
+        crate::config::parse(
+            &format!("{GOOD}\n{extra}"),
+            std::path::Path::new("/etc/i/c.conf"),
+        )
+        .map(|c| c.mqtt)
     }
 
     #[test]
@@ -388,9 +417,18 @@ mod tests {
             ("url = \"mqtt://x:0\"", "mqtt.url"),
             ("url = \"mqtts://x\"", "ca_file"),
             ("url = \"mqtt://x\"\nca_file = \"c\"", "mqtts"),
-            ("url = \"mqtt://x\"\npassword_file = \"p\"", "needs mqtt.username"),
-            ("url = \"mqtt://x\"\ntopic_prefix = \"a/+\"", "mqtt.topic_prefix"),
-            ("url = \"mqtt://x\"\ntopic_prefix = \"/a\"", "mqtt.topic_prefix"),
+            (
+                "url = \"mqtt://x\"\npassword_file = \"p\"",
+                "needs mqtt.username",
+            ),
+            (
+                "url = \"mqtt://x\"\ntopic_prefix = \"a/+\"",
+                "mqtt.topic_prefix",
+            ),
+            (
+                "url = \"mqtt://x\"\ntopic_prefix = \"/a\"",
+                "mqtt.topic_prefix",
+            ),
             ("url = \"mqtt://x\"\nnode_id = \"a/b\"", "mqtt.node_id"),
             ("url = \"mqtt://x\"\ncontacts = [\"0049\"]", "mqtt.contacts"),
             ("url = \"mqtt://x\"\nkeepalive_secs = 1", "keepalive_secs"),
@@ -406,8 +444,17 @@ mod tests {
     fn urls_split_into_host_port_and_tls() {
         assert_eq!(parse_mqtt_url("mqtt://h"), Some(("h".into(), 1883, false)));
         assert_eq!(parse_mqtt_url("mqtts://h/"), Some(("h".into(), 8883, true)));
-        assert_eq!(parse_mqtt_url("mqtt://[::1]:9"), Some(("::1".into(), 9, false)));
-        for bad in ["mqtt://h:x", "mqtt://h/p", "tcp://h", "mqtt://a b", "mqtt://[::1"] {
+        assert_eq!(
+            parse_mqtt_url("mqtt://[::1]:9"),
+            Some(("::1".into(), 9, false))
+        );
+        for bad in [
+            "mqtt://h:x",
+            "mqtt://h/p",
+            "tcp://h",
+            "mqtt://a b",
+            "mqtt://[::1",
+        ] {
             assert_eq!(parse_mqtt_url(bad), None, "{bad}");
         }
         assert_eq!(default_node_id("acme-flat.3"), "acme-flat_3");

@@ -36,11 +36,7 @@ pub struct Outcome {
 }
 
 /// The `send/result` object for a refused command.
-pub fn error_result(
-    request_id: Option<&str>,
-    code: &str,
-    message: &str,
-) -> serde_json::Value {
+pub fn error_result(request_id: Option<&str>, code: &str, message: &str) -> serde_json::Value {
     let mut v = serde_json::json!({"error": {"code": code, "message": message}});
     if let (Some(obj), Some(r)) = (v.as_object_mut(), request_id) {
         obj.insert("request_id".into(), r.into());
@@ -89,7 +85,9 @@ pub fn send(api: &Rc<Api>, payload: &[u8]) -> Outcome {
             return refuse(
                 None,
                 "bad_request_id",
-                &format!("'request_id' must be 1 to {MAX_REQUEST_ID_BYTES} visible ASCII characters"),
+                &format!(
+                    "'request_id' must be 1 to {MAX_REQUEST_ID_BYTES} visible ASCII characters"
+                ),
             );
         }
     };
@@ -117,7 +115,10 @@ pub fn notify(api: &Rc<Api>, digits: &str, payload: &[u8]) -> Outcome {
         return too_large(payload.len());
     }
     let Ok(digits) = crate::jid::parse_phone(&format!("+{digits}")) else {
-        return refuse("bad_phone", "the topic's last level must be E.164 digits without '+'");
+        return refuse(
+            "bad_phone",
+            "the topic's last level must be E.164 digits without '+'",
+        );
     };
     let Ok(text) = std::str::from_utf8(payload) else {
         return refuse("bad_text", "the payload is not UTF-8");

@@ -142,7 +142,12 @@ pub fn configs(cfg: &MqttConfig, topics: &Topics, contacts: &[String]) -> Vec<(S
     out.push((config_topic(cfg, "sensor", "outbox"), outbox.to_string()));
     for digits in contacts {
         let notify = with(
-            entity(cfg, topics, &format!("notify_{digits}"), &format!("+{digits}")),
+            entity(
+                cfg,
+                topics,
+                &format!("notify_{digits}"),
+                &format!("+{digits}"),
+            ),
             serde_json::json!({
                 "command_topic": format!("{}{digits}", topics.notify_prefix),
                 "qos": 1,
@@ -194,7 +199,10 @@ mod tests {
         let mut ids = std::collections::BTreeSet::new();
         for (topic, json) in &all {
             let v: serde_json::Value = serde_json::from_str(json).unwrap();
-            assert!(ids.insert(v["unique_id"].as_str().unwrap().to_owned()), "{topic}");
+            assert!(
+                ids.insert(v["unique_id"].as_str().unwrap().to_owned()),
+                "{topic}"
+            );
             assert_eq!(v["object_id"], v["unique_id"]);
             assert_eq!(v["availability_topic"], "interopd/n1/availability");
             assert_eq!(v["device"]["identifiers"][0], "interopd_n1");
@@ -206,12 +214,19 @@ mod tests {
         assert_eq!(v(0)["event_types"], serde_json::json!(["message"]));
         assert_eq!(v(0)["state_topic"], "interopd/n1/inbox");
         assert_eq!(v(1)["device_class"], "connectivity");
-        assert_eq!((v(1)["payload_on"].as_str(), v(1)["payload_off"].as_str()), (Some("up"), Some("down")));
+        assert_eq!(
+            (v(1)["payload_on"].as_str(), v(1)["payload_off"].as_str()),
+            (Some("up"), Some("down"))
+        );
         assert_eq!(v(2)["state_topic"], "interopd/n1/outbox");
         assert_eq!(v(3)["command_topic"], "interopd/n1/notify/15550100");
         assert_eq!(
             t.subscriptions(),
-            ["interopd/n1/send", "interopd/n1/notify/+", "homeassistant/status"]
+            [
+                "interopd/n1/send",
+                "interopd/n1/notify/+",
+                "homeassistant/status"
+            ]
         );
     }
 }

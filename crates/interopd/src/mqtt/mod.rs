@@ -310,7 +310,9 @@ impl Bridge {
             let now = self.now();
             match woke {
                 Wake::Read(Ok(0)) => self.session.handle_closed(now),
-                Wake::Read(Ok(n)) => self.session.handle_bytes(buf.get(..n).unwrap_or_default(), now),
+                Wake::Read(Ok(n)) => self
+                    .session
+                    .handle_bytes(buf.get(..n).unwrap_or_default(), now),
                 Wake::Read(Err(e)) => {
                     log::debug!("mqtt: read failed: {e}");
                     self.session.handle_closed(now);
@@ -369,7 +371,11 @@ impl Bridge {
         if let Err(e) = self.session.subscribe(&self.topics.subscriptions(), now) {
             log::warn!("mqtt: subscribe: {e:?}");
         }
-        self.publish(&self.topics.availability.clone(), discovery::AVAILABLE.into(), true);
+        self.publish(
+            &self.topics.availability.clone(),
+            discovery::AVAILABLE.into(),
+            true,
+        );
         let durable = match self.store.begin().and_then(|t| t.mqtt_inbox_cursor()) {
             Ok(c) => c.unwrap_or(0),
             Err(e) => {
@@ -448,7 +454,10 @@ impl Bridge {
 
     /// Publishes QoS 1; returns the packet id, or `None` (logged) when it could not be.
     fn publish(&mut self, topic: &str, payload: Bytes, retain: bool) -> Option<u16> {
-        match self.session.publish(topic, payload, true, retain, self.now()) {
+        match self
+            .session
+            .publish(topic, payload, true, retain, self.now())
+        {
             Ok(p) => p,
             Err(e) => {
                 log::warn!("mqtt: publish on {topic}: {e:?}");
@@ -556,7 +565,10 @@ impl Bridge {
         drop(txn);
         let topic = self.topics.status.clone();
         for json in payloads {
-            if let Err(e) = self.session.publish(&topic, json.into(), false, false, self.now()) {
+            if let Err(e) = self
+                .session
+                .publish(&topic, json.into(), false, false, self.now())
+            {
                 log::warn!("mqtt: publish on {topic}: {e:?}");
             }
         }
@@ -569,13 +581,18 @@ impl Bridge {
         let depth = queued(&txn)?;
         let contacts = match &self.cfg.contacts {
             Some(c) => c.clone(),
-            None => crate::api::contacts::known_users(&txn, crate::config::mqtt::MAX_MQTT_CONTACTS)?,
+            None => {
+                crate::api::contacts::known_users(&txn, crate::config::mqtt::MAX_MQTT_CONTACTS)?
+            }
         };
         let previous = txn.mqtt_discovered()?;
         drop(txn);
         if self.published_outbox != Some(depth) {
             let topic = self.topics.outbox.clone();
-            if self.publish(&topic, depth.to_string().into(), true).is_some() {
+            if self
+                .publish(&topic, depth.to_string().into(), true)
+                .is_some()
+            {
                 self.published_outbox = Some(depth);
             }
         }

@@ -94,7 +94,10 @@ impl std::fmt::Display for CloseReason {
             Self::ConnAckTimeout => write!(f, "no CONNACK within {CONNACK_TIMEOUT_MS} ms"),
             Self::KeepaliveTimeout => write!(f, "no PINGRESP within the keepalive"),
             Self::Refused { code: 4 } => {
-                write!(f, "the broker refused the login: bad user name or password (CONNACK 4)")
+                write!(
+                    f,
+                    "the broker refused the login: bad user name or password (CONNACK 4)"
+                )
             }
             Self::Refused { code: 5 } => write!(
                 f,
@@ -130,7 +133,10 @@ pub enum SessionEvent {
     Acked { pkid: u16 },
     /// The session closed; what was in flight is forgotten. The session dials again after
     /// `retry_in_ms`.
-    Closed { reason: CloseReason, retry_in_ms: u64 },
+    Closed {
+        reason: CloseReason,
+        retry_in_ms: u64,
+    },
 }
 
 /// Why the bridge's call could not be done now.
@@ -320,7 +326,12 @@ impl Session {
 
     /// Reads the topic and packet id of an oversized PUBLISH and starts skipping the rest;
     /// false when not enough of it has arrived yet.
-    fn start_skip(&mut self, first: u8, remaining: usize, header_len: usize) -> Result<bool, String> {
+    fn start_skip(
+        &mut self,
+        first: u8,
+        remaining: usize,
+        header_len: usize,
+    ) -> Result<bool, String> {
         let qos = (first >> 1) & 0x03;
         let buf = &self.received[..];
         let Some(len_bytes) = buf.get(header_len..header_len + 2) else {
@@ -334,7 +345,8 @@ impl Session {
         };
         let topic = String::from_utf8(head_bytes[..topic_len].to_vec())
             .map_err(|_| "a PUBLISH topic that is not UTF-8".to_string())?;
-        let pkid = (qos > 0).then(|| u16::from_be_bytes([head_bytes[topic_len], head_bytes[topic_len + 1]]));
+        let pkid = (qos > 0)
+            .then(|| u16::from_be_bytes([head_bytes[topic_len], head_bytes[topic_len + 1]]));
         let _ = self.received.split_to(header_len + head);
         self.skip = Some(Skip {
             remaining: remaining.saturating_sub(head),
@@ -349,7 +361,13 @@ impl Session {
 
     fn handle_packet(&mut self, packet: Packet, now_ms: u64) -> Result<(), String> {
         match (self.state, packet) {
-            (State::ExpectConnAck { .. }, Packet::ConnAck(ConnAck { session_present, return_code })) => {
+            (
+                State::ExpectConnAck { .. },
+                Packet::ConnAck(ConnAck {
+                    session_present,
+                    return_code,
+                }),
+            ) => {
                 if return_code != ConnectReturnCode::Accepted {
                     self.close(
                         CloseReason::Refused {
@@ -361,7 +379,8 @@ impl Session {
                 }
                 self.state = State::Connected;
                 self.failures = 0;
-                self.events.push_back(SessionEvent::Connected { session_present });
+                self.events
+                    .push_back(SessionEvent::Connected { session_present });
                 Ok(())
             }
             (State::Connected, Packet::Publish(p)) => {
@@ -458,7 +477,11 @@ impl Session {
         };
         let packet = Packet::Publish(Publish {
             dup: false,
-            qos: if qos1 { QoS::AtLeastOnce } else { QoS::AtMostOnce },
+            qos: if qos1 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            },
             retain,
             topic: topic.to_string(),
             pkid,
@@ -511,7 +534,9 @@ impl Session {
     }
 
     fn send(&mut self, packet: &Packet, now_ms: u64) -> Result<(), String> {
-        packet.encode(&mut self.transmit).map_err(|e| e.to_string())?;
+        packet
+            .encode(&mut self.transmit)
+            .map_err(|e| e.to_string())?;
         self.last_sent_ms = now_ms;
         Ok(())
     }
@@ -530,8 +555,10 @@ impl Session {
         self.skip = None;
         self.in_flight.clear();
         self.ping_sent_ms = None;
-        self.events
-            .push_back(SessionEvent::Closed { reason, retry_in_ms });
+        self.events.push_back(SessionEvent::Closed {
+            reason,
+            retry_in_ms,
+        });
     }
 }
 

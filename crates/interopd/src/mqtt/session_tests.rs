@@ -113,7 +113,13 @@ fn a_refused_login_is_a_bad_login_and_the_backoff_doubles_up_to_its_cap() {
         assert!(s.poll_dial(t));
         s.handle_dialed(t);
         s.handle_bytes(&connack(ConnectReturnCode::NotAuthorized), t);
-        let [SessionEvent::Closed { reason, retry_in_ms }] = &events(&mut s)[..] else {
+        let [
+            SessionEvent::Closed {
+                reason,
+                retry_in_ms,
+            },
+        ] = &events(&mut s)[..]
+        else {
             panic!("closed")
         };
         assert!(reason.is_bad_login(), "{reason}");
@@ -234,11 +240,18 @@ fn a_message_split_anywhere_is_decoded_once_and_acked_when_asked() {
     }
     let got = events(&mut s);
     assert_eq!(got.len(), 2, "{got:?}");
-    assert!(matches!(&got[0], SessionEvent::Message { topic, pkid: Some(7), .. } if topic == "interopd/n1/send"));
-    assert!(matches!(&got[1], SessionEvent::Message { payload, pkid: None, .. } if &payload[..] == b"hi"));
+    assert!(
+        matches!(&got[0], SessionEvent::Message { topic, pkid: Some(7), .. } if topic == "interopd/n1/send")
+    );
+    assert!(
+        matches!(&got[1], SessionEvent::Message { payload, pkid: None, .. } if &payload[..] == b"hi")
+    );
     assert!(sent(&mut s).is_empty(), "no PUBACK before the bridge asks");
     s.ack(7, 2);
-    assert!(matches!(&sent(&mut s)[..], [Packet::PubAck(PubAck { pkid: 7 })]));
+    assert!(matches!(
+        &sent(&mut s)[..],
+        [Packet::PubAck(PubAck { pkid: 7 })]
+    ));
 }
 
 #[test]
@@ -257,7 +270,10 @@ fn an_oversized_publish_is_skipped_and_reported_and_the_next_packet_still_decode
     };
     assert_eq!((topic.as_str(), *pkid), ("interopd/n1/send", Some(9)));
     assert!(*len > MAX_PACKET_BYTES);
-    assert!(matches!(&got[1], SessionEvent::Message { pkid: Some(10), .. }));
+    assert!(matches!(
+        &got[1],
+        SessionEvent::Message { pkid: Some(10), .. }
+    ));
     assert!(s.is_connected());
     // In one piece too.
     let mut s = connected(0);
