@@ -441,6 +441,24 @@ mod tests {
     }
 
     #[test]
+    fn a_rendered_mqtt_section_parses_back_to_the_same_config() {
+        for extra in [
+            "[mqtt]\nurl = \"mqtt://127.0.0.1\"\n",
+            "[mqtt]\nurl = \"mqtts://[::1]:8884/\"\nca_file = \"/etc/i/ca.pem\"\nusername = \"h\\\"a\"\npassword_file = \"/etc/i/pw\"\ncontacts = []\nkeepalive_secs = 600\n",
+            "[mqtt]\nurl = \"mqtt://b\"\ncontacts = [\"+15550100\"]\ntopic_prefix = \"a/b\"\n",
+        ] {
+            let path = std::path::Path::new("/etc/i/c.conf");
+            let c = crate::config::parse(&format!("{GOOD}\n{extra}"), path).unwrap();
+            assert!(c.mqtt.is_some());
+            assert_eq!(
+                crate::config::parse(&c.to_string(), path).unwrap(),
+                c,
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
     fn urls_split_into_host_port_and_tls() {
         assert_eq!(parse_mqtt_url("mqtt://h"), Some(("h".into(), 1883, false)));
         assert_eq!(parse_mqtt_url("mqtts://h/"), Some(("h".into(), 8883, true)));
