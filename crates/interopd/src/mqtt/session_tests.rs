@@ -307,3 +307,44 @@ fn garbage_and_oversized_control_packets_close_the_session() {
         );
     }
 }
+
+/// Feeds `stream` to a connected session in pieces of `sizes` (cycling); returns the events
+/// and whether it is still connected.
+pub(crate) fn feed(stream: &[u8], sizes: &[usize]) -> (Vec<SessionEvent>, bool) {
+    let mut s = connected(0);
+    let mut rest = stream;
+    let mut turn = 0;
+    while !rest.is_empty() {
+        let size = sizes
+            .get(turn % sizes.len().max(1))
+            .copied()
+            .unwrap_or(rest.len());
+        turn += 1;
+        let (piece, tail) = rest.split_at(size.clamp(1, rest.len()));
+        rest = tail;
+        s.handle_bytes(piece, 1);
+    }
+    (events(&mut s), s.is_connected())
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_stream_in_any_pieces_gives_what_it_gives_in_one_piece(
+            head in proptest::collection::vec(any::<u8>(), 0..64),
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+            tail in proptest::collection::vec(any::<u8>(), 0..64),
+            sizes in proptest::collection::vec(1usize..40, 1..8),
+        ) {
+            // Valid packets around noise, so that both paths are walked.
+            let mut stream = publish("interopd/n1/send", Some(3), &payload);
+            stream.extend(&head);
+            stream.extend(publish("x", None, &tail));
+            stream.extend(&tail);
+            prop_assert_eq!(feed(&stream, &sizes), feed(&stream, &[stream.len().max(1)]));
+        }
+    }
+}
