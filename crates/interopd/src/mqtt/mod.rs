@@ -291,11 +291,18 @@ impl Bridge {
             }
             let listener = self.bus.listen();
             let now = self.now();
+            // The state poll is due only while connected (before the CONNACK nothing is
+            // published, and waking for it would spin).
+            let state_poll = if self.session.is_connected() {
+                self.next_state_poll_ms.max(now)
+            } else {
+                u64::MAX
+            };
             let deadline = self
                 .session
                 .poll_timeout()
                 .unwrap_or(u64::MAX)
-                .min(self.next_state_poll_ms.max(now));
+                .min(state_poll);
             let sleep = Duration::from_millis(deadline.saturating_sub(now));
             let woke = async { Wake::Read(stream.read(&mut buf).await) }
                 .or(async {
@@ -317,9 +324,10 @@ impl Bridge {
                     log::debug!("mqtt: read failed: {e}");
                     self.session.handle_closed(now);
                 }
-                Wake::Bus => {}
-                Wake::Timer => self.session.handle_timeout(now),
+                Wake::Bus | Wake::Timer => {}
             }
+            // Deadlines are checked after every wake, so a stream of input never starves them.
+            self.session.handle_timeout(now);
         }
     }
 
