@@ -20,6 +20,8 @@
 //! reconnect backoff.
 
 pub mod commands;
+#[cfg(test)]
+mod commands_tests;
 pub mod discovery;
 pub mod session;
 #[cfg(test)]
@@ -648,4 +650,24 @@ fn queued(txn: &crate::store::Txn) -> Result<u64, StoreError> {
             .count() as u64;
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inbox_cursor_advances_only_over_messages_all_acknowledged() {
+        let mut w = InboxWindow::default();
+        w.reset(10);
+        w.pending
+            .extend([(1, 11, false), (2, 12, false), (3, 14, false)]);
+        assert_eq!(w.acked(2), None, "11 is still in flight");
+        assert_eq!(w.acked(9), None, "not ours");
+        assert_eq!(w.acked(1), Some(12));
+        assert_eq!(w.acked(3), Some(14));
+        assert!(w.pending.is_empty());
+        w.reset(14);
+        assert_eq!((w.sent_up_to, w.pending.len()), (14, 0));
+    }
 }
