@@ -591,8 +591,12 @@ impl Bridge {
         let depth = queued(&txn)?;
         let contacts = match &self.cfg.contacts {
             Some(c) => c.clone(),
+            // Only phone numbers: a user name that is not one could not stand in a topic.
             None => {
                 crate::api::contacts::known_users(&txn, crate::config::mqtt::MAX_MQTT_CONTACTS)?
+                    .into_iter()
+                    .filter(|u| crate::jid::parse_phone(&format!("+{u}")).is_ok())
+                    .collect()
             }
         };
         let previous = txn.mqtt_discovered()?;
