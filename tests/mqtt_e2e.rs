@@ -37,10 +37,23 @@ struct Setup {
 }
 
 fn setup(account: &str, password: &str, extra: &str) -> Setup {
+    setup_with(account, password, extra, false)
+}
+
+/// [`setup`]; with `tls` the daemon reaches the broker over `mqtts://localhost`, pinned to the
+/// broker's CA.
+fn setup_with(account: &str, password: &str, extra: &str, tls: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProc::start(&dir.path().join("hub"), true);
-    let broker = Broker::start(&dir.path().join("broker"));
-    let section = broker.daemon_section(dir.path(), password, extra);
+    let broker = Broker::start_with(&dir.path().join("broker"), tls);
+    let mut section = broker.daemon_section(dir.path(), password, extra);
+    if let Some(port) = broker.tls_port {
+        let ca = dir.path().join("broker").join("ca.pem");
+        section = section.replace(
+            &broker.url(),
+            &format!("mqtts://localhost:{port}\"\nca_file = \"{}", ca.display()),
+        );
+    }
     let conf = provision_conf_with(dir.path(), &hub.state, &hub.listen, account, &section);
     let log = dir.path().join("daemon.log");
     let daemon = Daemon::spawn_logged(&conf, &dir.path().join("state"), &log);
@@ -411,4 +424,17 @@ fn a_contact_dropped_from_the_config_loses_its_notify_entity() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(s.broker.retained("homeassistant/#").len(), 4);
+}
+
+#[test]
+fn over_mqtts_the_bridge_trusts_the_configured_ca_and_comes_online() {
+    if !mqtt_support::available() {
+        return;
+    }
+    let s = setup_with("acme-mqtt5", PASSWORD, "", true);
+    s.broker
+        .wait_retained(&format!("{BASE}/availability"), "online");
+    s.broker.wait_retained(&format!("{BASE}/link"), "up");
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    assert!(log.contains("mqtt: connected to localhost:"), "{log}");
 }

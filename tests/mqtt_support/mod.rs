@@ -79,12 +79,20 @@ pub fn available() -> bool {
 pub struct Broker {
     child: Option<Child>,
     pub port: u16,
+    /// A second listener with TLS (certificate for `localhost`, signed by `dir/ca.pem`).
+    pub tls_port: Option<u16>,
     dir: PathBuf,
 }
 
 impl Broker {
     /// Starts a broker with its files (config, password file, log) in `dir`.
     pub fn start(dir: &Path) -> Broker {
+        Broker::start_with(dir, false)
+    }
+
+    /// [`Broker::start`], with a TLS listener too when `tls`: a CA (`dir/ca.pem`) and a
+    /// certificate for `localhost` made by the shared TLS code.
+    pub fn start_with(dir: &Path, tls: bool) -> Broker {
         std::fs::create_dir_all(dir).unwrap();
         let passwd = dir.join("passwd");
         let out = Command::new("mosquitto_passwd")
@@ -98,9 +106,13 @@ impl Broker {
             "mosquitto_passwd: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls {
+            drop(interop_io::tls::ensure_hub_ca(dir, &["localhost"]).unwrap());
+        }
         let mut b = Broker {
             child: None,
             port: crate::api_common::free_port(),
+            tls_port: tls.then(crate::api_common::free_port),
             dir: dir.to_path_buf(),
         };
         b.run();
@@ -109,9 +121,16 @@ impl Broker {
 
     fn run(&mut self) {
         let conf = self.dir.join("mosquitto.conf");
+        let tls = match self.tls_port {
+            None => String::new(),
+            Some(p) => format!(
+                "listener {p} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server-key.pem\n",
+                self.dir.display()
+            ),
+        };
         std::fs::write(
             &conf,
-            format!(
+            tls + &format!(
                 // `user root`: as root, mosquitto would drop to its own user, which cannot
                 // write the persistence file in our directory (ignored when not root).
                 "user root\nlistener {} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence true\npersistence_location {}/\nlog_dest stderr\nlog_type all\n",
@@ -136,7 +155,11 @@ impl Broker {
             .unwrap();
         self.child = Some(child);
         let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+            || self
+                .tls_port
+                .is_some_and(|p| std::net::TcpStream::connect(("127.0.0.1", p)).is_err())
+        {
             assert!(t0.elapsed() < WAIT, "mosquitto did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
