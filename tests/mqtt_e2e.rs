@@ -323,7 +323,10 @@ fn a_sigkilled_daemon_reads_offline_and_messages_from_a_broker_outage_arrive_aft
     }
     assert_eq!(seen, api, "published cursors {seen:?}, inbox {api:?}");
 
-    // SIGKILL: no goodbye, the broker publishes the last will.
+    // SIGKILL: no goodbye, the broker publishes the last will. (A second first, for the
+    // bridge to commit the cursor of the last PUBACK: a kill before it would legitimately
+    // publish that message again, at least once.)
+    std::thread::sleep(Duration::from_secs(1));
     s.daemon.kill();
     s.broker
         .wait_retained(&format!("{BASE}/availability"), "offline");
@@ -397,7 +400,7 @@ fn a_contact_dropped_from_the_config_loses_its_notify_entity() {
         std::thread::sleep(Duration::from_millis(200));
     }
     // Let the bridge record what it published (it does once the broker acknowledged it).
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_secs(1));
     let conf = std::fs::read_to_string(&s.daemon.conf).unwrap();
     std::fs::write(
         &s.daemon.conf,

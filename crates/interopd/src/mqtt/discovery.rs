@@ -113,7 +113,8 @@ pub fn configs(cfg: &MqttConfig, topics: &Topics, contacts: &[String]) -> Vec<(S
             "state_topic": topics.inbox,
             "event_types": ["message"],
             // The inbox carries the API's message object; the event needs an event_type.
-            "value_template": "{\"event_type\": \"message\", \"from\": {{ value_json.from | to_json }}, \"text\": {{ value_json.text | default('') | to_json }}, \"id\": {{ value_json.id | to_json }}, \"cursor\": {{ value_json.cursor | to_json }}}",
+            // Keys are subscripted: `from` is a word of Jinja's own.
+            "value_template": "{\"event_type\": \"message\", \"from\": {{ value_json['from'] | to_json }}, \"text\": {{ value_json['text'] | default('') | to_json }}, \"id\": {{ value_json['id'] | to_json }}, \"cursor\": {{ value_json['cursor'] | to_json }}}",
             "qos": 1,
             "icon": "mdi:message-text",
         }),
