@@ -60,6 +60,7 @@ pub const MQTT_READ_CHUNK_BYTES: usize = 16 * 1024;
 pub const MAX_OUTBOX_ROWS_COUNTED: u64 = crate::retention::MAX_OUTBOX_ROWS;
 
 /// What the bridge needs from the daemon.
+#[derive(Clone)]
 pub struct MqttParts {
     pub config: MqttConfig,
     pub store: Rc<Store>,
@@ -131,13 +132,18 @@ struct Bridge {
 }
 
 /// Runs the bridge until the future is dropped (the daemon stops): dial, serve, back off,
-/// dial again.
+/// dial again. It never returns.
 pub async fn run(parts: MqttParts) {
-    let mut bridge = match Bridge::new(parts) {
-        Ok(b) => b,
-        Err(e) => {
-            log::error!("mqtt: cannot start the bridge: {e}");
-            return;
+    // This future never ends: the daemon serves until the first of its futures does.
+    let mut bridge = loop {
+        match Bridge::new(parts.clone()) {
+            Ok(b) => break b,
+            Err(e) => {
+                log::error!(
+                    "mqtt: cannot start the bridge: {e}; trying again in {MQTT_STATE_POLL_MS} ms"
+                );
+                Timer::after(Duration::from_millis(MQTT_STATE_POLL_MS)).await;
+            }
         }
     };
     loop {
