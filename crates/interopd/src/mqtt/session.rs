@@ -337,12 +337,16 @@ impl Session {
         let Some(len_bytes) = buf.get(header_len..header_len + 2) else {
             return Ok(false);
         };
+        // INVARIANT: `len_bytes` is the 2-byte range just taken with `get`.
         let topic_len = usize::from(u16::from_be_bytes([len_bytes[0], len_bytes[1]]));
         let pkid_len = if qos > 0 { 2 } else { 0 };
         let head = 2 + topic_len + pkid_len;
         let Some(head_bytes) = buf.get(header_len + 2..header_len + head) else {
             return Ok(false);
         };
+        // INVARIANT: `head_bytes` holds `topic_len + pkid_len` bytes (taken with `get`), and
+        // the packet id's two are read only when `pkid_len` is 2; `received` holds at least
+        // `header_len + head` bytes, so the `split_to` below cannot panic.
         let topic = String::from_utf8(head_bytes[..topic_len].to_vec())
             .map_err(|_| "a PUBLISH topic that is not UTF-8".to_string())?;
         let pkid = (qos > 0)
