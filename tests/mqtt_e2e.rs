@@ -4,7 +4,8 @@
 //! the keys its platforms document, availability, link, outbox), commands that go through the
 //! API's send path and reach the echo contact, whose answer arrives on `inbox`; the last will
 //! after a SIGKILL; a broker outage with messages arriving meanwhile; a wrong password; bad
-//! and oversized payloads; and a contact's entity removed when the config drops it.
+//! and oversized payloads; a command published while the daemon is dead, run once it is back;
+//! a contact's entity removed when the config drops it; and `mqtts://`.
 //! Without mosquitto (and without root to install it) every test here skips, saying so.
 
 mod api_common;
@@ -330,18 +331,23 @@ fn a_sigkilled_daemon_reads_offline_and_messages_from_a_broker_outage_arrive_aft
     s.daemon.kill();
     s.broker
         .wait_retained(&format!("{BASE}/availability"), "offline");
+    // A command published while the daemon is dead waits in its persistent session.
+    let body =
+        serde_json::json!({"to": ECHO, "text": "while the daemon was down", "request_id": "off-1"});
+    s.broker
+        .publish(&format!("{BASE}/send"), body.to_string().as_bytes(), false);
     // A restart resumes from the durable cursor: nothing new is published again.
     let before = sub.on(&inbox).len();
     s.daemon.restart();
     s.broker
         .wait_retained(&format!("{BASE}/availability"), "online");
+    wait_received(&s.hub, "while the daemon was down", 1);
     s.daemon.send(ECHO, "after");
     sub.wait_for(&inbox, 1, |p| json(p)["text"] == "echo: after");
     let after: Vec<String> = sub.on(&inbox)[before..].to_vec();
     assert!(
-        after
-            .iter()
-            .all(|p| json(p)["text"] == "echo: after" || json(p)["text"] == "after"),
+        after.iter().all(|p| json(p)["text"] == "echo: after"
+            || json(p)["text"] == "echo: while the daemon was down"),
         "republished after the restart: {after:?}"
     );
 }
