@@ -294,6 +294,34 @@ fn the_same_idempotency_key_gives_the_same_id_and_one_message() {
 }
 
 #[test]
+fn the_outbox_queued_gauge_counts_messages_waiting_while_the_link_is_down() {
+    let d = Daemon::start();
+    let gauge = || {
+        let m = get(d.addr, "/metrics", &d.token);
+        m.body
+            .lines()
+            .find_map(|l| l.strip_prefix("interopd_outbox_queued "))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no interopd_outbox_queued in {}", m.body))
+    };
+    assert_eq!(gauge(), "0");
+    for text in ["one", "two", "three"] {
+        let body = json!({"to": "+4915112345678", "text": text}).to_string();
+        let r = request(
+            d.addr,
+            "POST",
+            "/v1/messages",
+            Some(&d.token),
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+    // The link is down, so all three wait.
+    assert_eq!(gauge(), "3");
+}
+
+#[test]
 fn a_key_that_is_not_ascii_or_given_twice_is_refused_not_ignored() {
     let d = Daemon::start();
     let body = json!({"to": "+4915112345678", "text": "once"}).to_string();

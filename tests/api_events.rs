@@ -78,6 +78,7 @@ impl Daemon {
                                 let row = InboxRow {
                                     id: id.clone(),
                                     from: from.clone(),
+                                    group: String::new(),
                                     t_secs: 1_700_000_000,
                                     received_ms: 1_700_000_000_000,
                                     content: prost::Message::encode_to_vec(&Message::text(text)),

@@ -337,6 +337,8 @@ fn expected_status(command: &str) -> u16 {
         && (command.contains("/v1/messages") || command.contains("/v1/media"));
     if sends || command.contains("/read\"") {
         202
+    } else if command.contains(" -d ") && command.contains("/v1/groups\"") {
+        201
     } else {
         200
     }
@@ -750,6 +752,14 @@ const EXPECTED: &[Expect] = &[
     Expect {
         command: "/v1/inbox/1/read",
         answer: "\"read\":\"queued\"",
+    },
+    Expect {
+        command: "/v1/groups/$GROUP",
+        answer: "\"subject\":\"Family\"",
+    },
+    Expect {
+        command: "\"$API/v1/groups\"",
+        answer: "+15550101",
     },
     Expect {
         command: "/v1/events",

@@ -52,13 +52,44 @@ fn schema_v2_store_opens_migrated_and_every_row_reads_back() {
 fn schema_v3_store_opens_and_every_row_and_its_note_read_back() {
     let dir = copy_fixture("v3");
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
     every_row_reads_back(&store);
+    // Schema 4 added the group tables: a migrated store has them, empty.
+    assert!(store.begin().unwrap().groups().unwrap().is_empty());
     let txn = store.begin().unwrap();
     let note = txn.note("3EB0000000000000000001").unwrap().unwrap();
     assert_eq!(
         (note.correlation.as_str(), note.edited, note.text.as_str()),
         ("door-42", true, "fixture edited")
+    );
+}
+
+#[test]
+fn schema_v4_store_opens_and_its_group_rows_read_back() {
+    let dir = copy_fixture("v4");
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 4);
+    let txn = store.begin().unwrap();
+    let g = txn.group("120363000000000001").unwrap().unwrap();
+    assert_eq!(g.subject, "Fixture family");
+    assert_eq!(g.members.len(), 2);
+    assert!(g.members[0].admin && !g.members[1].admin);
+    assert_eq!(g.key_holders, ["15550100:0@s.whatsapp.net"]);
+    let inbox = txn.inbox_after(0, 10).unwrap();
+    assert_eq!(inbox.len(), 2);
+    assert_eq!(inbox[0].1.group, "", "a 1:1 row stays row version 1");
+    assert_eq!(inbox[1].1.group, "120363000000000001");
+    assert_eq!(inbox[1].1.content, b"in the group");
+    let receipts = txn
+        .group_receipts("3EB0000000000000000001")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        receipts,
+        [(
+            "15550100:0@s.whatsapp.net".to_string(),
+            interopd::store::DeviceReceipt::Read
+        )]
     );
 }
 

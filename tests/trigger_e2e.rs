@@ -159,6 +159,14 @@ fn a_trigger_url_sends_its_message_and_its_key_does_nothing_else() {
     assert_eq!((r.status, &r.body), (401, &first.body));
     assert_eq!(get(&d, &rotated).status, 202);
     wait_received(&hub, "Garage opened", 2);
+
+    // /metrics counts each outcome: 4 fired, 7 refused for their key (the 401s above on
+    // /v1/triggers; the other routes' 401s are the API's), 1 rate limited.
+    let m = d.get("/metrics").body;
+    for (result, n) in [("fired", 4), ("refused_key", 7), ("rate_limited", 1)] {
+        let line = format!("interopd_trigger_requests_total{{result=\"{result}\"}} {n}");
+        assert!(m.lines().any(|l| l == line), "{line} not in\n{m}");
+    }
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //!   ├─ Runtime::open: state dir (0700), store, <state>/api-token (0600), our identity
 //!   ├─ bind the API address, register SIGTERM/SIGINT
 //!   ├─ start_link(&runtime) -> Rc<dyn LinkControl>   (the link spawns its own tasks)
+//!   ├─ scheduled backups, when `[backup]` is set (backup::scheduled)
 //!   ├─ READY=1 (and WATCHDOG=1 every half WatchdogSec)
 //!   ├─ serve: API + webhook worker + MQTT bridge (if configured), until a signal
 //!   └─ STOPPING=1, return Ok  (exit 0)
@@ -31,6 +32,7 @@ use smol::LocalExecutor;
 
 use crate::api::webhook::{self, WebhookPolicy};
 use crate::api::{self, Api, ApiLimits, ApiParts};
+use crate::backup::scheduled::{self, ScheduledBackups};
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::media_store::MediaStore;
@@ -104,6 +106,8 @@ pub struct Runtime {
     pub tuning: Tuning,
     /// Blob files: sent blobs we host, received media we keep for the API.
     pub media: Rc<MediaStore>,
+    /// Scheduled backups (`[backup]`), when configured; [`run`] starts their task.
+    pub backups: Option<Rc<ScheduledBackups>>,
 }
 
 impl Runtime {
@@ -159,6 +163,13 @@ impl Runtime {
             },
             ..Tuning::default()
         };
+        let backups = config.backup.clone().map(|b| {
+            Rc::new(ScheduledBackups::new(
+                b,
+                config.state_dir.clone(),
+                crate::clock::now_ms(),
+            ))
+        });
         Ok(Runtime {
             config,
             store: Rc::new(store),
@@ -168,6 +179,7 @@ impl Runtime {
             token,
             tuning,
             media: Rc::new(media),
+            backups,
         })
     }
 
@@ -252,6 +264,7 @@ pub async fn serve(
         media_blob_expiry_ms: rt.config.media.blob_expiry_secs.saturating_mul(1000),
         state_dir: rt.config.state_dir.clone(),
         triggers: rt.config.triggers.clone(),
+        backups: rt.backups.clone(),
     });
     let options = crate::http::ServeOptions {
         // Media uploads stream; every other route caps its own body far lower.
@@ -405,6 +418,9 @@ pub fn run(config: Config, start_link: LinkStarter) -> Result<(), DaemonError> {
                 .map_err(DaemonError::Signals)?;
         start_media(&rt).await?;
         let link = start_link(&rt);
+        if let Some(b) = &rt.backups {
+            rt.executor.spawn(scheduled::run(Rc::clone(b))).detach();
+        }
         let notifier = Rc::new(Notifier::from_env());
         let status = format!("API on http://{api_addr}");
         if let Err(e) = notifier.ready(&status) {
@@ -446,6 +462,9 @@ pub fn run(config: Config, start_link: LinkStarter) -> Result<(), DaemonError> {
             }
         };
         serve(&rt, link, listener, stop).await?;
+        if let Some(b) = &rt.backups {
+            b.stop();
+        }
         if let Err(e) = notifier.stopping() {
             log::warn!("sd_notify: {e}");
         }

@@ -82,10 +82,19 @@ pub fn curl_lines(api: SocketAddr, token_file: &Path) -> [String; 3] {
     ]
 }
 
+/// The demo's trigger URL: a plain GET of it sends [`DEMO_TRIGGER_TEXT`] to the echo contact.
+pub const DEMO_TRIGGER: &str = "doorbell";
+/// What the demo's trigger sends.
+pub const DEMO_TRIGGER_TEXT: &str = "Someone is at the door";
+/// The demo's config file, under its `--state`: what it runs, written out so that
+/// `interopd trigger-url doorbell --config <state>/interopd.conf` works beside it.
+pub const DEMO_CONFIG_FILE: &str = "interopd.conf";
+
 /// The household examples the demo prints after the curl lines, each as `label: command`
 /// (so the first three stay the only lines that start with `curl`). `$ID` stands for an id
-/// that `POST /v1/messages` answered.
-pub fn household_lines(api: SocketAddr, token_file: &Path) -> [String; 6] {
+/// that `POST /v1/messages` answered. The last fires the trigger URL with the key read from
+/// its file (`daemon_dir/trigger-keys/doorbell`), so the key is not printed.
+pub fn household_lines(api: SocketAddr, token_file: &Path, daemon_dir: &Path) -> [String; 7] {
     let auth = format!(
         "-H \"Authorization: Bearer $(cat '{}')\" -H 'Content-Type: application/json'",
         token_file.display()
@@ -107,6 +116,10 @@ pub fn household_lines(api: SocketAddr, token_file: &Path) -> [String; 6] {
         format!("delete:         curl {auth} -X DELETE \"{base}/messages/$ID\""),
         format!(
             "typing:         curl {auth} -d '{{\"state\": \"composing\"}}' '{base}/chats/%2B15550100/typing'"
+        ),
+        format!(
+            "doorbell (GET): curl \"{base}/triggers/{DEMO_TRIGGER}?key=$(cat '{}')\"",
+            crate::api::triggers::key_path(daemon_dir, DEMO_TRIGGER).display()
         ),
     ]
 }
@@ -157,6 +170,41 @@ fn enable_media_host(
         }
     })?;
     Ok(())
+}
+
+/// Adds the [`DEMO_TRIGGER`] trigger to the echo contact, makes its key, and writes the whole
+/// config the demo runs to `<state>/`[`DEMO_CONFIG_FILE`] (0600: it holds the provider token);
+/// its path.
+fn add_doorbell(state: &Path, cfg: &mut config::Config) -> Result<PathBuf, DemoError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    cfg.triggers.retain(|t| t.name != DEMO_TRIGGER);
+    cfg.triggers.push(config::TriggerConfig {
+        name: DEMO_TRIGGER.into(),
+        to: "15550100".into(),
+        text: DEMO_TRIGGER_TEXT.into(),
+        media_file: None,
+        rate_burst: config::trigger::DEFAULT_TRIGGER_RATE_BURST,
+        rate_interval_secs: config::trigger::DEFAULT_TRIGGER_RATE_INTERVAL_SECS,
+    });
+    crate::api::triggers::load_or_create_key(&cfg.state_dir, DEMO_TRIGGER).map_err(|e| {
+        DemoError::Provision {
+            detail: format!("trigger key: {e}"),
+        }
+    })?;
+    let path = state.join(DEMO_CONFIG_FILE);
+    let io = |source| DemoError::Io {
+        what: "writing the demo's config file",
+        source,
+    };
+    let _ = std::fs::remove_file(&path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    file.write_all(cfg.to_string().as_bytes()).map_err(io)?;
+    Ok(path)
 }
 
 /// The profile `interopd demo` speaks without `--profile`.
@@ -222,19 +270,27 @@ pub fn run(
         cfg.api_rate = rate;
     }
     enable_media_host(&state, &hub_dir, &mut cfg)?;
+    let group = demo_group(&state, control)?;
+    let config_file = add_doorbell(&state, &mut cfg)?;
     let token_file: PathBuf = daemon_dir.join("api-token");
     // The banner is best effort: a closed stdout (a pipe nobody reads) must not stop the demo.
     let mut banner = format!(
-        "interopd demo: the hub and the daemon are running on loopback, speaking profile {profile}.\n  API:          http://{api}\n  token file:   {}\n  contacts:     +15550100 echoes and reads, +15550101 stays silent\n  hub control:  http://{control}/users\n\nTry (Ctrl-C stops the demo):\n",
-        token_file.display()
+        "interopd demo: the hub and the daemon are running on loopback, speaking profile {profile}.\n  API:          http://{api}\n  token file:   {}\n  contacts:     +15550100 echoes and reads, +15550101 stays silent\n  hub control:  http://{control}/users\n  config file:  {}\n  trigger URL:  interopd trigger-url {DEMO_TRIGGER} --config {}\n\nTry (Ctrl-C stops the demo):\n",
+        token_file.display(),
+        config_file.display(),
+        config_file.display()
     );
     for line in curl_lines(api, &token_file) {
         banner.push_str(&format!("  {line}\n"));
     }
+    banner.push_str(&format!(
+        "\nThe demo group {group} holds you and both contacts; the echo contact answers there too:\n  {}\n",
+        group_line(api, &token_file, &group)
+    ));
     banner.push_str(
-        "\nThe echo contact reacts to a text starting with \"react\", shares a place when asked\n\"where\", echoes your edits and deletes on its echo, and shows typing first:\n",
+        "\nThe echo contact reacts to a text starting with \"react\", shares a place when asked\n\"where\", echoes your edits and deletes on its echo, and shows typing first. A plain GET of\nthe doorbell's trigger URL sends it \"Someone is at the door\":\n",
     );
-    for line in household_lines(api, &token_file) {
+    for line in household_lines(api, &token_file, &daemon_dir) {
         banner.push_str(&format!("  {line}\n"));
     }
     banner.push('\n');
@@ -243,6 +299,84 @@ pub fn run(
     drop(out);
     daemon::run(cfg, Box::new(crate::link::start)).map_err(DemoError::Daemon)
 }
+/// The demo group's send line, as `label: command` like the household lines.
+pub fn group_line(api: SocketAddr, token_file: &Path, group: &str) -> String {
+    let auth = format!(
+        "-H \"Authorization: Bearer $(cat '{}')\" -H 'Content-Type: application/json'",
+        token_file.display()
+    );
+    format!(
+        "group:          curl {auth} -d '{{\"group\": \"{group}\", \"text\": \"Hello family\"}}' 'http://{api}/v1/messages'"
+    )
+}
+
+/// Subject of the group the demo makes on its first start.
+pub const DEMO_GROUP_SUBJECT: &str = "Family (demo)";
+/// File under the demo's state directory naming its group, so a restart reuses it.
+pub const DEMO_GROUP_FILE: &str = "demo-group";
+/// Largest answer read from the hub's control API when making the demo group, in bytes.
+const DEMO_GROUP_ANSWER_BYTES: u64 = 64 * 1024;
+
+/// The demo group's id: the one made on an earlier start, or a new group (us as its admin,
+/// and both simulated contacts) made now through the hub's control API. The daemon learns
+/// of it from the gatekeeper's `create` notification when it logs in.
+fn demo_group(state: &Path, control: SocketAddr) -> Result<String, DemoError> {
+    let file = state.join(DEMO_GROUP_FILE);
+    if let Ok(text) = std::fs::read_to_string(&file)
+        && let Ok(g) = crate::group::GroupId::new(text.trim())
+    {
+        return Ok(g.as_str().to_owned());
+    }
+    let failed = |detail: String| DemoError::Provision {
+        detail: format!("making the demo group: {detail}"),
+    };
+    let body = serde_json::json!({
+        "subject": DEMO_GROUP_SUBJECT,
+        "members": [DEMO_ACCOUNT, "+15550100", "+15550101"],
+    })
+    .to_string();
+    let host = control.to_string();
+    let answer = smol::block_on(async {
+        let mut stream = smol::net::TcpStream::connect(control)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let req = crate::http::ClientRequest {
+            method: "POST",
+            target: "/groups",
+            host: &host,
+            headers: &[("Content-Type", "application/json")],
+            body: body.as_bytes(),
+        };
+        let resp = crate::http::request(&mut stream, &req, 16 * 1024)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let status = resp.head.status;
+        let bytes = resp
+            .read_to_end(DEMO_GROUP_ANSWER_BYTES)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        if status != 201 {
+            return Err(failed(format!(
+                "the hub answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        Ok(bytes)
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&answer).map_err(|e| failed(e.to_string()))?;
+    let id = v
+        .get("id")
+        .and_then(|i| i.as_str())
+        .and_then(|i| crate::group::GroupId::new(i).ok())
+        .ok_or_else(|| failed("the hub's answer has no group id".into()))?;
+    std::fs::write(&file, id.as_str()).map_err(|source| DemoError::Io {
+        what: "writing the demo group file",
+        source,
+    })?;
+    Ok(id.as_str().to_owned())
+}
+
 /// The daemon config for an account the hub provisioned: dial the hub on its profile, pin its
 /// CA (and on `wa` its Noise root, serial `server::ROOT_SERIAL`), and defaults for
 /// everything else (what `interop-hub provision` prints). A Noise root that is not 64 hex
@@ -274,6 +408,7 @@ pub fn provisioned_config(p: &Provisioned) -> config::Config {
         media: config::MediaConfig::default(),
         triggers: Vec::new(),
         mqtt: None,
+        backup: None,
         reset_identity: false,
     }
 }
@@ -285,7 +420,7 @@ mod tests {
     #[test]
     fn household_lines_name_every_new_route_and_never_start_with_curl() {
         let api: SocketAddr = "127.0.0.1:8787".parse().unwrap();
-        let lines = household_lines(api, Path::new("/tmp/t"));
+        let lines = household_lines(api, Path::new("/tmp/t"), Path::new("/tmp/d"));
         assert!(lines.iter().all(|l| !l.trim_start().starts_with("curl ")));
         for route in [
             "/reactions",
@@ -294,6 +429,7 @@ mod tests {
             "/typing",
             "where",
             "react please",
+            "/v1/triggers/doorbell?key=$(cat '/tmp/d/trigger-keys/doorbell')",
         ] {
             assert!(lines.iter().any(|l| l.contains(route)), "{route}");
         }

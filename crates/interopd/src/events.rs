@@ -54,6 +54,11 @@ const KIND_MESSAGE: u8 = 1;
 const KIND_STATUS: u8 = 2;
 const KIND_IDENTITY: u8 = 3;
 const KIND_TYPING: u8 = 4;
+const KIND_GROUP: u8 = 5;
+/// Most members one `group` event names; a larger change is logged with the first ones.
+pub const MAX_GROUP_EVENT_MEMBERS: usize = 64;
+/// Longest `change` of a `group` event, in bytes.
+const MAX_GROUP_CHANGE_BYTES: usize = 16;
 /// Longest contact user (the account part of its JID) stored in an identity event, in bytes.
 pub const MAX_IDENTITY_USER_BYTES: usize = 64;
 
@@ -88,6 +93,14 @@ pub enum Event {
         composing: bool,
         at_ms: u64,
     },
+    /// Group `group` (its id) changed at `at_ms`: `change` is `create`, `add` or `remove`,
+    /// of `members` (user JIDs, at most [`MAX_GROUP_EVENT_MEMBERS`]).
+    Group {
+        group: String,
+        change: String,
+        members: Vec<String>,
+        at_ms: u64,
+    },
 }
 
 impl Event {
@@ -98,6 +111,7 @@ impl Event {
             Event::Status { .. } => "status",
             Event::Identity { .. } => "identity",
             Event::Typing { .. } => "typing",
+            Event::Group { .. } => "group",
         }
     }
 
@@ -167,6 +181,54 @@ impl Event {
                 v.push(u8::from(*composing));
                 v.extend_from_slice(&at_ms.to_be_bytes());
                 put_str(&mut v, user)?;
+            }
+            Event::Group {
+                group,
+                change,
+                members,
+                at_ms,
+            } => {
+                let too_long = |what, len: usize, max: usize| StoreError::TooLarge {
+                    what,
+                    len: len as u64,
+                    max: max as u64,
+                };
+                if group.len() > crate::group::MAX_GROUP_ID_BYTES {
+                    return Err(too_long(
+                        "group event id",
+                        group.len(),
+                        crate::group::MAX_GROUP_ID_BYTES,
+                    ));
+                }
+                if change.len() > MAX_GROUP_CHANGE_BYTES {
+                    return Err(too_long(
+                        "group event change",
+                        change.len(),
+                        MAX_GROUP_CHANGE_BYTES,
+                    ));
+                }
+                if members.len() > MAX_GROUP_EVENT_MEMBERS {
+                    return Err(too_long(
+                        "group event members",
+                        members.len(),
+                        MAX_GROUP_EVENT_MEMBERS,
+                    ));
+                }
+                v.push(KIND_GROUP);
+                v.extend_from_slice(&at_ms.to_be_bytes());
+                put_str(&mut v, group)?;
+                put_str(&mut v, change)?;
+                v.push(members.len() as u8);
+                for m in members {
+                    if m.len() > crate::store::MAX_GROUP_JID_BYTES {
+                        return Err(too_long(
+                            "group event member",
+                            m.len(),
+                            crate::store::MAX_GROUP_JID_BYTES,
+                        ));
+                    }
+                    put_str(&mut v, m)?;
+                }
             }
         }
         Ok(v)
@@ -252,6 +314,38 @@ impl Event {
                 Event::Typing {
                     user,
                     composing,
+                    at_ms,
+                }
+            }
+            KIND_GROUP => {
+                let corrupt = |detail| StoreError::Corrupt {
+                    table: "events",
+                    detail,
+                };
+                let at_ms = r.u64()?;
+                let group = r.string()?;
+                let change = r.string()?;
+                if group.len() > crate::group::MAX_GROUP_ID_BYTES
+                    || change.len() > MAX_GROUP_CHANGE_BYTES
+                {
+                    return Err(corrupt("group event too long"));
+                }
+                let n = usize::from(r.u8()?);
+                if n > MAX_GROUP_EVENT_MEMBERS {
+                    return Err(corrupt("group event members"));
+                }
+                let mut members = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let m = r.string()?;
+                    if m.len() > crate::store::MAX_GROUP_JID_BYTES {
+                        return Err(corrupt("group event member too long"));
+                    }
+                    members.push(m);
+                }
+                Event::Group {
+                    group,
+                    change,
+                    members,
                     at_ms,
                 }
             }
@@ -417,6 +511,29 @@ impl EventBus {
         let event = Event::Typing {
             user: user.to_owned(),
             composing,
+            at_ms: now_ms,
+        };
+        self.record(txn, &event, now_ms)
+    }
+
+    /// Logs "group `group` changed" in `txn` (and its webhook job); members beyond
+    /// [`MAX_GROUP_EVENT_MEMBERS`] are left out of the event.
+    pub fn record_group(
+        &self,
+        txn: &Txn,
+        group: &str,
+        change: &str,
+        members: &[String],
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let event = Event::Group {
+            group: group.to_owned(),
+            change: change.to_owned(),
+            members: members
+                .iter()
+                .take(MAX_GROUP_EVENT_MEMBERS)
+                .cloned()
+                .collect(),
             at_ms: now_ms,
         };
         self.record(txn, &event, now_ms)
@@ -738,6 +855,12 @@ mod tests {
                 at_ms in any::<u64>(),
             ) {
                 let e = Event::Identity { user, device, previous, current, held, at_ms };
+                prop_assert_eq!(Event::decode(&e.encode().unwrap()).unwrap(), e);
+            }
+
+            #[test]
+            fn group_events_round_trip(group in "[0-9]{1,32}", change in "[a-z]{1,16}", members in proptest::collection::vec("[0-9]{5,15}@s\\.whatsapp\\.net", 0..=MAX_GROUP_EVENT_MEMBERS), at_ms in any::<u64>()) {
+                let e = Event::Group { group, change, members, at_ms };
                 prop_assert_eq!(Event::decode(&e.encode().unwrap()).unwrap(), e);
             }
 

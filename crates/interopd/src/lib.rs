@@ -45,7 +45,8 @@ pub use interop_io::{clock, http, logger, notify, tls};
 
 // The protocol core, re-exported under the names the daemon's modules always used.
 pub use interop_proto::{
-    content, frame, jid, login, media_crypto, media_meta, prekeys, retry, row, signal_store, stanza,
+    content, frame, group, jid, login, media_crypto, media_meta, prekeys, retry, row, signal_store,
+    stanza,
 };
 
 pub mod api;

@@ -6,6 +6,8 @@
 
 use std::cell::Cell;
 
+use crate::client::{GroupAnswer, GroupRequest};
+
 /// Whether the link is logged in at the gatekeeper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
@@ -32,6 +34,27 @@ pub trait LinkControl {
     /// Show `composing` (or `paused`) to contact `to_digits` now. Not stored: `false` when
     /// the link is not up, or [`MAX_PENDING_TYPING`] notices already wait.
     fn typing(&self, to_digits: &str, composing: bool) -> bool;
+    /// Hands a group request to the gatekeeper; the receiver gets its answer, or is closed
+    /// when the connection ends first. Refused when the link is not up, or
+    /// [`MAX_PENDING_GROUP_REQUESTS`] wait already.
+    fn group_request(
+        &self,
+        _req: GroupRequest,
+    ) -> Result<smol::channel::Receiver<GroupAnswer>, GroupRequestError> {
+        Err(GroupRequestError::LinkDown)
+    }
+}
+
+/// Group requests that may wait for the link's turn or the gatekeeper's answer at once.
+pub const MAX_PENDING_GROUP_REQUESTS: usize = 16;
+
+/// Why [`LinkControl::group_request`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupRequestError {
+    /// Environment: the link is not logged in.
+    LinkDown,
+    /// Caller: [`MAX_PENDING_GROUP_REQUESTS`] are waiting.
+    Busy,
 }
 
 /// Typing notices that may wait for the link's next turn; more are refused.

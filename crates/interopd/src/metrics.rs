@@ -40,6 +40,12 @@ pub enum Counter {
     WebhookDeadLettered,
     /// An identity change was recorded for a contact device.
     IdentityChanged,
+    /// A trigger URL sent its message (the send was accepted).
+    TriggerFired,
+    /// A trigger request was refused for its key: wrong, missing, or for an unknown trigger.
+    TriggerRefusedKey,
+    /// A trigger request with the right key was refused by the trigger's rate limit.
+    TriggerRateLimited,
 }
 
 /// A gauge the daemon sets.
@@ -63,6 +69,12 @@ pub enum Gauge {
     StoreFailures,
     /// Times a failed store was reopened since start (rendered as a counter).
     StoreReopens,
+    /// When the last scheduled backup succeeded, seconds since the epoch (0: none).
+    BackupLastSuccessSecs,
+    /// Bytes of the newest scheduled backup (0: none).
+    BackupLastBytes,
+    /// Scheduled backups that failed since start (rendered as a counter).
+    BackupFailures,
 }
 
 const OUT_STATUSES: [OutboxStatus; 5] = [
@@ -92,6 +104,12 @@ pub struct Metrics {
     store_up: Cell<u64>,
     store_failures: Cell<u64>,
     store_reopens: Cell<u64>,
+    trigger_fired: Cell<u64>,
+    trigger_refused_key: Cell<u64>,
+    trigger_rate_limited: Cell<u64>,
+    backup_last_success_secs: Cell<u64>,
+    backup_last_bytes: Cell<u64>,
+    backup_failures: Cell<u64>,
     http_responses: RefCell<BTreeMap<u16, u64>>,
     commit_buckets: [Cell<u64>; COMMIT_BUCKETS_SECS.len()],
     commit_count: Cell<u64>,
@@ -138,6 +156,9 @@ impl Metrics {
             Counter::WebhookFailure => &self.webhook_failures,
             Counter::WebhookDeadLettered => &self.webhook_dead_lettered,
             Counter::IdentityChanged => &self.identity_changes,
+            Counter::TriggerFired => &self.trigger_fired,
+            Counter::TriggerRefusedKey => &self.trigger_refused_key,
+            Counter::TriggerRateLimited => &self.trigger_rate_limited,
         };
         bump(cell, by);
     }
@@ -152,6 +173,9 @@ impl Metrics {
             Counter::WebhookFailure => self.webhook_failures.get(),
             Counter::WebhookDeadLettered => self.webhook_dead_lettered.get(),
             Counter::IdentityChanged => self.identity_changes.get(),
+            Counter::TriggerFired => self.trigger_fired.get(),
+            Counter::TriggerRefusedKey => self.trigger_refused_key.get(),
+            Counter::TriggerRateLimited => self.trigger_rate_limited.get(),
         }
     }
 
@@ -176,6 +200,9 @@ impl Metrics {
             Gauge::StoreUp => &self.store_up,
             Gauge::StoreFailures => &self.store_failures,
             Gauge::StoreReopens => &self.store_reopens,
+            Gauge::BackupLastSuccessSecs => &self.backup_last_success_secs,
+            Gauge::BackupLastBytes => &self.backup_last_bytes,
+            Gauge::BackupFailures => &self.backup_failures,
         }
     }
 
@@ -364,9 +391,47 @@ impl Metrics {
                 listener(|a| &a.hung_up),
             ),
         ];
-        for (name, kind, help, value) in simple.into_iter().chain(listener_counters) {
+        let backup = [
+            (
+                "interopd_backup_last_success_timestamp_seconds",
+                "gauge",
+                "When the last scheduled backup succeeded, Unix seconds (0: none yet, or [backup] is off).",
+                self.backup_last_success_secs.get(),
+            ),
+            (
+                "interopd_backup_last_size_bytes",
+                "gauge",
+                "Size of the newest scheduled backup archive in bytes (0: none).",
+                self.backup_last_bytes.get(),
+            ),
+            (
+                "interopd_backup_failures_total",
+                "counter",
+                "Scheduled backups that failed since start.",
+                self.backup_failures.get(),
+            ),
+        ];
+        for (name, kind, help, value) in simple.into_iter().chain(listener_counters).chain(backup) {
             family(&mut out, name, kind, help);
             sample(&mut out, name, &[], value);
+        }
+        family(
+            &mut out,
+            "interopd_trigger_requests_total",
+            "counter",
+            "Trigger URL requests by result: fired, refused_key (wrong or missing key, unknown trigger), rate_limited.",
+        );
+        for (result, cell) in [
+            ("fired", &self.trigger_fired),
+            ("refused_key", &self.trigger_refused_key),
+            ("rate_limited", &self.trigger_rate_limited),
+        ] {
+            sample(
+                &mut out,
+                "interopd_trigger_requests_total",
+                &[("result", result)],
+                cell.get(),
+            );
         }
         family(
             &mut out,
@@ -460,6 +525,24 @@ mod tests {
         assert!(text.contains("interopd_store_commit_seconds_bucket{le=\"0.0025\"} 1"));
         assert!(text.contains("interopd_store_commit_seconds_bucket{le=\"0.001\"} 0"));
         assert!(text.contains("interopd_store_commit_seconds_count 1"));
+    }
+
+    #[test]
+    fn trigger_results_and_backup_state_are_rendered() {
+        let m = Metrics::default();
+        m.inc(Counter::TriggerFired);
+        m.add(Counter::TriggerRefusedKey, 2);
+        m.set(Gauge::BackupLastSuccessSecs, 1_796_688_000);
+        m.set(Gauge::BackupLastBytes, 4096);
+        m.set(Gauge::BackupFailures, 3);
+        let text = m.render();
+        assert!(text.contains("interopd_trigger_requests_total{result=\"fired\"} 1"));
+        assert!(text.contains("interopd_trigger_requests_total{result=\"refused_key\"} 2"));
+        assert!(text.contains("interopd_trigger_requests_total{result=\"rate_limited\"} 0"));
+        assert!(text.contains("interopd_backup_last_success_timestamp_seconds 1796688000"));
+        assert!(text.contains("interopd_backup_last_size_bytes 4096"));
+        assert!(text.contains("interopd_backup_failures_total 3"));
+        assert!(text.contains("# TYPE interopd_backup_failures_total counter"));
     }
 
     #[test]

@@ -165,6 +165,7 @@ mod tests {
     /// An inbox row from the echo contact, received at `received_ms`.
     fn row(id: &str, received_ms: u64) -> InboxRow {
         InboxRow {
+            group: String::new(),
             id: id.into(),
             from: "15550100".into(),
             t_secs: 1,

@@ -360,6 +360,7 @@ mod tests {
             let txn = bob.store.begin().unwrap();
             let d = decrypt(&txn, &alice.addr, &ct, &mut rand::rng(), NOW).unwrap();
             let row = InboxRow {
+                group: String::new(),
                 id: "A".into(),
                 from: "alice".into(),
                 t_secs: 1,

@@ -53,6 +53,11 @@ pub fn message_json(
         "t": row.t_secs,
         "kind": kind.as_str(),
     });
+    if !row.group.is_empty()
+        && let Some(obj) = v.as_object_mut()
+    {
+        obj.insert("group".into(), row.group.as_str().into());
+    }
     if let (Some(obj), Some(m)) = (v.as_object_mut(), msg.as_ref()) {
         if let Some(text) = m.text_body() {
             obj.insert("text".into(), text.into());
@@ -240,6 +245,17 @@ pub fn event_json(txn: &Txn, event: &Event) -> Result<Option<serde_json::Value>,
             "fingerprint": crate::signal::fingerprint(current, user),
             "held": held,
             "changed_at": rfc3339(*at_ms),
+        }))),
+        Event::Group {
+            group,
+            change,
+            members,
+            at_ms,
+        } => Ok(Some(serde_json::json!({
+            "group": group,
+            "change": change,
+            "members": members.iter().map(|m| super::groups::member_name(m)).collect::<Vec<_>>(),
+            "at": rfc3339(*at_ms),
         }))),
         Event::Typing {
             user,
@@ -616,6 +632,7 @@ mod tests {
 
     fn media_row(msg: &Message) -> InboxRow {
         InboxRow {
+            group: String::new(),
             id: "3EB0MEDIA".into(),
             from: "15550100".into(),
             t_secs: 5,
@@ -701,6 +718,7 @@ mod tests {
     fn message_object_renders_text_and_reply() {
         let msg = Message::reply("hi", "3EB0AB", "1@s.whatsapp.net", None);
         let row = InboxRow {
+            group: String::new(),
             id: "ABC".into(),
             from: "15550100".into(),
             t_secs: 5,
@@ -719,6 +737,7 @@ mod tests {
     #[test]
     fn undecodable_content_renders_as_unknown_kind() {
         let row = InboxRow {
+            group: String::new(),
             id: "X".into(),
             from: "1".into(),
             t_secs: 0,

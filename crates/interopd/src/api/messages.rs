@@ -32,7 +32,11 @@ pub const MAX_LOCATION_TEXT_CHARS: usize = 256;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SendJson {
-    to: String,
+    #[serde(default)]
+    to: Option<String>,
+    /// A group id in place of `to`.
+    #[serde(default)]
+    group: Option<String>,
     #[serde(default, deserialize_with = "present")]
     text: Option<String>,
     #[serde(default, deserialize_with = "present")]
@@ -140,7 +144,7 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
     let content_type = req.head.content_type();
     // The query's `to` and `reply_to` belong to a text body; a JSON body carries its own. They
     // are checked whenever given, so a bad one is never silently ignored.
-    for name in ["to", "reply_to", "correlation"] {
+    for name in ["to", "group", "reply_to", "correlation"] {
         if req.query_param_count(name) > 1 {
             return bad(
                 "repeated_parameter",
@@ -165,7 +169,8 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
         return r;
     }
     let from_query = !matches!(content_type.as_deref(), Some("application/json"));
-    let (to, body, reply_to, correlation) = match content_type.as_deref() {
+    let query_group = req.query_param("group");
+    let ((to, group), body, reply_to, correlation) = match content_type.as_deref() {
         Some("application/json") => {
             let body: SendJson = match req.body.read_json(MAX_JSON_BODY_BYTES).await {
                 Ok(b) => b,
@@ -179,12 +184,13 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
         // `curl -d TEXT` sends form-urlencoded; CONTRACT.md promises that line works, so the
         // body is taken as literal text (not form-decoded), as for text/plain.
         None | Some("text/plain" | "application/x-www-form-urlencoded") => {
-            let Some(to) = req.query_param("to") else {
+            let to = req.query_param("to");
+            if to.is_none() && query_group.is_none() {
                 return bad(
                     "missing_to",
-                    "a text/plain body needs the recipient as ?to=%2B<digits>",
+                    "a text/plain body needs the recipient as ?to=%2B<digits> or ?group=<id>",
                 );
-            };
+            }
             let reply_to = req.query_param("reply_to");
             let correlation = req.query_param("correlation");
             let bytes = match req.body.read_to_vec(MAX_JSON_BODY_BYTES).await {
@@ -194,7 +200,7 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
             let Ok(text) = String::from_utf8(bytes) else {
                 return bad("bad_text", "the text/plain body is not UTF-8");
             };
-            (to, Body::Text(text), reply_to, correlation)
+            ((to, query_group), Body::Text(text), reply_to, correlation)
         }
         _ => {
             return Response::json_error(
@@ -204,11 +210,24 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
             );
         }
     };
-    finish_send(api, key, &to, body, reply_to, correlation, from_query)
+    finish_send(
+        api,
+        key,
+        (to, group),
+        body,
+        reply_to,
+        correlation,
+        from_query,
+    )
 }
 
-/// What a JSON send body asks for: (to, body, reply_to, correlation), or the 400.
-fn json_parts(body: SendJson) -> Result<(String, Body, Option<String>, Option<String>), Response> {
+/// The recipient of a send: `to` (a phone), or `group` (a group id).
+type Recipient = (Option<String>, Option<String>);
+
+/// What a JSON send body asks for: ((to, group), body, reply_to, correlation), or the 400.
+fn json_parts(
+    body: SendJson,
+) -> Result<(Recipient, Body, Option<String>, Option<String>), Response> {
     let what = match (body.text, body.location) {
         (Some(t), None) => Body::Text(t),
         (None, Some(l)) => Body::Location(Box::new(location(l)?)),
@@ -220,7 +239,7 @@ fn json_parts(body: SendJson) -> Result<(String, Body, Option<String>, Option<St
             ));
         }
     };
-    Ok((body.to, what, body.reply_to, body.correlation))
+    Ok(((body.to, body.group), what, body.reply_to, body.correlation))
 }
 
 /// A send whose JSON body came another way (the MQTT `send` topic): the same checks and the
@@ -228,7 +247,7 @@ fn json_parts(body: SendJson) -> Result<(String, Body, Option<String>, Option<St
 pub(crate) fn send_json(api: &Rc<Api>, key: Option<String>, body: SendJson) -> Response {
     match json_parts(body) {
         Ok((to, body, reply_to, correlation)) => {
-            finish_send(api, key, &to, body, reply_to, correlation, false)
+            finish_send(api, key, to, body, reply_to, correlation, false)
         }
         Err(r) => r,
     }
@@ -238,21 +257,32 @@ pub(crate) fn send_json(api: &Rc<Api>, key: Option<String>, body: SendJson) -> R
 fn finish_send(
     api: &Rc<Api>,
     key: Option<String>,
-    to: &str,
+    (to, group): Recipient,
     body: Body,
     reply_to: Option<String>,
     correlation: Option<String>,
     from_query: bool,
 ) -> Response {
-    let Some(digits) = (if from_query {
-        super::query_phone(to)
-    } else {
-        crate::jid::parse_phone(to).ok()
-    }) else {
-        return bad(
-            "bad_phone",
-            "'to' must be an E.164 number such as +4915112345678",
-        );
+    let recipient = match (to, group) {
+        (Some(_), Some(_)) => return bad("to_and_group", "give 'to' or 'group', not both"),
+        (None, None) => return bad("missing_to", "give the recipient as 'to' or 'group'"),
+        (None, Some(g)) => match group_recipient(api, &g) {
+            Ok(jid) => jid,
+            Err(r) => return r,
+        },
+        (Some(to), None) => match if from_query {
+            super::query_phone(&to)
+        } else {
+            crate::jid::parse_phone(&to).ok()
+        } {
+            Some(digits) => digits,
+            None => {
+                return bad(
+                    "bad_phone",
+                    "'to' must be an E.164 number such as +4915112345678",
+                );
+            }
+        },
     };
     if matches!(&body, Body::Text(t) if t.is_empty()) {
         return bad("empty_text", "'text' must not be empty");
@@ -265,7 +295,21 @@ fn finish_send(
     if let Err(r) = check_correlation(correlation.as_deref()) {
         return r;
     }
-    queue_send(api, key, &digits, body, reply_to, correlation)
+    queue_send(api, key, &recipient, body, reply_to, correlation)
+}
+
+/// The outbox recipient of a send to group `raw`: `{id}@g.us`, for a group we are in.
+pub(crate) fn group_recipient(api: &Api, raw: &str) -> Result<String, Response> {
+    let gid = super::groups::parse_group_id(raw)?;
+    match api.store.begin().and_then(|t| t.group(gid.as_str())) {
+        Ok(Some(_)) => Ok(gid.jid()),
+        Ok(None) => Err(Response::json_error(
+            404,
+            "unknown_group",
+            "we are not in a group with this id",
+        )),
+        Err(e) => Err(store_error(&e)),
+    }
 }
 
 /// A message id as `reply_to` takes it: 1 to [`MAX_MESSAGE_ID_BYTES`] visible ASCII
@@ -462,6 +506,16 @@ fn quoted(
         let me = format!("{}@{}", api.account, crate::jid::INTEROP_SERVER);
         return Ok((me, decode(&row.content).map(strip_context)));
     }
+    if let Ok(gid) = crate::group::GroupId::parse_jid(digits) {
+        // In a group, the quoted message's author is whoever sent it there.
+        return Ok(match txn.inbox_by_message_id(id)? {
+            Some((_, _, row)) if row.group == gid.as_str() => (
+                format!("{}@{}", row.from, crate::jid::WHATSAPP_SERVER),
+                decode(&row.content).map(strip_context),
+            ),
+            _ => (String::new(), None),
+        });
+    }
     let peer = format!("{digits}@{}", crate::jid::WHATSAPP_SERVER);
     let copy = match txn.inbox_by_message_id(id)? {
         Some((_, _, row)) if row.from == digits => decode(&row.content).map(strip_context),
@@ -503,6 +557,9 @@ pub fn status(api: &Rc<Api>, id: &str) -> Response {
             Ok(note) => {
                 let mut v = status_json(&row);
                 add_note(&mut v, &row, note.as_ref());
+                if let Err(e) = add_members(&txn, &mut v, id) {
+                    return store_error(&e);
+                }
                 Response::json(200, &v)
             }
             Err(e) => store_error(&e),
@@ -541,15 +598,53 @@ pub fn add_note(
     }
 }
 
+/// A group message's `members`: each member's progress, the least of its devices'
+/// (`sent`, `delivered`, `read`), by `+phone` (or account name).
+fn add_members(txn: &Txn, v: &mut serde_json::Value, id: &str) -> Result<(), StoreError> {
+    let Some(devices) = txn.group_receipts(id)? else {
+        return Ok(());
+    };
+    let mut members: std::collections::BTreeMap<String, crate::store::DeviceReceipt> =
+        std::collections::BTreeMap::new();
+    for (device, state) in devices {
+        let Ok(j) = crate::jid::Jid::parse(&device) else {
+            continue;
+        };
+        let name = super::groups::member_name(&j.to_user().to_string());
+        let e = members.entry(name).or_insert(state);
+        *e = (*e).min(state);
+    }
+    let map: serde_json::Map<String, serde_json::Value> = members
+        .into_iter()
+        .map(|(k, s)| {
+            let word = match s {
+                crate::store::DeviceReceipt::Sent => "sent",
+                crate::store::DeviceReceipt::Delivered => "delivered",
+                crate::store::DeviceReceipt::Read => "read",
+            };
+            (k, word.into())
+        })
+        .collect();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("members".into(), map.into());
+    }
+    Ok(())
+}
+
 /// The status object for an outbox row.
 pub fn status_json(row: &OutboxRow) -> serde_json::Value {
     let mut v = serde_json::json!({
         "id": row.id,
-        "to": format!("+{}", row.to),
         "kind": ContentKind::from_byte(row.kind).as_str(),
         "status": row.status.as_str(),
         "updated_at": rfc3339(row.updated_ms),
     });
+    if let Some(obj) = v.as_object_mut() {
+        match crate::group::GroupId::parse_jid(&row.to) {
+            Ok(g) => obj.insert("group".into(), g.as_str().into()),
+            Err(_) => obj.insert("to".into(), format!("+{}", row.to).into()),
+        };
+    }
     if row.status == OutboxStatus::Failed || !row.error_code.is_empty() {
         let code = if row.error_code.is_empty() {
             "failed"

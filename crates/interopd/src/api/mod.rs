@@ -20,6 +20,7 @@
 mod actions;
 pub mod auth;
 pub mod contacts;
+pub mod groups;
 pub mod inbox;
 pub mod media;
 pub mod messages;
@@ -35,7 +36,7 @@ use crate::http::{HttpError, Request, Response, percent_decode};
 use crate::link_control::{LinkControl, LinkState};
 use crate::media_store::MediaStore;
 use crate::metrics::{Gauge, Metrics};
-use crate::store::{Store, StoreError};
+use crate::store::{OutboxStatus, Store, StoreError};
 
 /// Longest `wait` a long-poll may ask for, in seconds; a larger one gets 400.
 pub const MAX_LONG_POLL_WAIT_SECS: u64 = 60;
@@ -65,6 +66,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/contacts/{phone}/trust"),
     ("GET", "/v1/triggers/{name}"),
     ("POST", "/v1/triggers/{name}"),
+    ("GET", "/v1/groups"),
+    ("POST", "/v1/groups"),
+    ("GET", "/v1/groups/{id}"),
+    ("POST", "/v1/groups/{id}/members"),
+    ("DELETE", "/v1/groups/{id}/members/{phone}"),
+    ("POST", "/v1/groups/{id}/leave"),
     ("GET", "/v1/identity"),
     ("GET", "/healthz"),
     ("GET", "/metrics"),
@@ -118,6 +125,8 @@ pub struct ApiParts {
     pub state_dir: std::path::PathBuf,
     /// The config's `[[trigger]]` entries.
     pub triggers: Vec<crate::config::TriggerConfig>,
+    /// Scheduled backups, for `/metrics` and the `/healthz` warning; `None` when off.
+    pub backups: Option<Rc<crate::backup::scheduled::ScheduledBackups>>,
 }
 
 /// The API's shared state. One per daemon, shared as `Rc<Api>`.
@@ -138,6 +147,7 @@ pub struct Api {
     pub(crate) media_public_url: Option<String>,
     pub(crate) media_blob_expiry_ms: u64,
     pub(crate) triggers: triggers::Triggers,
+    backups: Option<Rc<crate::backup::scheduled::ScheduledBackups>>,
 }
 
 /// A matched route, with its decoded path parameter.
@@ -158,6 +168,12 @@ pub enum Route {
     Contact(String),
     Trust(String),
     Trigger(String),
+    Groups,
+    CreateGroup,
+    Group(String),
+    AddMember(String),
+    RemoveMember(String, String),
+    LeaveGroup(String),
     Identity,
     Health,
     Metrics,
@@ -218,6 +234,29 @@ pub fn route(method: &str, path: &str) -> Routed {
         ["v1", "triggers", name] if !name.is_empty() => (
             matches!(method, "GET" | "POST").then(|| Route::Trigger(param(name))),
             "GET, POST",
+        ),
+        ["v1", "groups"] => (
+            match method {
+                "GET" => Some(Route::Groups),
+                "POST" => Some(Route::CreateGroup),
+                _ => None,
+            },
+            "GET, POST",
+        ),
+        ["v1", "groups", g] if !g.is_empty() => {
+            ((method == "GET").then(|| Route::Group(param(g))), "GET")
+        }
+        ["v1", "groups", g, "members"] if !g.is_empty() => (
+            (method == "POST").then(|| Route::AddMember(param(g))),
+            "POST",
+        ),
+        ["v1", "groups", g, "members", p] if !g.is_empty() && !p.is_empty() => (
+            (method == "DELETE").then(|| Route::RemoveMember(param(g), param(p))),
+            "DELETE",
+        ),
+        ["v1", "groups", g, "leave"] if !g.is_empty() => (
+            (method == "POST").then(|| Route::LeaveGroup(param(g))),
+            "POST",
         ),
         ["v1", "identity"] => ((method == "GET").then_some(Route::Identity), "GET"),
         ["healthz"] => (
@@ -333,6 +372,7 @@ impl Api {
             media_public_url: parts.media_public_url,
             media_blob_expiry_ms: parts.media_blob_expiry_ms,
             triggers: triggers::Triggers::new(parts.state_dir, parts.triggers),
+            backups: parts.backups,
         })
     }
 
@@ -412,6 +452,12 @@ impl Api {
             Route::Contact(phone) => contacts::one(self, &phone),
             Route::Trust(phone) => contacts::trust(self, &phone),
             Route::Identity => contacts::identity(self),
+            Route::Groups => groups::list(self),
+            Route::CreateGroup => groups::create(self, req).await,
+            Route::Group(id) => groups::one(self, &id),
+            Route::AddMember(id) => groups::add(self, req, &id).await,
+            Route::RemoveMember(id, phone) => groups::remove(self, &id, &phone).await,
+            Route::LeaveGroup(id) => groups::leave(self, &id).await,
             // Answered before the token check, above.
             Route::Trigger(name) => triggers::fire(self, req, &name).await,
             Route::Metrics => self.metrics_text(),
@@ -426,10 +472,18 @@ impl Api {
             LinkState::Replaced => "replaced",
         };
         match self.store.schema_version() {
-            Ok(_) => Response::json(
-                200,
-                &serde_json::json!({"status": "ok", "link": link, "store": "ok"}),
-            ),
+            Ok(_) => {
+                let mut body = serde_json::json!({"status": "ok", "link": link, "store": "ok"});
+                let overdue = self
+                    .backups
+                    .as_ref()
+                    .and_then(|b| b.overdue_warning(now_ms()));
+                if let Some(message) = overdue {
+                    body["warnings"] =
+                        serde_json::json!([{"code": "backup_overdue", "message": message}]);
+                }
+                Response::json(200, &body)
+            }
             Err(e) => {
                 let code = match &e {
                     StoreError::Failed {
@@ -469,6 +523,22 @@ impl Api {
             .set(Gauge::StoreUp, u64::from(self.store.failure().is_none()));
         self.metrics.set(Gauge::StoreFailures, failures);
         self.metrics.set(Gauge::StoreReopens, reopens);
+        // Counted from the store at each scrape: every path that queues or sends a message
+        // would otherwise have to keep a running count right.
+        match self.store.begin().and_then(|txn| {
+            let n = txn.outbox_count(OutboxStatus::Queued);
+            txn.abort()?;
+            n
+        }) {
+            Ok(n) => self.metrics.set(Gauge::OutboxQueued, n),
+            Err(e) => log::debug!("metrics: outbox count: {e}"),
+        }
+        if let Some(b) = &self.backups {
+            self.metrics
+                .set(Gauge::BackupLastSuccessSecs, b.last_success_secs());
+            self.metrics.set(Gauge::BackupLastBytes, b.last_bytes());
+            self.metrics.set(Gauge::BackupFailures, b.failures());
+        }
         Response::bytes(
             200,
             "text/plain; version=0.0.4; charset=utf-8",

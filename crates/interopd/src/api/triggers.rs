@@ -28,6 +28,7 @@ use rand::Rng as _;
 use super::{Api, media, messages, now_ms};
 use crate::config::{Config, TriggerConfig};
 use crate::http::{Request, Response};
+use crate::metrics::Counter;
 
 /// The directory of key files inside the state directory.
 pub const TRIGGER_KEYS_DIR_NAME: &str = "trigger-keys";
@@ -292,9 +293,11 @@ pub async fn fire(api: &Rc<Api>, req: Request, name: &str) -> Response {
     let expected = expected.unwrap_or_else(fresh_key);
     let key_ok = constant_time_eq(given.as_bytes(), expected.as_bytes());
     let Some((trigger, limit)) = found.filter(|_| key_ok && !given.is_empty()) else {
+        api.metrics.inc(Counter::TriggerRefusedKey);
         return unauthorized();
     };
     if let Err(retry_secs) = limit.borrow_mut().check(now_ms()) {
+        api.metrics.inc(Counter::TriggerRateLimited);
         return Response::json_error(
             429,
             "trigger_rate_limited",
@@ -314,6 +317,7 @@ pub async fn fire(api: &Rc<Api>, req: Request, name: &str) -> Response {
         ),
     };
     if response.status == 202 {
+        api.metrics.inc(Counter::TriggerFired);
         log::info!("trigger {}: fired", trigger.name);
     } else {
         log::warn!(

@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub mod restore;
+pub mod schedule;
+pub mod scheduled;
 pub mod write;
 
 /// The manifest's `format` value.

@@ -115,7 +115,11 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match config::parse(&text, path).and_then(|c| c.check_files()) {
+    let checked = config::parse(&text, path).and_then(|c| {
+        c.check_files()?;
+        interopd::backup::scheduled::check_files(&c)
+    });
+    match checked {
         Ok(()) => {
             println!("configuration OK");
             ExitCode::SUCCESS
@@ -140,7 +144,11 @@ fn load_config(
             return Err(ExitCode::from(EXIT_CONFIG));
         }
     };
-    let parsed = config::parse(&text, config_path).and_then(|c| c.check_files().map(|()| c));
+    let parsed = config::parse(&text, config_path).and_then(|c| {
+        c.check_files()?;
+        interopd::backup::scheduled::check_files(&c)?;
+        Ok(c)
+    });
     let mut config = match parsed {
         Ok(c) => c,
         Err(e) => {

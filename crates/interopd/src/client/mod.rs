@@ -82,123 +82,6 @@ pub const META_RETRY_ANSWERED: &str = "retry/answered";
 /// Layout version of the two retry counter values.
 const RETRY_COUNTS_VERSION: u8 = 1;
 
-/// What happened, for the test or the daemon to act on.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// Login succeeded.
-    LoggedIn(LoggedIn),
-    /// Login failed; the server closes.
-    LoginFailed(LoginError),
-    /// Our prekeys are published.
-    KeysUploaded,
-    /// A message arrived, was decrypted and committed (then acked).
-    Message {
-        id: String,
-        from: Jid,
-        t_secs: u64,
-        cursor: u64,
-        message: Box<Message>,
-    },
-    /// A media message was decrypted and committed as pending (then acked); its blob must
-    /// be downloaded before it enters the inbox ([`Client::set_hold_media`]).
-    MediaPending { id: String, from: Jid },
-    /// A message could not be decrypted (acked anyway).
-    DecryptFailed {
-        id: String,
-        from: Jid,
-        reason: String,
-    },
-    /// A receipt arrived: `kind` is `None` for delivery, `read` or `retry`.
-    Receipt {
-        id: String,
-        from: Jid,
-        kind: Option<String>,
-    },
-    /// The server accepted (`error == None`) or refused a message or receipt we sent.
-    Acked {
-        class: String,
-        id: String,
-        error: Option<String>,
-    },
-    /// A contact device's identity key changed from `previous` to `current`, seen in a
-    /// bundle or a message. `held`: its contact was verified, so `current` waits as pending
-    /// (sends and receives for the device are held) until the household trusts it; otherwise
-    /// `current` is in use. Reported once per change, and journalled in the transaction
-    /// that stored it.
-    IdentityChanged(IdentityChange),
-    /// Our store failed while handling a stanza: the connection is closed (what the stanza
-    /// asked was not committed, so it was not acked and comes again on the next connection).
-    StoreFailed { detail: String },
-    /// The gatekeeper announced that `user`'s identity changed: its sessions were dropped,
-    /// and the new key is checked (and reported as [`Event::IdentityChanged`]) when met.
-    IdentityAnnounced { user: Jid },
-    /// A contact's device list changed.
-    DevicesChanged { user: Jid },
-    /// The server says our one-time prekeys run low; a top-up was sent.
-    PrekeysLow { count: u64 },
-    /// Answer to [`Client::request_count`].
-    PrekeyCount { count: u64 },
-    /// A send could not start: the recipient has no usable devices.
-    SendFailed { id: String, reason: String },
-    /// A send is held: a device of `user`, a verified contact, offered a new identity. It
-    /// goes out once the household trusts the contact again.
-    SendHeld { id: String, user: Jid },
-    /// A retry receipt was answered: the outbox row `id` went again to the device `to` on a
-    /// rebuilt session, as resend number `count`.
-    Resent { id: String, to: Jid, count: u8 },
-    /// A typing indicator.
-    ChatState { from: Jid, state: String },
-    /// The server closed the stream with `<stream:error>`.
-    StreamError { code: String },
-    /// We refused a frame from the server (not a stanza we accept: a DOCTYPE, bad XML, …),
-    /// for `reason`; the connection is over and the caller closes it.
-    FrameRejected { reason: String },
-    /// A keepalive ping went unanswered past [`KEEPALIVE_DEADLINE_MS`]; the connection is
-    /// dead and the caller closes it.
-    KeepaliveTimeout,
-    /// The transport ended (reported by `link::Connection`, the tests' shell).
-    Disconnected,
-}
-
-/// Why a client call failed.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// Environment: our store failed.
-    Store(StoreError),
-    /// Environment or peer: the Signal engine refused.
-    Signal(SignalError),
-    /// Caller: content too large.
-    Content(content::ContentError),
-    /// Caller: too many sends in flight.
-    Busy,
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Store(e) => write!(f, "{e}"),
-            ClientError::Signal(e) => write!(f, "{e}"),
-            ClientError::Content(e) => write!(f, "{e}"),
-            ClientError::Busy => write!(f, "more than {MAX_PENDING_SENDS} sends in flight"),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {}
-
-impl From<StoreError> for ClientError {
-    fn from(e: StoreError) -> Self {
-        ClientError::Store(e)
-    }
-}
-
-impl From<SignalError> for ClientError {
-    fn from(e: SignalError) -> Self {
-        ClientError::Signal(e)
-    }
-}
-
 enum Phase {
     Login(ClientLogin),
     Ready,
@@ -209,9 +92,27 @@ enum Pending {
     Upload,
     Count,
     Ping,
-    Devices { send: String },
-    Keys { send: String },
-    RetryKeys { id: String, device: Jid, count: u8 },
+    Devices {
+        send: String,
+    },
+    Keys {
+        send: String,
+    },
+    GroupDevices {
+        send: String,
+    },
+    GroupKeys {
+        send: String,
+    },
+    Group {
+        ticket: u64,
+        op: group_state::GroupOp,
+    },
+    RetryKeys {
+        id: String,
+        device: Jid,
+        count: u8,
+    },
 }
 
 struct OutgoingMessage {
@@ -263,6 +164,8 @@ pub struct Client {
     next_iq: u64,
     pending: HashMap<String, Pending>,
     sends: HashMap<String, OutgoingMessage>,
+    /// Group sends waiting for device lists or bundles, by message id.
+    group_sends: HashMap<String, group::GroupSend>,
     /// Resends after a retry receipt whose server ack is outstanding: message id → how many.
     /// Their acks are not reported as [`Event::Acked`] (the row's own ack already was).
     resends: HashMap<String, u32>,
@@ -303,6 +206,7 @@ impl Client {
             next_iq: 1,
             pending: HashMap::new(),
             sends: HashMap::new(),
+            group_sends: HashMap::new(),
             resends: HashMap::new(),
             last_tx_ms: 0,
         })
@@ -388,7 +292,7 @@ impl Client {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<(), ClientError> {
-        if self.sends.len() >= MAX_PENDING_SENDS {
+        if self.sends.len() + self.group_sends.len() >= MAX_PENDING_SENDS {
             return Err(ClientError::Busy);
         }
         let message = <Message as prost::Message>::decode(row.content.as_slice()).map_err(|e| {
@@ -397,6 +301,17 @@ impl Client {
             })
         })?;
         let padded = content::encode_padded(&message, rng).map_err(ClientError::Content)?;
+        if crate::group::is_group_jid(&row.to) {
+            let Ok(gid) = crate::group::GroupId::parse_jid(&row.to) else {
+                self.events.push_back(Event::SendFailed {
+                    id: row.id.clone(),
+                    reason: "not a group address".into(),
+                    code: "unknown_group",
+                });
+                return Ok(());
+            };
+            return self.send_group_outbox(row, gid, &message, padded, now_ms, rng);
+        }
         let to = Jid::whatsapp(row.to.clone(), None);
         self.sends.insert(
             row.id.clone(),
@@ -425,6 +340,7 @@ impl Client {
         self.ping_sent_ms = None;
         self.pending.clear();
         self.sends.clear();
+        self.group_sends.clear();
         self.resends.clear();
     }
 
@@ -687,6 +603,9 @@ impl Client {
                 }
                 self.push(&ack, now_ms);
                 let retry = kind.as_deref() == Some("retry");
+                if s.attr_value("from").is_some_and(crate::group::is_group_jid) {
+                    return self.group_receipt(s, &id, kind.as_deref());
+                }
                 if let Some(from) = device_jid_of(s, "from") {
                     self.events.push_back(Event::Receipt { id, from, kind });
                 }
@@ -755,6 +674,7 @@ impl Client {
                     });
                 }
             }
+            "w:gp2" => self.group_notification(s, now_ms)?,
             "devices" => {
                 if let Some(user) = device_jid_of(s, "from") {
                     self.forget_devices(&user.user)?;
@@ -774,10 +694,18 @@ impl Client {
     }
 }
 
+mod event;
+mod group;
+mod group_state;
 mod receive;
 mod retries;
 mod send;
 mod wa;
+
+pub use event::{ClientError, Event};
+pub use group::{GROUP_DEVICE_QUERY_USERS, GROUP_KEY_QUERY_DEVICES};
+pub use group_state::{GroupAnswer, GroupRequest, MAX_GROUPS_LISTED};
+use receive::Arrived;
 
 pub use crate::frame::{FrameReader, framed};
 

@@ -11,13 +11,27 @@ impl Client {
         rng: &mut R,
     ) -> Result<(), ClientError> {
         let id = s.attr_value("id").unwrap_or("").to_owned();
-        let Some(from) = device_jid_of(s, "from").filter(|j| j.device.is_some()) else {
-            return Ok(());
-        };
         let t_secs = s
             .attr_value("t")
             .and_then(|t| t.parse().ok())
             .unwrap_or(now_ms / 1000);
+        match crate::group::parse_inbound(s) {
+            Ok(Some(m)) => return self.handle_group_message(m, t_secs, now_ms, rng),
+            Ok(None) => {}
+            Err(e) => {
+                // Acked all the same, so the gatekeeper does not offer it forever.
+                log::warn!("client: group message {id} refused: {e}");
+                let mut ack = Stanza::new("ack").attr("class", "message").attr("id", id);
+                if let Some(f) = s.attr_value("from") {
+                    ack = ack.attr("to", f);
+                }
+                self.push(&ack, now_ms);
+                return Ok(());
+            }
+        }
+        let Some(from) = device_jid_of(s, "from").filter(|j| j.device.is_some()) else {
+            return Ok(());
+        };
         let ack = Stanza::new("ack")
             .attr("class", "message")
             .attr("id", id.clone())
@@ -87,9 +101,43 @@ impl Client {
                 return Ok(());
             }
         };
+        let receipt = Stanza::new("receipt")
+            .attr("id", id.clone())
+            .attr("to", from.to_user().to_string());
+        let arrived = Arrived {
+            id,
+            from,
+            group: String::new(),
+            t_secs,
+            message,
+            identity: plain.identity,
+        };
+        self.store_arrived(txn, arrived, ack, receipt, now_ms)
+    }
+
+    /// Stores a decrypted message in `txn` (the inbox, or pending while its media is
+    /// fetched; deduplicated by sender and id), commits it with whatever `txn` already
+    /// holds (sessions, sender keys), then sends `ack` and the delivery `receipt`.
+    pub(super) fn store_arrived(
+        &mut self,
+        txn: Txn,
+        a: Arrived,
+        ack: Stanza,
+        receipt: Stanza,
+        now_ms: u64,
+    ) -> Result<(), ClientError> {
+        let Arrived {
+            id,
+            from,
+            group,
+            t_secs,
+            message,
+            identity,
+        } = a;
         let row = InboxRow {
             id: id.clone(),
             from: from.user.clone(),
+            group,
             t_secs,
             received_ms: now_ms,
             // Stored unpadded: padding is per encryption, not part of the content.
@@ -105,7 +153,7 @@ impl Client {
                 row,
             };
             let fresh = txn.pending_inbox_insert(&dedupe, &pending)?;
-            let change = match plain.identity {
+            let change = match identity {
                 IdentityEvent::Changed { previous, current } => {
                     Some(self.journal_identity(&txn, &from, (previous, current), false, now_ms)?)
                 }
@@ -113,9 +161,6 @@ impl Client {
             };
             txn.commit()?;
             self.push(&ack, now_ms);
-            let receipt = Stanza::new("receipt")
-                .attr("id", id.clone())
-                .attr("to", from.to_user().to_string());
             self.push(&receipt, now_ms);
             if let Some(c) = change {
                 self.identity_committed(c);
@@ -142,7 +187,7 @@ impl Client {
         if let (Some(j), Some(c)) = (&self.journal, cursor) {
             j.inbound(&txn, c, now_ms)?;
         }
-        let change = match plain.identity {
+        let change = match identity {
             IdentityEvent::Changed { previous, current } => {
                 Some(self.journal_identity(&txn, &from, (previous, current), false, now_ms)?)
             }
@@ -153,9 +198,6 @@ impl Client {
             j.inbound_committed(c);
         }
         self.push(&ack, now_ms);
-        let receipt = Stanza::new("receipt")
-            .attr("id", id.clone())
-            .attr("to", from.to_user().to_string());
         self.push(&receipt, now_ms);
         if let Some(c) = change {
             self.identity_committed(c);
@@ -220,55 +262,18 @@ impl Client {
                 self.with_devices(send, devices, now_ms)?;
             }
             Pending::Keys { send } => {
-                let txn = self.store.begin()?;
-                let mut changed = Vec::new();
-                let mut held = None;
-                for u in s
-                    .child_named("list")
-                    .map(Stanza::children)
-                    .unwrap_or_default()
-                {
-                    let (Some(j), Some(b)) = (device_jid_of(u, "jid"), parse_bundle(u)) else {
-                        continue;
-                    };
-                    // Sends to one recipient overlap: the first bundle to arrive starts the
-                    // session, and later ones must not replace it (the peer would be answering
-                    // a session we no longer hold at its head).
-                    if signal::has_session(&txn, &j.address())? {
-                        continue;
-                    }
-                    match signal::process_bundle(&txn, &j.address(), &b, rng, now_ms) {
-                        Ok(IdentityEvent::Changed { previous, current }) => {
-                            changed.push(self.journal_identity(
-                                &txn,
-                                &j,
-                                (previous, current),
-                                false,
-                                now_ms,
-                            )?);
-                        }
-                        Ok(_) => {}
-                        Err(SignalError::UntrustedIdentity { newly_held, .. }) => {
-                            if let Some(keys) = newly_held {
-                                changed.push(self.journal_identity(&txn, &j, keys, true, now_ms)?);
-                            }
-                            held = Some(j.to_user());
-                        }
-                        Err(e) => log::warn!("client: bundle of {j} refused: {e}"),
-                    }
-                }
-                // The refused key is kept as pending in this transaction.
-                txn.commit()?;
-                for c in changed {
-                    self.identity_committed(c);
-                }
-                if let Some(user) = held {
+                if let Some(user) = self.process_bundles(s, now_ms, rng)? {
                     self.sends.remove(&send);
                     self.events.push_back(Event::SendHeld { id: send, user });
                     return Ok(());
                 }
                 return self.finish_send(&send, now_ms);
             }
+            Pending::GroupDevices { send } => {
+                return self.group_devices_answer(send, s, now_ms, rng);
+            }
+            Pending::GroupKeys { send } => return self.group_keys_answer(send, s, now_ms, rng),
+            Pending::Group { ticket, op } => return self.group_answer(ticket, op, s, now_ms),
             Pending::RetryKeys { id, device, count } => {
                 let bundle = s
                     .child_named("list")
@@ -285,4 +290,69 @@ impl Client {
         }
         Ok(())
     }
+
+    /// Starts sessions from the bundles in a key fetch's answer (`<list>`), journalling
+    /// identity changes. Returns the user whose verified identity was refused, if any: the
+    /// send that asked must be held.
+    pub(super) fn process_bundles<R: Rng + CryptoRng>(
+        &mut self,
+        s: &Stanza,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Option<Jid>, ClientError> {
+        let txn = self.store.begin()?;
+        let mut changed = Vec::new();
+        let mut held = None;
+        for u in s
+            .child_named("list")
+            .map(Stanza::children)
+            .unwrap_or_default()
+        {
+            let (Some(j), Some(b)) = (device_jid_of(u, "jid"), parse_bundle(u)) else {
+                continue;
+            };
+            // Sends to one recipient overlap: the first bundle to arrive starts the
+            // session, and later ones must not replace it (the peer would be answering
+            // a session we no longer hold at its head).
+            if signal::has_session(&txn, &j.address())? {
+                continue;
+            }
+            match signal::process_bundle(&txn, &j.address(), &b, rng, now_ms) {
+                Ok(IdentityEvent::Changed { previous, current }) => {
+                    changed.push(self.journal_identity(
+                        &txn,
+                        &j,
+                        (previous, current),
+                        false,
+                        now_ms,
+                    )?);
+                }
+                Ok(_) => {}
+                Err(SignalError::UntrustedIdentity { newly_held, .. }) => {
+                    if let Some(keys) = newly_held {
+                        changed.push(self.journal_identity(&txn, &j, keys, true, now_ms)?);
+                    }
+                    held = Some(j.to_user());
+                }
+                Err(e) => log::warn!("client: bundle of {j} refused: {e}"),
+            }
+        }
+        // The refused key is kept as pending in this transaction.
+        txn.commit()?;
+        for c in changed {
+            self.identity_committed(c);
+        }
+        Ok(held)
+    }
+}
+
+/// A decrypted message on its way into the store.
+pub(super) struct Arrived {
+    pub id: String,
+    pub from: Jid,
+    /// The group id, or empty for a 1:1 message.
+    pub group: String,
+    pub t_secs: u64,
+    pub message: Message,
+    pub identity: IdentityEvent,
 }

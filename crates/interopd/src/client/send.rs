@@ -136,6 +136,7 @@ impl Client {
             self.events.push_back(Event::SendFailed {
                 id: send.to_owned(),
                 reason: "no session with any device".into(),
+                code: "no_devices",
             });
             return Ok(());
         }

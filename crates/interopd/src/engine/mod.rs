@@ -50,6 +50,9 @@ use crate::frame::MAX_FRAME_BYTES;
 use crate::jid::Jid;
 use crate::store::{OutboxStatus, Store, StoreError};
 
+#[cfg(all(test, feature = "demo"))]
+mod group_tests;
+mod groups;
 mod outbox;
 #[cfg(all(test, feature = "demo"))]
 mod powercut_tests;
@@ -98,6 +101,11 @@ pub enum LinkEvent {
     MediaPending,
     /// The connection is over, for the reason given; drop the engine and dial again.
     Down(String),
+    /// The gatekeeper answered the group request handed in with `ticket`.
+    GroupAnswer {
+        ticket: u64,
+        answer: crate::client::GroupAnswer,
+    },
 }
 
 /// Which login [`Engine::new`] starts, by the link's wire profile.
@@ -362,6 +370,13 @@ impl<R: Rng + CryptoRng> Engine<R> {
                         self.phase = Phase::Up;
                         self.keys_due_ms = self.now_ms;
                         self.woken = true;
+                        // Our copy of the groups catches up with what changed while we were
+                        // away (or before our device first logged in).
+                        self.client.group_request(
+                            0,
+                            crate::client::GroupRequest::List,
+                            self.now_ms,
+                        );
                         self.events.push_back(LinkEvent::Up {
                             jid: self.client.jid(),
                             enlisted: ok.enlisted,
@@ -423,12 +438,21 @@ impl<R: Rng + CryptoRng> Engine<R> {
                     log::warn!("link: message {id} from {from} cannot be decrypted: {reason}");
                 }
                 Event::ChatState { from, state } => self.chat_state(&from.user, &state),
-                Event::SendFailed { id, reason } => {
+                Event::SendFailed { id, reason, code } => {
                     log::warn!("link: message {id} cannot be sent: {reason}");
                     self.landed(&id);
                     self.statuses
-                        .push((id, OutboxStatus::Failed, "no_devices".to_owned()));
+                        .push((id, OutboxStatus::Failed, code.to_owned()));
                 }
+                Event::GroupAnswer { ticket, answer } if ticket != 0 => {
+                    self.events
+                        .push_back(LinkEvent::GroupAnswer { ticket, answer });
+                }
+                Event::GroupChanged {
+                    group,
+                    change,
+                    members,
+                } => self.group_changed(&group, &change, &members),
                 _ => {}
             }
         }
@@ -472,6 +496,17 @@ impl<R: Rng + CryptoRng> Engine<R> {
     fn refresh_devices_for(&mut self, id: &str) -> Result<(), StoreError> {
         let txn = self.store.begin()?;
         if let Some((seq, mut row)) = txn.outbox_by_id(id)? {
+            // A group's row: every member's list may be the stale one.
+            if let Some(g) = crate::group::GroupId::parse_jid(&row.to)
+                .ok()
+                .and_then(|g| txn.group(g.as_str()).transpose())
+            {
+                for m in g?.members {
+                    if let Ok(j) = Jid::parse(&m.jid) {
+                        txn.forget_device_list(&j.user)?;
+                    }
+                }
+            }
             txn.forget_device_list(&row.to)?;
             row.stanza.clear();
             txn.outbox_write(seq, &row)?;

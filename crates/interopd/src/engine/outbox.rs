@@ -89,6 +89,20 @@ impl<R: Rng + CryptoRng> Engine<R> {
 
 /// Whether any device of `user` holds a new identity that awaits the household's trust.
 fn identity_pending(txn: &Txn, user: &str) -> Result<bool, StoreError> {
+    // A group's row waits while any member's identity does.
+    if let Ok(g) = crate::group::GroupId::parse_jid(user) {
+        let Some(row) = txn.group(g.as_str())? else {
+            return Ok(false);
+        };
+        for m in &row.members {
+            if let Ok(j) = crate::jid::Jid::parse(&m.jid)
+                && identity_pending(txn, &j.user)?
+            {
+                return Ok(true);
+            }
+        }
+        return Ok(false);
+    }
     match crate::signal::remote_identities(txn, user) {
         Ok(ids) => Ok(ids.iter().any(|(_, r)| r.pending.is_some())),
         Err(crate::signal::SignalError::Store(e)) => Err(e),

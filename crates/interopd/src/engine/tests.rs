@@ -18,18 +18,18 @@ const PHONE: &str = "+15550100";
 const DIGITS: &str = "15550100";
 
 /// One engine, one hub, one wire, one clock.
-struct Rig {
+pub(super) struct Rig {
     _dir: tempfile::TempDir,
-    hub: Hub,
+    pub(super) hub: Hub,
     conn: Option<ConnId>,
-    engine: Engine<StdRng>,
-    store: Rc<Store>,
-    now: u64,
-    rng: StdRng,
+    pub(super) engine: Engine<StdRng>,
+    pub(super) store: Rc<Store>,
+    pub(super) now: u64,
+    pub(super) rng: StdRng,
     /// Everything the engine reported, in order.
     events: Vec<LinkEvent>,
     /// Every stanza the engine wrote, in order.
-    sent: Vec<Stanza>,
+    pub(super) sent: Vec<Stanza>,
 }
 
 impl Rig {
@@ -65,7 +65,7 @@ impl Rig {
     }
 
     /// Logged in, with keys uploaded and the wire quiet.
-    fn up(behavior: &str) -> Rig {
+    pub(super) fn up(behavior: &str) -> Rig {
         let mut rig = Rig::dialed(behavior);
         rig.pump();
         assert!(
@@ -77,7 +77,7 @@ impl Rig {
     }
 
     /// What the engine writes now, without delivering it anywhere.
-    fn transmit(&mut self) -> Vec<Stanza> {
+    pub(super) fn transmit(&mut self) -> Vec<Stanza> {
         let mut out = Vec::new();
         while let Some(p) = self.engine.poll_transmit() {
             let s = crate::stanza::parse(&p).unwrap();
@@ -88,7 +88,7 @@ impl Rig {
     }
 
     /// Moves frames both ways until both sides are quiet.
-    fn pump(&mut self) {
+    pub(super) fn pump(&mut self) {
         self.pump_with(|_| true);
     }
 
@@ -178,7 +178,7 @@ impl Rig {
 }
 
 /// A valid message id (`3EB0` and 18 hex digits) named after a test's label.
-fn mid(label: &str) -> String {
+pub(super) fn mid(label: &str) -> String {
     let hash = label.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });

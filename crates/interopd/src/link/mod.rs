@@ -17,18 +17,19 @@
 //! never a tick) or the engine's `poll_timeout` passes.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
 use rand::RngExt;
 
-use crate::client::{Client, IdentityChange, Journal};
+use crate::client::{Client, GroupAnswer, GroupRequest, IdentityChange, Journal};
 use crate::config::{Config, ServerPin};
 use crate::daemon::{LinkControl, LinkState, Runtime};
 use crate::engine::{EVENT_BATCH, Engine, LinkEvent, Login};
 use crate::events::EventBus;
 use crate::inbound_media::{self, InboundMedia};
+use crate::link_control::GroupRequestError;
 use crate::store::{Store, StoreError, Txn};
 use interop_proto::WireProfile;
 use interop_proto::noise::wire::ConnectReason;
@@ -69,6 +70,17 @@ pub struct Link {
     /// Typing notices for the session loop to send (contact digits, composing), at most
     /// [`crate::link_control::MAX_PENDING_TYPING`]; never stored.
     typing: RefCell<VecDeque<(String, bool)>>,
+    /// Group requests for the session loop, and the API tasks waiting for their answers.
+    groups: RefCell<GroupDesk>,
+}
+
+/// Group requests between the API and the session loop (at most
+/// [`crate::link_control::MAX_PENDING_GROUP_REQUESTS`] waiting or asked).
+#[derive(Default)]
+struct GroupDesk {
+    next_ticket: u64,
+    queue: VecDeque<(u64, GroupRequest)>,
+    waiting: HashMap<u64, smol::channel::Sender<GroupAnswer>>,
 }
 
 impl Link {
@@ -109,6 +121,28 @@ impl LinkControl for Link {
         self.set_woken();
         true
     }
+
+    fn group_request(
+        &self,
+        req: GroupRequest,
+    ) -> Result<smol::channel::Receiver<GroupAnswer>, GroupRequestError> {
+        if self.state.get() != LinkState::Up {
+            return Err(GroupRequestError::LinkDown);
+        }
+        let mut desk = self.groups.borrow_mut();
+        if desk.waiting.len() >= crate::link_control::MAX_PENDING_GROUP_REQUESTS {
+            return Err(GroupRequestError::Busy);
+        }
+        // Ticket 0 is the client's own; ours start at 1.
+        desk.next_ticket = desk.next_ticket.wrapping_add(1).max(1);
+        let ticket = desk.next_ticket;
+        let (tx, rx) = smol::channel::bounded(1);
+        desk.waiting.insert(ticket, tx);
+        desk.queue.push_back((ticket, req));
+        drop(desk);
+        self.set_woken();
+        Ok(rx)
+    }
 }
 
 /// Records inbound messages in the API's event log, in the client's transaction.
@@ -147,6 +181,7 @@ pub fn start(rt: &Runtime) -> Rc<dyn LinkControl> {
         woken: Cell::new(true),
         wake: event_listener::Event::new(),
         typing: RefCell::default(),
+        groups: RefCell::default(),
     });
     let inbound = Rc::new(InboundMedia::default());
     match crate::tls::client_config(&pin_of(&rt.config)) {
@@ -251,6 +286,13 @@ async fn run(
                     status(&format!("link up to {}", config.server_addr));
                 })
                 .await;
+                // Questions asked on this connection get no answer now: their askers see
+                // the channel close and say the link went down.
+                {
+                    let mut desk = link.groups.borrow_mut();
+                    desk.queue.clear();
+                    desk.waiting.clear();
+                }
                 if engine.was_replaced() {
                     link.state.set(LinkState::Replaced);
                     log::error!(
@@ -342,6 +384,12 @@ async fn session<R: rand::Rng + rand::CryptoRng>(
             match event {
                 LinkEvent::Down(why) => return why,
                 LinkEvent::MediaPending => inbound.wake(),
+                LinkEvent::GroupAnswer { ticket, answer } => {
+                    if let Some(tx) = link.groups.borrow_mut().waiting.remove(&ticket) {
+                        // The asker may have given up (its timeout); nothing to do then.
+                        let _ = tx.try_send(answer);
+                    }
+                }
                 up @ LinkEvent::Up { .. } => on_up(up),
             }
         }
@@ -362,6 +410,10 @@ async fn session<R: rand::Rng + rand::CryptoRng>(
             let typing = std::mem::take(&mut *link.typing.borrow_mut());
             for (to, composing) in typing {
                 engine.handle_typing(&to, composing, wall_ms());
+            }
+            let asked = std::mem::take(&mut link.groups.borrow_mut().queue);
+            for (ticket, req) in asked {
+                engine.handle_group_request(ticket, req, wall_ms());
             }
             engine.handle_api_wake(wall_ms());
             continue;

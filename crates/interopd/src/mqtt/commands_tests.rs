@@ -38,6 +38,7 @@ fn fixture() -> Fixture {
         media_blob_expiry_ms: 1000,
         state_dir: dir.path().to_path_buf(),
         triggers: Vec::new(),
+        backups: None,
     });
     Fixture {
         _dir: dir,

@@ -5,6 +5,8 @@ use super::*;
 
 pub(super) const OUTBOX_ROW_VERSION: u8 = 1;
 pub(super) const INBOX_ROW_VERSION: u8 = 1;
+/// An inbox row from a group: version 1's fields, then the group id (schema 4).
+pub(super) const INBOX_GROUP_ROW_VERSION: u8 = 2;
 
 pub(super) fn put_bytes(out: &mut Vec<u8>, what: &'static str, b: &[u8]) -> Result<(), StoreError> {
     let len = u32::try_from(b.len()).map_err(|_| StoreError::TooLarge {
@@ -62,13 +64,21 @@ pub(super) fn decode_outbox(b: &[u8]) -> Result<OutboxRow, StoreError> {
 }
 
 pub(super) fn encode_inbox(r: &InboxRow) -> Result<Vec<u8>, StoreError> {
-    let mut v = Vec::with_capacity(32 + r.content.len());
-    v.push(INBOX_ROW_VERSION);
+    let mut v = Vec::with_capacity(40 + r.content.len() + r.group.len());
+    // A 1:1 row keeps version 1's bytes exactly; only a group row needs version 2.
+    v.push(if r.group.is_empty() {
+        INBOX_ROW_VERSION
+    } else {
+        INBOX_GROUP_ROW_VERSION
+    });
     v.extend_from_slice(&r.t_secs.to_be_bytes());
     v.extend_from_slice(&r.received_ms.to_be_bytes());
     put_bytes(&mut v, "inbox id", r.id.as_bytes())?;
     put_bytes(&mut v, "inbox from", r.from.as_bytes())?;
     put_bytes(&mut v, "inbox content", &r.content)?;
+    if !r.group.is_empty() {
+        put_bytes(&mut v, "inbox group", r.group.as_bytes())?;
+    }
     Ok(v)
 }
 
@@ -104,16 +114,35 @@ pub(super) fn decode_pending(b: &[u8]) -> Result<PendingInbox, StoreError> {
 
 pub(super) fn decode_inbox(b: &[u8]) -> Result<InboxRow, StoreError> {
     let mut r = Reader::new(b, "inbox");
-    r.version(INBOX_ROW_VERSION)?;
+    let version = r.u8()?;
+    if version != INBOX_ROW_VERSION && version != INBOX_GROUP_ROW_VERSION {
+        return Err(StoreError::Corrupt {
+            table: "inbox",
+            detail: "unknown row version",
+        });
+    }
     let t_secs = r.u64()?;
     let received_ms = r.u64()?;
     let id = r.string()?;
     let from = r.string()?;
     let content = r.bytes()?.to_vec();
+    let group = if version == INBOX_GROUP_ROW_VERSION {
+        let g = r.string()?;
+        if g.is_empty() {
+            return Err(StoreError::Corrupt {
+                table: "inbox",
+                detail: "empty group",
+            });
+        }
+        g
+    } else {
+        String::new()
+    };
     r.end()?;
     Ok(InboxRow {
         id,
         from,
+        group,
         t_secs,
         received_ms,
         content,

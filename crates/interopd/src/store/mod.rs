@@ -20,6 +20,7 @@ use std::rc::Rc;
 pub(crate) use crate::row::Reader;
 
 mod codec;
+mod groups;
 mod health;
 mod inbox;
 mod jobs;
@@ -32,6 +33,10 @@ pub mod snapshot;
 
 use crate::signal_store::{IdTable, KeyTable, SignalStore};
 use codec::*;
+pub use groups::{
+    DeviceReceipt, GROUP_RECEIPT_ROW_VERSION, GROUP_ROW_VERSION, GroupMember, GroupRow,
+    MAX_GROUP_DEVICES, MAX_GROUP_JID_BYTES,
+};
 pub use health::{Failure, STORE_GIVE_UP_MS, STORE_RECOVERY_FREE_BYTES, STORE_REOPEN_INTERVAL_MS};
 use interop_io::signal_tables::SignalTables;
 pub use interop_io::state_dir::{
@@ -43,8 +48,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 /// The schema this build writes. A store with a larger version is refused; a smaller one is
 /// migrated at open (docs/store.md, "Schema versions"). Version 2: `local_identity` rows
 /// store the public key (row version 2). Version 3: table `message_notes` (correlations,
-/// edits and deletes for everyone).
-pub const SCHEMA_VERSION: u32 = 3;
+/// edits and deletes for everyone). Version 4: tables `groups`, `group_receipts` and
+/// `sender_keys`, and inbox rows from a group (row version 2).
+pub const SCHEMA_VERSION: u32 = 4;
 /// The file name of the database inside the state directory.
 pub const DB_FILE_NAME: &str = "interopd.redb";
 /// Bytes redb may use for its page cache. redb's own default is sized for servers; a home
@@ -61,8 +67,10 @@ pub type MediaEntry = ([u8; 16], Vec<u8>);
 
 // The Signal engine's tables, shared with the hub's simulated devices (interop-io).
 pub(crate) use interop_io::signal_tables::{
-    LOCAL_IDENTITY, META, PREKEYS, REMOTE_IDENTITIES, SESSIONS, SIGNED_PREKEYS,
+    LOCAL_IDENTITY, META, PREKEYS, REMOTE_IDENTITIES, SENDER_KEYS, SESSIONS, SIGNED_PREKEYS,
 };
+const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
+const GROUP_RECEIPTS: TableDefinition<&str, &[u8]> = TableDefinition::new("group_receipts");
 const DEVICE_LISTS: TableDefinition<&str, &[u8]> = TableDefinition::new("device_lists");
 const OUTBOX: TableDefinition<&[u8; 8], &[u8]> = TableDefinition::new("outbox");
 const OUTBOX_BY_ID: TableDefinition<&str, &[u8; 8]> = TableDefinition::new("outbox_by_id");
@@ -212,7 +220,9 @@ impl Store {
                         crate::signal::upgrade_identity_record(&txn).map_err(signal_store_error)?;
                         meta = txn.inner.open_table(META)?;
                     }
-                    // Version 3 adds `message_notes`, created empty below; no row changes.
+                    // Version 3 adds `message_notes`, and version 4 `groups`,
+                    // `group_receipts` and `sender_keys`, created empty below; no row changes
+                    // (an inbox row from a group is a new row version, never a rewrite).
                     meta.insert(META_SCHEMA_VERSION, &SCHEMA_VERSION.to_be_bytes()[..])?;
                     ::log::info!("store: migrated schema version {v} to {SCHEMA_VERSION}");
                 }
@@ -240,6 +250,9 @@ impl Store {
         txn.inner.open_table(READ_MARKS)?;
         txn.inner.open_table(PENDING_INBOX)?;
         txn.inner.open_table(MESSAGE_NOTES)?;
+        txn.inner.open_table(GROUPS)?;
+        txn.inner.open_table(GROUP_RECEIPTS)?;
+        txn.inner.open_table(SENDER_KEYS)?;
         txn.commit()
     }
 
@@ -390,6 +403,8 @@ pub struct PendingInbox {
 pub struct InboxRow {
     pub id: String,
     pub from: String,
+    /// The group id (`120363…`) of a group message; empty for a 1:1 message.
+    pub group: String,
     pub t_secs: u64,
     pub received_ms: u64,
     pub content: Vec<u8>,
@@ -608,6 +623,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = Store::open(tmp.path()).unwrap();
         let row = InboxRow {
+            group: String::new(),
             id: "X".into(),
             from: "1555".into(),
             t_secs: 9,
@@ -675,6 +691,7 @@ mod tests {
         let s = Store::open(tmp.path()).unwrap();
         let txn = s.begin().unwrap();
         let row = InboxRow {
+            group: String::new(),
             id: "3EB0AA".into(),
             from: "15550100".into(),
             t_secs: 1,
@@ -754,6 +771,7 @@ mod tests {
         let s = Store::open(tmp.path()).unwrap();
         let txn = s.begin().unwrap();
         let row = InboxRow {
+            group: String::new(),
             id: "X".into(),
             from: "1555".into(),
             t_secs: 9,

@@ -73,12 +73,33 @@ impl Txn {
     pub fn outbox_remove(&self, seq: u64, id: &str) -> Result<(), StoreError> {
         self.inner.open_table(OUTBOX)?.remove(&seq.to_be_bytes())?;
         self.inner.open_table(OUTBOX_BY_ID)?.remove(id)?;
+        self.delete_group_receipts(id)?;
         self.remove_note(id)
     }
 
     /// Rows in the outbox (queued and finished).
     pub fn outbox_len(&self) -> Result<u64, StoreError> {
         Ok(self.inner.open_table(OUTBOX)?.len()?)
+    }
+
+    /// Outbox rows in `status`, read from each row's status byte without decoding the rest
+    /// (at most `retention::MAX_OUTBOX_ROWS` rows to look at). A row too short to have one is
+    /// corrupt.
+    pub fn outbox_count(&self, status: OutboxStatus) -> Result<u64, StoreError> {
+        let t = self.inner.open_table(OUTBOX)?;
+        let mut n = 0u64;
+        for row in t.iter()? {
+            let (_, v) = row?;
+            // The layout of encode_outbox: version, kind, status, ...
+            let Some(&byte) = v.value().get(2) else {
+                return Err(StoreError::Corrupt {
+                    table: "outbox",
+                    detail: "row too short",
+                });
+            };
+            n += u64::from(byte == status as u8);
+        }
+        Ok(n)
     }
 
     /// Removes inbox row `cursor`, its dedupe key and its read mark; retention only.

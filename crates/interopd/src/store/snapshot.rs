@@ -16,10 +16,10 @@ use redb::{
 };
 
 use super::{
-    DEDUPE, DEVICE_LISTS, EVENTS, IDEMPOTENCY, INBOX, LOCAL_IDENTITY, MEDIA, MESSAGE_NOTES, META,
-    META_SCHEMA_VERSION, OUTBOX, OUTBOX_BY_ID, PENDING_INBOX, PREKEYS, READ_MARKS,
-    REMOTE_IDENTITIES, SESSIONS, SIGNED_PREKEYS, STORE_CACHE_BYTES, StoreError, WEBHOOK_DEAD,
-    WEBHOOK_JOBS, be_u32,
+    DEDUPE, DEVICE_LISTS, EVENTS, GROUP_RECEIPTS, GROUPS, IDEMPOTENCY, INBOX, LOCAL_IDENTITY,
+    MEDIA, MESSAGE_NOTES, META, META_SCHEMA_VERSION, OUTBOX, OUTBOX_BY_ID, PENDING_INBOX, PREKEYS,
+    READ_MARKS, REMOTE_IDENTITIES, SENDER_KEYS, SESSIONS, SIGNED_PREKEYS, STORE_CACHE_BYTES,
+    StoreError, WEBHOOK_DEAD, WEBHOOK_JOBS, be_u32,
 };
 
 /// Rows written per transaction of the copy: the fresh file's dirty pages stay in memory only
@@ -29,7 +29,7 @@ pub const SNAPSHOT_BATCH_ROWS: usize = 1024;
 /// The names of every table a snapshot carries, in the order it copies them. A live store with
 /// a table not listed here is refused ([`StoreError::Database`]), so that a table added
 /// without adding it here cannot silently be left out of backups.
-pub const SNAPSHOT_TABLES: [&str; 19] = [
+pub const SNAPSHOT_TABLES: [&str; 22] = [
     "meta",
     "local_identity",
     "prekeys",
@@ -49,6 +49,9 @@ pub const SNAPSHOT_TABLES: [&str; 19] = [
     "idempotency",
     "read_marks",
     "message_notes",
+    "groups",
+    "group_receipts",
+    "sender_keys",
 ];
 
 /// Opens the store file at `path` read-only, beside a daemon that may have it open for
@@ -124,6 +127,9 @@ pub fn copy_into(src: &ReadTransaction, dst: &Database) -> Result<SnapshotCounts
         ("idempotency", copy_table(src, dst, IDEMPOTENCY)?),
         ("read_marks", copy_table(src, dst, READ_MARKS)?),
         ("message_notes", copy_table(src, dst, MESSAGE_NOTES)?),
+        ("groups", copy_table(src, dst, GROUPS)?),
+        ("group_receipts", copy_table(src, dst, GROUP_RECEIPTS)?),
+        ("sender_keys", copy_table(src, dst, SENDER_KEYS)?),
     ];
     Ok(SnapshotCounts {
         schema_version,
