@@ -100,3 +100,38 @@ fn unknown_command_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage"));
 }
+
+#[test]
+fn an_mqtt_section_is_checked_with_its_password_file_and_its_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(interop_io::tls::ensure_hub_ca(dir.path(), &["localhost"]).unwrap());
+    let base = example_with_ca(&dir.path().join(interop_io::tls::CA_CERT_FILE));
+    let pw = dir.path().join("mqtt-password");
+    let section = format!(
+        "\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nusername = \"interopd\"\npassword_file = {:?}\ncontacts = [\"+15550100\"]\n",
+        pw.display().to_string()
+    );
+    let text = format!("{base}{section}");
+    // The password file must be there and readable: `run` would never log in otherwise.
+    let (code, _, stderr) = check(&text);
+    assert_eq!(code, 78, "{stderr}");
+    assert!(stderr.contains("mqtt.password_file"), "{stderr}");
+    std::fs::write(&pw, "secret\n").unwrap();
+    let (code, stdout, stderr) = check(&text);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), "configuration OK");
+    assert!(!stderr.contains("secret"));
+    // A bad value names its key and line.
+    let bad = text.replace("mqtt://127.0.0.1:1883", "http://127.0.0.1:1883");
+    let (code, _, stderr) = check(&bad);
+    assert_eq!(code, 78, "{stderr}");
+    let line = bad
+        .lines()
+        .position(|l| l.starts_with("url = \"http"))
+        .unwrap()
+        + 1;
+    assert!(
+        stderr.contains(&format!("line {line}: mqtt.url")),
+        "{stderr}"
+    );
+}

@@ -8,7 +8,7 @@
 //!   ├─ start_link(&runtime) -> Rc<dyn LinkControl>   (the link spawns its own tasks)
 //!   ├─ scheduled backups, when `[backup]` is set (backup::scheduled)
 //!   ├─ READY=1 (and WATCHDOG=1 every half WatchdogSec)
-//!   ├─ serve: API + webhook worker, until a signal
+//!   ├─ serve: API + webhook worker + MQTT bridge (if configured), until a signal
 //!   └─ STOPPING=1, return Ok  (exit 0)
 //! ```
 //!
@@ -257,7 +257,7 @@ pub async fn serve(
         host_names: rt.config.api_host_names.clone(),
         bus: Rc::clone(&rt.bus),
         metrics: Rc::clone(&rt.metrics),
-        link,
+        link: Rc::clone(&link),
         limits: rt.tuning.api.clone(),
         media: Rc::clone(&rt.media),
         media_public_url: rt.config.media.public_url.clone(),
@@ -273,6 +273,16 @@ pub async fn serve(
     };
     rt.metrics
         .watch_api_listener(std::sync::Arc::clone(&options.stats));
+    let mqtt: Pin<Box<dyn Future<Output = ()>>> = match &rt.config.mqtt {
+        Some(m) => Box::pin(crate::mqtt::run(crate::mqtt::MqttParts {
+            config: m.clone(),
+            store: Rc::clone(&rt.store),
+            bus: Rc::clone(&rt.bus),
+            api: Rc::clone(&api),
+            link: Rc::clone(&link),
+        })),
+        None => Box::pin(futures_lite::future::pending()),
+    };
     let http = crate::http::serve(Rc::clone(&rt.executor), listener, options, move |req| {
         Rc::clone(&api).handle(req)
     });
@@ -287,7 +297,7 @@ pub async fn serve(
         None => Box::pin(futures_lite::future::pending()),
     };
     log::info!("API listening on http://{listen}");
-    http.or(hooks).or(stop).await;
+    http.or(hooks).or(mqtt).or(stop).await;
     Ok(())
 }
 

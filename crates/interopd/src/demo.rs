@@ -407,6 +407,7 @@ pub fn provisioned_config(p: &Provisioned) -> config::Config {
         webhook: None,
         media: config::MediaConfig::default(),
         triggers: Vec::new(),
+        mqtt: None,
         backup: None,
         reset_identity: false,
     }

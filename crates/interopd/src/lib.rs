@@ -31,6 +31,7 @@
 //! | shell | [`media_pipe`] | media through encryption, WhatsApp media fields, uploads | disk, net |
 //! | shell | [`inbound_media`] | received media: download, verify, then release into the inbox | disk, net |
 //! | shell | [`api`] | the local HTTP API v1: auth, routes, long-poll, SSE, webhooks | via http |
+//! | shell | [`mqtt`] | the MQTT bridge: Home Assistant discovery, inbox, command topics | net |
 //! | shell | [`backup`] | `interopd backup` and `restore`: snapshot, tar, age, manifest | disk |
 //! | shell | [`daemon`] | the process: one executor, signals, sd_notify, the link slot | process |
 //! | shell | `demo` | `interopd demo`: the hub and the daemon in one process (feature `demo`) | net |
@@ -66,6 +67,7 @@ pub mod media_host;
 pub mod media_pipe;
 pub mod media_store;
 pub mod metrics;
+pub mod mqtt;
 pub mod retention;
 pub mod signal;
 pub mod store;

@@ -85,7 +85,7 @@ fn contact_json(
 }
 
 /// Users with stored identities, in key order, at most `limit`.
-fn known_users(txn: &Txn, limit: usize) -> Result<Vec<String>, StoreError> {
+pub(crate) fn known_users(txn: &Txn, limit: usize) -> Result<Vec<String>, StoreError> {
     let t = txn.inner.open_table(crate::store::REMOTE_IDENTITIES)?;
     let mut users: Vec<String> = Vec::new();
     for item in t.iter()? {

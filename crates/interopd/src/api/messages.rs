@@ -28,9 +28,10 @@ pub const MAX_MESSAGE_ID_BYTES: usize = 128;
 /// Longest location `name` or `address`, in characters (Unicode scalar values).
 pub const MAX_LOCATION_TEXT_CHARS: usize = 256;
 
+/// The JSON body of `POST /v1/messages` (also the payload of the MQTT `send` topic).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SendJson {
+pub(crate) struct SendJson {
     #[serde(default)]
     to: Option<String>,
     /// A group id in place of `to`.
@@ -169,24 +170,16 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
     }
     let from_query = !matches!(content_type.as_deref(), Some("application/json"));
     let query_group = req.query_param("group");
-    let (to, group, body, reply_to, correlation) = match content_type.as_deref() {
+    let ((to, group), body, reply_to, correlation) = match content_type.as_deref() {
         Some("application/json") => {
             let body: SendJson = match req.body.read_json(MAX_JSON_BODY_BYTES).await {
                 Ok(b) => b,
                 Err(e) => return body_error(&e),
             };
-            let what = match (body.text, body.location) {
-                (Some(t), None) => Body::Text(t),
-                (None, Some(l)) => match location(l) {
-                    Ok(m) => Body::Location(Box::new(m)),
-                    Err(r) => return r,
-                },
-                (None, None) => return bad("missing_text", "give 'text' or 'location'"),
-                (Some(_), Some(_)) => {
-                    return bad("text_and_location", "give 'text' or 'location', not both");
-                }
-            };
-            (body.to, body.group, what, body.reply_to, body.correlation)
+            match json_parts(body) {
+                Ok(parts) => parts,
+                Err(r) => return r,
+            }
         }
         // `curl -d TEXT` sends form-urlencoded; CONTRACT.md promises that line works, so the
         // body is taken as literal text (not form-decoded), as for text/plain.
@@ -207,7 +200,7 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
             let Ok(text) = String::from_utf8(bytes) else {
                 return bad("bad_text", "the text/plain body is not UTF-8");
             };
-            (to, query_group, Body::Text(text), reply_to, correlation)
+            ((to, query_group), Body::Text(text), reply_to, correlation)
         }
         _ => {
             return Response::json_error(
@@ -217,6 +210,59 @@ pub async fn send(api: &Rc<Api>, req: Request) -> Response {
             );
         }
     };
+    finish_send(
+        api,
+        key,
+        (to, group),
+        body,
+        reply_to,
+        correlation,
+        from_query,
+    )
+}
+
+/// The recipient of a send: `to` (a phone), or `group` (a group id).
+type Recipient = (Option<String>, Option<String>);
+
+/// What a JSON send body asks for: ((to, group), body, reply_to, correlation), or the 400.
+fn json_parts(
+    body: SendJson,
+) -> Result<(Recipient, Body, Option<String>, Option<String>), Response> {
+    let what = match (body.text, body.location) {
+        (Some(t), None) => Body::Text(t),
+        (None, Some(l)) => Body::Location(Box::new(location(l)?)),
+        (None, None) => return Err(bad("missing_text", "give 'text' or 'location'")),
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "text_and_location",
+                "give 'text' or 'location', not both",
+            ));
+        }
+    };
+    Ok(((body.to, body.group), what, body.reply_to, body.correlation))
+}
+
+/// A send whose JSON body came another way (the MQTT `send` topic): the same checks and the
+/// same transaction as `POST /v1/messages` with that body and `key` as its Idempotency-Key.
+pub(crate) fn send_json(api: &Rc<Api>, key: Option<String>, body: SendJson) -> Response {
+    match json_parts(body) {
+        Ok((to, body, reply_to, correlation)) => {
+            finish_send(api, key, to, body, reply_to, correlation, false)
+        }
+        Err(r) => r,
+    }
+}
+
+/// The checks every send shares once its parts are known, then [`queue_send`].
+fn finish_send(
+    api: &Rc<Api>,
+    key: Option<String>,
+    (to, group): Recipient,
+    body: Body,
+    reply_to: Option<String>,
+    correlation: Option<String>,
+    from_query: bool,
+) -> Response {
     let recipient = match (to, group) {
         (Some(_), Some(_)) => return bad("to_and_group", "give 'to' or 'group', not both"),
         (None, None) => return bad("missing_to", "give the recipient as 'to' or 'group'"),

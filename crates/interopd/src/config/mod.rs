@@ -16,10 +16,14 @@ use serde::Deserialize;
 mod api_rate;
 pub mod backup;
 mod media;
+pub mod mqtt;
+mod render;
 pub mod trigger;
 mod wire;
 pub use api_rate::{ApiRate, MAX_API_RATE_REQUESTS};
 pub use backup::BackupConfig;
+pub use mqtt::MqttConfig;
+use render::{hex, toml_string};
 pub use trigger::TriggerConfig;
 use wire::parse_hex32;
 pub use wire::{PROFILE_WHEN_ABSENT, WHATSAPP_NOISE_ROOT, max_token_bytes, parse_noise_root};
@@ -118,6 +122,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// The `[[trigger]]` entries: trigger URLs, in file order.
     pub triggers: Vec<TriggerConfig>,
+    /// The `[mqtt]` section: the MQTT bridge, if configured.
+    pub mqtt: Option<MqttConfig>,
     /// The `[backup]` section: scheduled backups, off when absent.
     pub backup: Option<BackupConfig>,
     /// Set by `interopd run --reset-identity`, never by the file: start with a new identity
@@ -275,7 +281,8 @@ impl Config {
                 }
             })?;
         }
-        trigger::check_files(&self.triggers)
+        trigger::check_files(&self.triggers)?;
+        mqtt::check_files(self.mqtt.as_ref())
     }
 
     /// Our account as the gatekeeper knows it: `{integrator}-{user}`.
@@ -356,29 +363,9 @@ impl std::fmt::Display for Config {
         writeln!(f, "[state]")?;
         writeln!(f, "dir = {}", q(&self.state_dir.to_string_lossy()))?;
         trigger::render(f, &self.triggers)?;
+        mqtt::render(f, self.mqtt.as_ref())?;
         backup::render(f, self.backup.as_ref())
     }
-}
-
-fn toml_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                out.push_str(&format!("\\u{:04X}", c as u32))
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 // ---- step 1: raw ------------------------------------------------------------------------
@@ -399,6 +386,7 @@ struct Raw {
     media: media::RawMedia,
     #[serde(default)]
     trigger: Vec<S<trigger::RawTrigger>>,
+    mqtt: Option<mqtt::RawMqtt>,
     backup: Option<S<backup::RawBackup>>,
 }
 
@@ -620,6 +608,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     };
     let media = media::parse(&raw.media, text, &resolve)?;
     let triggers = trigger::parse(text, &raw.trigger, &resolve, media.public_url.is_some())?;
+    let mqtt = mqtt::parse(
+        text,
+        raw.mqtt.as_ref(),
+        &format!("{integrator}-{user}"),
+        &resolve,
+    )?;
     let backup = backup::parse(text, raw.backup.as_ref(), &resolve, &state_dir, path)?;
     Ok(Config {
         integrator,
@@ -638,6 +632,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         webhook,
         media,
         triggers,
+        mqtt,
         backup,
         reset_identity: false,
     })

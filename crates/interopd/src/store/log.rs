@@ -126,4 +126,54 @@ impl Txn {
         let t = self.inner.open_table(READ_MARKS)?;
         Ok(t.get(&cursor.to_be_bytes())?.map(|v| v.value().to_vec()))
     }
+
+    // ---- the MQTT bridge's meta keys (docs/store.md, docs/mqtt.md) ----
+
+    /// The inbox cursor up to which the MQTT bridge's publishes were acknowledged by the
+    /// broker (`None`: the bridge never ran on this store).
+    pub fn mqtt_inbox_cursor(&self) -> Result<Option<u64>, StoreError> {
+        let t = self.inner.open_table(META)?;
+        let v = t.get(META_MQTT_INBOX_CURSOR)?;
+        v.map(|v| be_u64(v.value(), "meta")).transpose()
+    }
+
+    /// Records that the broker acknowledged every inbox message up to `cursor`.
+    pub fn set_mqtt_inbox_cursor(&self, cursor: u64) -> Result<(), StoreError> {
+        self.inner
+            .open_table(META)?
+            .insert(META_MQTT_INBOX_CURSOR, &cursor.to_be_bytes()[..])?;
+        Ok(())
+    }
+
+    /// The contacts (digits, comma-separated) whose Home Assistant notify entities the MQTT
+    /// bridge published last, so that a removed one gets an empty retained config.
+    pub fn mqtt_discovered(&self) -> Result<Vec<String>, StoreError> {
+        let t = self.inner.open_table(META)?;
+        let Some(v) = t.get(META_MQTT_DISCOVERED)? else {
+            return Ok(Vec::new());
+        };
+        let text = std::str::from_utf8(v.value()).map_err(|_| StoreError::Corrupt {
+            table: "meta",
+            detail: "mqtt_discovered is not UTF-8",
+        })?;
+        Ok(text
+            .split(',')
+            .filter(|d| !d.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Records the contacts whose notify entities are published now.
+    pub fn set_mqtt_discovered(&self, digits: &[String]) -> Result<(), StoreError> {
+        let text = digits.join(",");
+        self.inner
+            .open_table(META)?
+            .insert(META_MQTT_DISCOVERED, text.as_bytes())?;
+        Ok(())
+    }
 }
+
+/// `meta` key of [`Txn::mqtt_inbox_cursor`] (u64 big-endian).
+const META_MQTT_INBOX_CURSOR: &str = "mqtt_inbox_cursor";
+/// `meta` key of [`Txn::mqtt_discovered`] (UTF-8 digits, comma-separated).
+const META_MQTT_DISCOVERED: &str = "mqtt_discovered";
