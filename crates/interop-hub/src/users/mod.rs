@@ -216,6 +216,9 @@ pub struct PendingMedia {
     pub url: String,
     /// Whether to answer in kind once the blob is checked (the `echo` behaviour).
     pub echo: bool,
+    /// For a message in a group: the group's id and the sender device, which the record
+    /// names. Media in a group is recorded once fetched, and not echoed.
+    pub group: Option<(String, String)>,
 }
 
 /// What a media message says about its blob: enough to verify and decrypt it.

@@ -34,6 +34,7 @@ impl SimUser {
                 message: opened.message.clone(),
                 url: r.url,
                 echo,
+                group: None,
             })
         } else {
             None
@@ -176,11 +177,16 @@ impl SimUser {
             from: pending.from.clone(),
             message: pending.message.clone(),
         };
+        let mut record = record_json(&opened, pending.received_ms, &outcome);
+        if let (Some((group, participant)), Some(obj)) = (&pending.group, record.as_object_mut()) {
+            obj.insert("group".into(), group.as_str().into());
+            obj.insert("participant".into(), participant.as_str().into());
+        }
         let mut out = vec![SimAction::Record {
             phone: self.phone.clone(),
-            json: record_json(&opened, pending.received_ms, &outcome),
+            json: record,
         }];
-        if !pending.echo {
+        if !pending.echo || pending.group.is_some() {
             return Ok(out);
         }
         let fresh = match (&plain, store, media_ref(&pending.message)) {
