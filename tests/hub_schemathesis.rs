@@ -1,6 +1,6 @@
 //! `docs/hub-control-openapi.yaml` against the real hub: schemathesis (Python; installed on
 //! first use into the target dir, `python_support`) runs every check, the stateful phase
-//! included, on `interop-hub --demo-users` (started by `hub_support`). Any failure (a
+//! included, on `interop-hub --demo-users --media` (started by `hub_support`). Any failure (a
 //! schema-valid request refused, a schema-violating one accepted, an undocumented status, a
 //! body that does not match its schema, a crash) fails the test. The run is bounded by
 //! tests/data/hub-schemathesis.toml (examples per operation, stateful steps) and by
@@ -25,7 +25,8 @@ fn repo_file(rel: &str) -> PathBuf {
 #[test]
 fn schemathesis_finds_no_disagreement_between_the_hub_control_document_and_the_hub() {
     let dir = tempfile::tempdir().unwrap();
-    let hub = HubProc::start(&dir.path().join("hub"), true);
+    // With a media store, so that a media send is answered, not refused with 501.
+    let hub = HubProc::start_with(&dir.path().join("hub"), true, true);
     let log_path = dir.path().join("schemathesis.log");
     let log = std::fs::File::create(&log_path).expect("create the log file");
     let mut run = python_support::python3_with(python_support::SCHEMATHESIS)
@@ -54,7 +55,8 @@ fn schemathesis_finds_no_disagreement_between_the_hub_control_document_and_the_h
         if t0.elapsed() > Duration::from_secs(MAX_RUN_SECS) {
             let _ = run.kill();
             let _ = run.wait();
-            panic!("schemathesis ran longer than {MAX_RUN_SECS} s");
+            let out = std::fs::read_to_string(&log_path).unwrap_or_default();
+            panic!("schemathesis ran longer than {MAX_RUN_SECS} s:\n{out}");
         }
         std::thread::sleep(Duration::from_millis(200));
     };

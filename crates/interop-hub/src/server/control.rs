@@ -23,10 +23,13 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// How a request's method and decoded path segments meet [`ROUTES`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Routed {
     Found,
-    WrongMethod,
+    /// The path is a route's, the method is not: `allow` is the `Allow` header's value.
+    WrongMethod {
+        allow: String,
+    },
     NotFound,
 }
 
@@ -40,26 +43,28 @@ pub(super) fn control_route(method: &str, seg: &[&str]) -> Routed {
                 .zip(seg)
                 .all(|(p, s)| p.starts_with('{') || p == s)
     };
-    let mut other_method = false;
+    let mut allowed: Vec<&str> = Vec::new();
     for (m, template) in ROUTES {
         if shape(template) {
             if *m == method {
                 return Routed::Found;
             }
-            other_method = true;
+            allowed.push(m);
         }
     }
-    if other_method {
-        Routed::WrongMethod
-    } else {
+    if allowed.is_empty() {
         Routed::NotFound
+    } else {
+        Routed::WrongMethod {
+            allow: allowed.join(", "),
+        }
     }
 }
 
 #[derive(Deserialize)]
 pub(super) struct NewUser {
     pub(super) phone: String,
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "whole_u32")]
     pub(super) devices: u32,
     #[serde(default = "echo")]
     pub(super) behavior: String,
@@ -67,6 +72,20 @@ pub(super) struct NewUser {
 
 pub(super) fn one() -> u32 {
     1
+}
+
+/// A JSON integer as JSON Schema counts one: `5` or `5.0` (a number without a fraction).
+fn whole_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u32::MAX))
+                // INVARIANT: a whole number in 0..=u32::MAX, checked on the line above.
+                .map(|f| f as u64)
+        })
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number in range")))
 }
 
 pub(super) fn echo() -> String {
@@ -402,8 +421,9 @@ pub(super) async fn handle_control(shared: &Shared, req: Request) -> Response {
             )
         }
         _ => match control_route(&method, &seg) {
-            Routed::WrongMethod => {
+            Routed::WrongMethod { allow } => {
                 Response::json_error(405, "method_not_allowed", "method not allowed here")
+                    .with_header("Allow", &allow)
             }
             Routed::NotFound => Response::json_error(404, "not_found", "no such route"),
             Routed::Found => {
@@ -436,6 +456,17 @@ mod tests {
     }
 
     #[test]
+    fn a_device_count_may_be_written_as_a_whole_float() {
+        let parse = |t: &str| serde_json::from_str::<NewUser>(t).map(|u| u.devices).ok();
+        assert_eq!(parse(r#"{"phone": "+15550109", "devices": 5.0}"#), Some(5));
+        assert_eq!(parse(r#"{"phone": "+15550109", "devices": 2}"#), Some(2));
+        assert_eq!(parse(r#"{"phone": "+15550109"}"#), Some(1));
+        assert_eq!(parse(r#"{"phone": "+15550109", "devices": 2.5}"#), None);
+        assert_eq!(parse(r#"{"phone": "+15550109", "devices": -1}"#), None);
+        assert_eq!(parse(r#"{"phone": "+15550109", "devices": 1e12}"#), None);
+    }
+
+    #[test]
     fn every_listed_route_is_routed_and_others_are_not() {
         for (method, template) in ROUTES {
             assert_eq!(
@@ -444,10 +475,11 @@ mod tests {
                 "{method} {template}"
             );
         }
-        assert_eq!(control_route("DELETE", &["users"]), Routed::WrongMethod);
+        let allow = |a: &str| Routed::WrongMethod { allow: a.into() };
+        assert_eq!(control_route("DELETE", &["users"]), allow("GET, POST"));
         assert_eq!(
             control_route("GET", &["users", "+1", "send"]),
-            Routed::WrongMethod
+            allow("POST")
         );
         // An unknown action under a user is an unknown route, not a wrong method.
         assert_eq!(

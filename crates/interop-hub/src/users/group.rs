@@ -144,7 +144,10 @@ impl SimUser {
             }),
             Behavior::Silent | Behavior::NotOptedIn | Behavior::Offline => {}
         }
+        // As in a 1:1 chat, only a provider's message is echoed: two echo members would
+        // answer each other for ever.
         if self.behavior == Behavior::Echo
+            && opened.from.server == Server::Interop
             && opened.message.kind() == ContentKind::Text
             && let Some(text) = opened.message.text_body()
         {

@@ -24,7 +24,9 @@ impl SimUser {
         if !self.first_time(&opened.id) {
             return Ok(Vec::new());
         }
-        let echo = self.behavior == Behavior::Echo;
+        // Only a provider's message is answered: two echo users (or one writing to itself)
+        // would answer each other for ever, each echo longer than the last.
+        let echo = self.behavior == Behavior::Echo && opened.from.server == Server::Interop;
         let fetch = if opened.from.server == Server::Interop {
             media_ref(&opened.message).map(|r| PendingMedia {
                 phone: self.phone.clone(),
