@@ -144,14 +144,14 @@ impl SimUser {
             }),
             Behavior::Silent | Behavior::NotOptedIn | Behavior::Offline => {}
         }
-        // As in a 1:1 chat, only a provider's message is echoed: two echo members would
+        // As in a 1:1 chat, an echo is never answered with an echo: two echo members would
         // answer each other for ever.
         if self.behavior == Behavior::Echo
-            && opened.from.server == Server::Interop
+            && answerable(&opened)
             && opened.message.kind() == ContentKind::Text
             && let Some(text) = opened.message.text_body()
         {
-            let reply = Message::text(format!("echo: {text}"));
+            let reply = Message::text(format!("{ECHO_PREFIX}{text}"));
             let stanza = self.encrypt_group_message(&m.group, &reply, dir, now_ms, rng)?;
             out.push(SimAction::Send {
                 from: self.jid().with_device(0),
