@@ -1,12 +1,14 @@
 //! Groups end to end with the real binaries on both wire profiles: a group made through the
 //! local API, a text to it that both simulated members decrypt with our sender key, the echo
 //! contact's answer in the inbox with the group id, per-member receipts adding up to the
-//! message's status, a removal that rotates our key, a group the gatekeeper tells us about,
-//! and the API's refusals.
+//! message's status, an image to the group that both members fetch from our media host and
+//! decrypt, a removal that rotates our key, a group the gatekeeper tells us about, and the
+//! API's refusals.
 
 mod api_common;
 mod daemon_support;
 mod hub_support;
+mod media_support;
 
 use std::time::{Duration, Instant};
 
@@ -138,6 +140,94 @@ fn a_group_text_reaches_both_members_the_echo_returns_with_the_group_and_receipt
         wait_until(&format!("{phone} decrypts the second text"), || {
             group_copy(&hub, phone, &id, "Bring bread")
         });
+    }
+}
+
+/// An image sent with `POST /v1/media?group=`: each member fetches the one blob through the
+/// hub's proxy from our media host, decrypts exactly these bytes and records it with the
+/// group; the message reaches `delivered`. Then the refusals of the group parameter.
+fn an_image_to_a_group_is_fetched_and_decrypted_by_both_members_and_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProc::start_with(&dir.path().join("hub"), true, true);
+    let setup = media_support::provisioned(dir.path(), &hub, "");
+    let d = setup.start();
+    let json_call = |method: &str, path: &str, body: &Value| {
+        d.call(
+            method,
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    };
+    let made = wait_until("a group once the link is up", || {
+        let r = json_call(
+            "POST",
+            "/v1/groups",
+            &json!({"subject": "Door", "members": [ECHO, SILENT]}),
+        );
+        (r.status == 201).then(|| r.json())
+    });
+    let id = made["id"].as_str().unwrap().to_owned();
+
+    let image = media_support::png(24, 16);
+    let r = d.call(
+        "POST",
+        &format!("/v1/media?group={id}&kind=image&caption=at%20the%20door"),
+        &[("Content-Type", "image/png")],
+        &image,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let msg = r.json()["id"].as_str().unwrap().to_owned();
+    for phone in [ECHO, SILENT] {
+        let got = wait_until(&format!("{phone} records the group image"), || {
+            media_support::hub_received(&hub, phone)
+                .into_iter()
+                .find(|m| m["group"] == id.as_str() && m.get("media").is_some())
+        });
+        assert_eq!(got["kind"], "image", "{got}");
+        assert_eq!(got["participant"], "acme-home:1@interop", "{got}");
+        let media = &got["media"];
+        assert!(
+            media.get("error").is_none(),
+            "{phone} could not open it: {got}"
+        );
+        assert_eq!(
+            media["sha256_hex"],
+            media_support::sha256_hex(&image),
+            "{got}"
+        );
+        assert_eq!(media["size"], image.len(), "{got}");
+        assert_eq!(media["mimetype"], "image/png", "{got}");
+    }
+    // Both copies came through the proxy from our media host, not from declared fields.
+    let (_, stats) = hub.control("GET", "/stats", None);
+    assert!(stats["media_proxied"].as_u64().unwrap() >= 2, "{stats}");
+    let status = d.wait_status(&msg, "delivered");
+    assert_eq!(status["group"], id.as_str(), "{status}");
+    assert_eq!(status["kind"], "image", "{status}");
+
+    let cases = [
+        (
+            format!("/v1/media?group={id}&to=%2B15550100&kind=image"),
+            400,
+            "to_and_group",
+        ),
+        ("/v1/media?kind=image".to_owned(), 400, "missing_to"),
+        (
+            "/v1/media?group=abc&kind=image".to_owned(),
+            400,
+            "bad_group_id",
+        ),
+        (
+            "/v1/media?group=120363999999999999&kind=image".to_owned(),
+            404,
+            "unknown_group",
+        ),
+    ];
+    for (target, want, code) in cases {
+        let r = d.call("POST", &target, &[("Content-Type", "image/png")], &image);
+        assert_eq!(r.status, want, "{target}: {}", r.text());
+        assert_eq!(r.error_code(), code, "{target}: {}", r.text());
     }
 }
 
@@ -356,6 +446,7 @@ fn bad_group_requests_get_their_own_codes_and_queue_nothing() {
 
 crate::on_both_profiles!(
     a_group_text_reaches_both_members_the_echo_returns_with_the_group_and_receipts_add_up,
+    an_image_to_a_group_is_fetched_and_decrypted_by_both_members_and_is_delivered,
     removing_a_member_rotates_our_key_and_the_rest_still_read_what_follows,
     a_group_the_gatekeeper_announces_is_listed_logged_and_its_messages_arrive,
     a_kill_during_a_group_burst_loses_and_duplicates_nothing,

@@ -1,12 +1,70 @@
 //! The hub's control API (loopback only): simulated users, their behaviour, what they
 //! received, connection drops and stats, as plain HTTP/1.1 on the shared server loop.
+//! [`ROUTES`] lists every route; docs/hub-control-openapi.yaml describes them, and
+//! tests/hub_openapi.rs checks that the two agree.
 
 use super::*;
+
+/// Every (method, path template) the control API answers. A path that matches a template
+/// with another method is 405; any other path is 404 (`control_route`).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/users"),
+    ("POST", "/users"),
+    ("POST", "/users/{phone}/send"),
+    ("GET", "/users/{phone}/received"),
+    ("POST", "/users/{phone}/reinstall"),
+    ("POST", "/users/{phone}/behavior"),
+    ("POST", "/groups"),
+    ("GET", "/groups/{id}"),
+    ("POST", "/groups/{id}/members"),
+    ("DELETE", "/groups/{id}/members/{member}"),
+    ("POST", "/connections/drop"),
+    ("GET", "/stats"),
+];
+
+/// How a request's method and decoded path segments meet [`ROUTES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Routed {
+    Found,
+    /// The path is a route's, the method is not: `allow` is the `Allow` header's value.
+    WrongMethod {
+        allow: String,
+    },
+    NotFound,
+}
+
+/// Whether `method` on `seg` is a route of [`ROUTES`] (`{…}` matches any one segment).
+pub(super) fn control_route(method: &str, seg: &[&str]) -> Routed {
+    let shape = |template: &str| {
+        let parts: Vec<&str> = template.split('/').skip(1).collect();
+        parts.len() == seg.len()
+            && parts
+                .iter()
+                .zip(seg)
+                .all(|(p, s)| p.starts_with('{') || p == s)
+    };
+    let mut allowed: Vec<&str> = Vec::new();
+    for (m, template) in ROUTES {
+        if shape(template) {
+            if *m == method {
+                return Routed::Found;
+            }
+            allowed.push(m);
+        }
+    }
+    if allowed.is_empty() {
+        Routed::NotFound
+    } else {
+        Routed::WrongMethod {
+            allow: allowed.join(", "),
+        }
+    }
+}
 
 #[derive(Deserialize)]
 pub(super) struct NewUser {
     pub(super) phone: String,
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "whole_u32")]
     pub(super) devices: u32,
     #[serde(default = "echo")]
     pub(super) behavior: String,
@@ -14,6 +72,20 @@ pub(super) struct NewUser {
 
 pub(super) fn one() -> u32 {
     1
+}
+
+/// A JSON integer as JSON Schema counts one: `5` or `5.0` (a number without a fraction).
+fn whole_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u32::MAX))
+                // INVARIANT: a whole number in 0..=u32::MAX, checked on the line above.
+                .map(|f| f as u64)
+        })
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number in range")))
 }
 
 pub(super) fn echo() -> String {
@@ -96,7 +168,16 @@ pub(super) async fn body_json<T: serde::de::DeserializeOwned>(req: Request) -> R
     req.body
         .read_json(MAX_CONTROL_BODY_BYTES)
         .await
-        .map_err(|e| Response::json_error(400, "bad_request", &e.to_string()))
+        .map_err(|e| http_body_error(&e))
+}
+
+/// The answer to a body that could not be read: 413 for one over the bound, 408 for a slow
+/// one, else 400 `bad_request`.
+fn http_body_error(e: &http::HttpError) -> Response {
+    match e.status() {
+        400 => Response::json_error(400, "bad_request", &e.to_string()),
+        status => Response::json_error(status, e.code(), &e.to_string()),
+    }
 }
 
 /// Builds the content a simulated user sends for a control `send` request.
@@ -237,7 +318,7 @@ pub(super) async fn handle_control(shared: &Shared, req: Request) -> Response {
             // The body is optional: none (or an empty one) means {"notify": true}.
             let body = match req.body.read_to_vec(MAX_CONTROL_BODY_BYTES).await {
                 Ok(b) => b,
-                Err(e) => return Response::json_error(400, "bad_request", &e.to_string()),
+                Err(e) => return http_body_error(&e),
             };
             let notify = if body.iter().all(u8::is_ascii_whitespace) {
                 true
@@ -339,19 +420,73 @@ pub(super) async fn handle_control(shared: &Shared, req: Request) -> Response {
                 }),
             )
         }
-        (
-            _,
-            ["users"]
-            | ["users", _, _]
-            | ["connections", "drop"]
-            | ["stats"]
-            | ["groups"]
-            | ["groups", _]
-            | ["groups", _, "members"]
-            | ["groups", _, "members", _],
-        ) => Response::json_error(405, "method_not_allowed", "method not allowed here"),
-        _ => Response::json_error(404, "not_found", "no such route"),
+        _ => match control_route(&method, &seg) {
+            Routed::WrongMethod { allow } => {
+                Response::json_error(405, "method_not_allowed", "method not allowed here")
+                    .with_header("Allow", &allow)
+            }
+            Routed::NotFound => Response::json_error(404, "not_found", "no such route"),
+            Routed::Found => {
+                // A route in ROUTES without its arm above: the unit test below and the
+                // schemathesis run (tests/hub_schemathesis.rs) catch it.
+                log::error!("hub: control: {method} route listed but not handled");
+                Response::json_error(500, "internal", "route not handled")
+            }
+        },
     };
     pump(shared);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segments(template: &str) -> Vec<&str> {
+        template
+            .split('/')
+            .skip(1)
+            .map(|p| match p {
+                "{phone}" => "+15550100",
+                "{id}" => "120363000000000001",
+                "{member}" => "acme-home",
+                other => other,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_device_count_may_be_written_as_a_whole_float() {
+        let parse = |t: &str| serde_json::from_str::<NewUser>(t).map(|u| u.devices).ok();
+        assert_eq!(parse(r#"{"phone": "+15550109", "devices": 5.0}"#), Some(5));
+        assert_eq!(parse(r#"{"phone": "+15550109", "devices": 2}"#), Some(2));
+        assert_eq!(parse(r#"{"phone": "+15550109"}"#), Some(1));
+        assert_eq!(parse(r#"{"phone": "+15550109", "devices": 2.5}"#), None);
+        assert_eq!(parse(r#"{"phone": "+15550109", "devices": -1}"#), None);
+        assert_eq!(parse(r#"{"phone": "+15550109", "devices": 1e12}"#), None);
+    }
+
+    #[test]
+    fn every_listed_route_is_routed_and_others_are_not() {
+        for (method, template) in ROUTES {
+            assert_eq!(
+                control_route(method, &segments(template)),
+                Routed::Found,
+                "{method} {template}"
+            );
+        }
+        let allow = |a: &str| Routed::WrongMethod { allow: a.into() };
+        assert_eq!(control_route("DELETE", &["users"]), allow("GET, POST"));
+        assert_eq!(
+            control_route("GET", &["users", "+1", "send"]),
+            allow("POST")
+        );
+        // An unknown action under a user is an unknown route, not a wrong method.
+        assert_eq!(
+            control_route("GET", &["users", "+1", "nothing"]),
+            Routed::NotFound
+        );
+        assert_eq!(control_route("GET", &["nothing"]), Routed::NotFound);
+        assert_eq!(control_route("GET", &[]), Routed::NotFound);
+    }
 }

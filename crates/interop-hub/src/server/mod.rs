@@ -60,6 +60,7 @@ mod noise_keys;
 mod provision;
 mod wa;
 
+pub use control::ROUTES as CONTROL_ROUTES;
 use control::*;
 pub use noise_keys::*;
 pub use provision::*;

@@ -92,6 +92,22 @@ impl SimUser {
             from: m.participant.clone(),
             message,
         };
+        // A provider's media is fetched through the proxy and recorded once checked, as in a
+        // 1:1 chat; it is not echoed.
+        let fetch = if opened.from.server == Server::Interop {
+            media_ref(&opened.message).map(|r| PendingMedia {
+                phone: self.phone.clone(),
+                id: opened.id.clone(),
+                from: opened.from.clone(),
+                received_ms: now_ms,
+                message: opened.message.clone(),
+                url: r.url,
+                echo: false,
+                group: Some((m.group.as_str().to_owned(), m.participant.to_string())),
+            })
+        } else {
+            None
+        };
         let mut record = record_json(&opened, now_ms, &MediaOutcome::Declared);
         if let Some(obj) = record.as_object_mut() {
             obj.insert("group".into(), m.group.as_str().into());
@@ -105,16 +121,17 @@ impl SimUser {
                 .attr("participant", m.participant.to_string());
             if read { r.attr("type", "read") } else { r }
         };
-        let mut out = vec![
-            SimAction::Record {
+        let mut out = vec![match fetch {
+            Some(f) => SimAction::FetchMedia(Box::new(f)),
+            None => SimAction::Record {
                 phone: self.phone.clone(),
                 json: record,
             },
-            SimAction::Send {
-                from: me.clone(),
-                stanza: receipt(false),
-            },
-        ];
+        }];
+        out.push(SimAction::Send {
+            from: me.clone(),
+            stanza: receipt(false),
+        });
         match self.behavior {
             Behavior::Echo => out.push(SimAction::Send {
                 from: me,
@@ -127,11 +144,14 @@ impl SimUser {
             }),
             Behavior::Silent | Behavior::NotOptedIn | Behavior::Offline => {}
         }
+        // As in a 1:1 chat, an echo is never answered with an echo: two echo members would
+        // answer each other for ever.
         if self.behavior == Behavior::Echo
+            && answerable(&opened)
             && opened.message.kind() == ContentKind::Text
             && let Some(text) = opened.message.text_body()
         {
-            let reply = Message::text(format!("echo: {text}"));
+            let reply = Message::text(format!("{ECHO_PREFIX}{text}"));
             let stanza = self.encrypt_group_message(&m.group, &reply, dir, now_ms, rng)?;
             out.push(SimAction::Send {
                 from: self.jid().with_device(0),

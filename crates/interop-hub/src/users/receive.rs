@@ -24,7 +24,7 @@ impl SimUser {
         if !self.first_time(&opened.id) {
             return Ok(Vec::new());
         }
-        let echo = self.behavior == Behavior::Echo;
+        let echo = self.behavior == Behavior::Echo && answerable(&opened);
         let fetch = if opened.from.server == Server::Interop {
             media_ref(&opened.message).map(|r| PendingMedia {
                 phone: self.phone.clone(),
@@ -34,6 +34,7 @@ impl SimUser {
                 message: opened.message.clone(),
                 url: r.url,
                 echo,
+                group: None,
             })
         } else {
             None
@@ -107,7 +108,7 @@ impl SimUser {
         Ok(out)
     }
 
-    /// What the echo contact answers to `opened` from `sender`: 👍 to a text starting with
+    /// What the echo contact answers to `opened` from `sender` ([`answerable`] said it may): 👍 to a text starting with
     /// `react`, a location to `where`, the edit or delete of its own echo to an edit or a
     /// delete, `echo: <text>` to other text, and media in kind. `None`: no answer.
     fn echo_of(&self, opened: &Opened, sender: &Jid, now_ms: u64) -> Option<Message> {
@@ -127,7 +128,7 @@ impl SimUser {
         let ms = i64::try_from(now_ms).unwrap_or(i64::MAX);
         if let Some((target, text)) = m.edit_of() {
             let echo = self.echo_id(target)?;
-            let text = format!("echo: {}", text.unwrap_or_default());
+            let text = format!("{ECHO_PREFIX}{}", text.unwrap_or_default());
             return Some(Message::edit(mine(echo), Message::text(text), ms));
         }
         if let Some(target) = m.revoke_of() {
@@ -143,7 +144,7 @@ impl SimUser {
                 Some(ECHO_LOCATION.2.to_owned()),
                 None,
             )),
-            Some(text) => Some(Message::text(format!("echo: {text}"))),
+            Some(text) => Some(Message::text(format!("{ECHO_PREFIX}{text}"))),
             None if m.kind().is_media() => Some(m.clone()),
             None => None,
         }
@@ -176,11 +177,16 @@ impl SimUser {
             from: pending.from.clone(),
             message: pending.message.clone(),
         };
+        let mut record = record_json(&opened, pending.received_ms, &outcome);
+        if let (Some((group, participant)), Some(obj)) = (&pending.group, record.as_object_mut()) {
+            obj.insert("group".into(), group.as_str().into());
+            obj.insert("participant".into(), participant.as_str().into());
+        }
         let mut out = vec![SimAction::Record {
             phone: self.phone.clone(),
-            json: record_json(&opened, pending.received_ms, &outcome),
+            json: record,
         }];
-        if !pending.echo {
+        if !pending.echo || pending.group.is_some() {
             return Ok(out);
         }
         let fresh = match (&plain, store, media_ref(&pending.message)) {

@@ -114,7 +114,8 @@ fn pipe_error(e: &PipeError) -> Response {
 
 /// The validated query of a send (a trigger with an image builds one from its config).
 pub(crate) struct SendQuery {
-    pub(crate) digits: String,
+    /// The outbox recipient: a phone's digits, or `{id}@g.us` for a group.
+    pub(crate) recipient: String,
     pub(crate) kind: SendKind,
     pub(crate) mimetype: String,
     pub(crate) caption: Option<String>,
@@ -122,8 +123,8 @@ pub(crate) struct SendQuery {
     pub(crate) seconds: Option<u32>,
 }
 
-fn send_query(req: &Request) -> Result<SendQuery, Response> {
-    for name in ["to", "kind"] {
+fn send_query(api: &Api, req: &Request) -> Result<SendQuery, Response> {
+    for name in ["to", "group", "kind"] {
         if req.query_param_count(name) > 1 {
             return Err(bad(
                 "repeated_parameter",
@@ -131,14 +132,26 @@ fn send_query(req: &Request) -> Result<SendQuery, Response> {
             ));
         }
     }
-    let Some(to) = req.query_param("to") else {
-        return Err(bad("missing_to", "the recipient goes in ?to=%2B<digits>"));
-    };
-    let Some(digits) = super::query_phone(&to) else {
-        return Err(bad(
-            "bad_phone",
-            "'to' must be an E.164 number such as +4915112345678",
-        ));
+    // The phone is checked here (`Ok(digits)`), the group (`Err(id)`, a store read) once the
+    // rest is valid.
+    let to = match (req.query_param("to"), req.query_param("group")) {
+        (Some(_), Some(_)) => return Err(bad("to_and_group", "give 'to' or 'group', not both")),
+        (None, None) => {
+            return Err(bad(
+                "missing_to",
+                "the recipient goes in ?to=%2B<digits> or ?group=<id>",
+            ));
+        }
+        (None, Some(g)) => Err(g),
+        (Some(to), None) => match super::query_phone(&to) {
+            Some(digits) => Ok(digits),
+            None => {
+                return Err(bad(
+                    "bad_phone",
+                    "'to' must be an E.164 number such as +4915112345678",
+                ));
+            }
+        },
     };
     let kind = match req.query_param("kind").as_deref().map(SendKind::parse) {
         Some(Some(k)) => k,
@@ -206,8 +219,12 @@ fn send_query(req: &Request) -> Result<SendQuery, Response> {
             }
         },
     };
+    let recipient = match to {
+        Ok(digits) => digits,
+        Err(group) => messages::group_recipient(api, &group)?,
+    };
     Ok(SendQuery {
-        digits,
+        recipient,
         kind,
         mimetype,
         caption,
@@ -216,13 +233,13 @@ fn send_query(req: &Request) -> Result<SendQuery, Response> {
     })
 }
 
-/// `POST /v1/media?to=…&kind=…[&caption=…][&filename=…][&seconds=…]`.
+/// `POST /v1/media?to=…|group=…&kind=…[&caption=…][&filename=…][&seconds=…]`.
 pub async fn send(api: &Rc<Api>, mut req: Request) -> Response {
     let key = match messages::idempotency_key(&req) {
         Ok(k) => k,
         Err(r) => return r,
     };
-    let q = match send_query(&req) {
+    let q = match send_query(api, &req) {
         Ok(q) => q,
         Err(r) => return r,
     };
@@ -345,7 +362,7 @@ fn queue(
     }
     let row = queued_row(
         new_message_id(api, now),
-        &q.digits,
+        &q.recipient,
         q.kind.content_kind(),
         now,
         content,

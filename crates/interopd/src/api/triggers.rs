@@ -353,7 +353,7 @@ async fn send_image(
     };
     let declared = file.metadata().ok().map(|m| m.len());
     let q = media::SendQuery {
-        digits: trigger.to.clone(),
+        recipient: trigger.to.clone(),
         kind: crate::media_pipe::SendKind::Image,
         mimetype: mimetype.to_string(),
         caption: Some(trigger.text.clone()),
