@@ -191,20 +191,10 @@ impl Client {
             gs.waiting = chunks.len();
         }
         for chunk in chunks {
-            let q = self.iq_id(Pending::GroupKeys {
+            let pending = Pending::GroupKeys {
                 send: send.to_owned(),
-            });
-            let key = Stanza::new("key").extend_children(
-                chunk
-                    .iter()
-                    .map(|j| Stanza::new("user").attr("jid", j.to_string())),
-            );
-            let s = Stanza::new("iq")
-                .attr("id", q)
-                .attr("type", "get")
-                .attr("xmlns", "encrypt")
-                .child(key);
-            self.push(&s, now_ms);
+            };
+            self.ask_bundles(pending, chunk, now_ms);
         }
         Ok(())
     }

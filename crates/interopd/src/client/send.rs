@@ -34,9 +34,16 @@ impl Client {
         if missing.is_empty() {
             return self.finish_send(&send, now_ms);
         }
-        let q = self.iq_id(Pending::Keys { send });
+        self.ask_bundles(Pending::Keys { send }, &missing, now_ms);
+        Ok(())
+    }
+
+    /// Asks the server for the bundles of `devices` (`<iq xmlns="encrypt"><key>`); the
+    /// answer is handled as `pending` says.
+    pub(super) fn ask_bundles(&mut self, pending: Pending, devices: &[Jid], now_ms: u64) {
+        let q = self.iq_id(pending);
         let key = Stanza::new("key").extend_children(
-            missing
+            devices
                 .iter()
                 .map(|j| Stanza::new("user").attr("jid", j.to_string())),
         );
@@ -46,7 +53,6 @@ impl Client {
             .attr("xmlns", "encrypt")
             .child(key);
         self.push(&s, now_ms);
-        Ok(())
     }
 
     /// Starts a send: from the cached device list when it is younger than

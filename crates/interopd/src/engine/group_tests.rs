@@ -5,7 +5,6 @@
 
 use super::tests::{Rig, mid};
 use super::*;
-use crate::content::Message;
 use crate::group::{self, GroupId};
 use crate::stanza::Stanza;
 use crate::store::DeviceReceipt;
@@ -39,19 +38,19 @@ fn rig_with_group() -> (Rig, GroupId) {
 }
 
 fn queue_group(rig: &mut Rig, gid: &GroupId, label: &str, text: &str) {
-    let content = prost::Message::encode_to_vec(&Message::text(text.to_owned()));
-    let row = crate::api::messages::queued_row(
-        mid(label),
-        &gid.jid(),
-        crate::content::ContentKind::Text,
-        rig.now,
-        content,
-    );
-    let txn = rig.store.begin().unwrap();
-    txn.outbox_insert(&row).unwrap();
-    txn.commit().unwrap();
+    rig.queue_to(&gid.jid(), label, text);
     rig.engine.handle_api_wake(rig.now);
     rig.pump();
+}
+
+/// The devices a group `<message>` hands our key to (its `<participants>`), if any.
+fn key_handovers(m: &Stanza) -> Option<Vec<String>> {
+    Some(
+        m.child_named("participants")?
+            .children_named("to")
+            .filter_map(|t| t.attr_value("jid").map(str::to_owned))
+            .collect(),
+    )
 }
 
 fn group_messages(rig: &Rig, id: &str) -> Vec<Stanza> {
@@ -87,12 +86,7 @@ fn a_group_send_hands_our_key_out_once_and_receipts_add_up_per_device() {
     queue_group(&mut rig, &gid, "g-1", "Dinner at 7");
     let first = group_messages(&rig, &mid("g-1"));
     assert_eq!(first.len(), 1, "{first:?}");
-    let tos: Vec<&str> = first[0]
-        .child_named("participants")
-        .expect("the first send distributes our key")
-        .children_named("to")
-        .filter_map(|t| t.attr_value("jid"))
-        .collect();
+    let tos = key_handovers(&first[0]).expect("the first send distributes our key");
     assert_eq!(tos.len(), 2, "{tos:?}");
     assert_eq!(
         first[0].attr_value("phash"),
@@ -158,13 +152,8 @@ fn a_removed_member_never_gets_the_new_chain_and_the_rest_still_read() {
 
     queue_group(&mut rig, &gid, "g-2", "two");
     let sent = group_messages(&rig, &mid("g-2"));
-    let tos: Vec<&str> = sent[0]
-        .child_named("participants")
-        .expect("the new chain goes out again")
-        .children_named("to")
-        .filter_map(|t| t.attr_value("jid"))
-        .collect();
-    assert_eq!(tos, [format!("{ECHO}:0@s.whatsapp.net").as_str()]);
+    let tos = key_handovers(&sent[0]).expect("the new chain goes out again");
+    assert_eq!(tos, [format!("{ECHO}:0@s.whatsapp.net")]);
     assert!(received_texts(&rig, ECHO).contains(&"two".to_owned()));
     assert!(!received_texts(&rig, SILENT).contains(&"two".to_owned()));
     assert_eq!(status(&rig, "g-2"), OutboxStatus::Read);
@@ -217,13 +206,8 @@ fn a_phash_mismatch_in_the_ack_refreshes_device_lists_so_the_next_send_reaches_a
 
     queue_group(&mut rig, &gid, "g-2", "two");
     let second = group_messages(&rig, &mid("g-2"));
-    let tos: Vec<&str> = second[0]
-        .child_named("participants")
-        .expect("the new device gets our key")
-        .children_named("to")
-        .filter_map(|t| t.attr_value("jid"))
-        .collect();
-    assert_eq!(tos, [format!("{SILENT}:1@s.whatsapp.net").as_str()]);
+    let tos = key_handovers(&second[0]).expect("the new device gets our key");
+    assert_eq!(tos, [format!("{SILENT}:1@s.whatsapp.net")]);
     assert_eq!(
         second[0].attr_value("phash"),
         Some(rig.hub_acks_phash(&mid("g-2")).as_str()),

@@ -153,10 +153,15 @@ impl Rig {
 
     /// Commits a queued text row to `DIGITS`, as the API's send does, without waking.
     fn queue(&mut self, label: &str, text: &str) -> OutboxRow {
+        self.queue_to(DIGITS, label, text)
+    }
+
+    /// Commits a queued text row to outbox recipient `to` (digits, or a group's JID).
+    pub(super) fn queue_to(&mut self, to: &str, label: &str, text: &str) -> OutboxRow {
         let content = prost::Message::encode_to_vec(&Message::text(text.to_owned()));
         let row = crate::api::messages::queued_row(
             mid(label),
-            DIGITS,
+            to,
             crate::content::ContentKind::Text,
             self.now,
             content,
