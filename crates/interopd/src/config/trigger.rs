@@ -31,7 +31,8 @@ pub const MAX_TRIGGER_RATE_INTERVAL_SECS: u64 = 24 * 60 * 60;
 pub struct TriggerConfig {
     /// The URL path segment and key file name.
     pub name: String,
-    /// The recipient's E.164 digits, without `+`.
+    /// The outbox recipient: a contact's E.164 digits without `+`, or a group's JID
+    /// (`{id}@g.us`, from `group = "{id}"`).
     pub to: String,
     /// The text sent (the image's caption when `media_file` is set).
     pub text: String,
@@ -124,20 +125,30 @@ pub(super) fn parse(
             ));
         }
         let to = match (&t.to, &t.group) {
-            (_, Some(g)) => {
-                // Sending to a group needs the groups work; until it is in, a trigger names a
-                // phone. The key is recognised so the message can say so.
+            (Some(_), Some(g)) => {
                 return Err(err(
                     g.span(),
-                    format!(
-                        "trigger {name:?}: trigger.group is not supported yet (this build cannot send to groups); give trigger.to, an E.164 number"
-                    ),
+                    format!("trigger {name:?}: give trigger.to or trigger.group, not both"),
                 ));
             }
+            (None, Some(g)) => crate::group::GroupId::new(g.get_ref())
+                .map(|id| id.jid())
+                .map_err(|_| {
+                    err(
+                        g.span(),
+                        format!(
+                            "trigger.group {:?} must be a group id: 1 to {} digits and dashes, starting with a digit",
+                            g.get_ref(),
+                            crate::group::MAX_GROUP_ID_BYTES
+                        ),
+                    )
+                })?,
             (None, None) => {
                 return Err(err(
                     entry.span(),
-                    format!("trigger {name:?} needs trigger.to, an E.164 number"),
+                    format!(
+                        "trigger {name:?} needs trigger.to, an E.164 number, or trigger.group, a group id"
+                    ),
                 ));
             }
             (Some(to), None) => crate::jid::parse_phone(to.get_ref())
@@ -228,7 +239,10 @@ pub(super) fn render(
         writeln!(f)?;
         writeln!(f, "[[trigger]]")?;
         writeln!(f, "name = {}", q(&t.name))?;
-        writeln!(f, "to = {}", q(&format!("+{}", t.to)))?;
+        match crate::group::GroupId::parse_jid(&t.to) {
+            Ok(g) => writeln!(f, "group = {}", q(g.as_str()))?,
+            Err(_) => writeln!(f, "to = {}", q(&format!("+{}", t.to)))?,
+        }
         writeln!(f, "text = {}", q(&t.text))?;
         if let Some(m) = &t.media_file {
             writeln!(f, "media_file = {}", q(&m.to_string_lossy()))?;
@@ -330,6 +344,15 @@ ca_file = "ca.pem"
     }
 
     #[test]
+    fn a_group_trigger_sends_to_the_groups_jid_and_renders_back() {
+        let c = p(&door("").replace("to = \"+4915112345678\"", "group = \"120363000000000001\""))
+            .unwrap();
+        assert_eq!(c.triggers[0].to, "120363000000000001@g.us");
+        let again = crate::config::parse(&c.to_string(), Path::new("/x/interopd.conf")).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
     fn bad_triggers_are_refused_with_the_key_and_line() {
         let second =
             "\n[[trigger]]\nname = \"doorbell\"\nto = \"+4915112345679\"\ntext = \"again\"\n";
@@ -352,8 +375,16 @@ ca_file = "ca.pem"
                 12,
             ),
             (
-                door("").replace("to = ", "group = "),
-                "not supported yet",
+                door("").replace(
+                    "to = \"+4915112345678\"",
+                    "to = \"+4915112345678\"\ngroup = \"1203\"",
+                ),
+                "not both",
+                14,
+            ),
+            (
+                door("").replace("to = \"+4915112345678\"", "group = \"abc\""),
+                "trigger.group",
                 13,
             ),
             (
