@@ -107,27 +107,10 @@ fn schemathesis_finds_no_disagreement_between_the_document_and_the_server() {
         .stderr(Stdio::from(log))
         .spawn()
         .expect("run python3");
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = run.try_wait().unwrap() {
-            break s;
-        }
-        if t0.elapsed() > Duration::from_secs(MAX_RUN_SECS) {
-            let _ = run.kill();
-            let _ = run.wait();
-            panic!("schemathesis ran longer than {MAX_RUN_SECS} s");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let out = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let summary: Vec<&str> = out.lines().rev().take(12).collect();
-    eprintln!(
-        "schemathesis took {:.0} s; its summary:\n{}",
-        t0.elapsed().as_secs_f64(),
-        summary.into_iter().rev().collect::<Vec<_>>().join("\n")
-    );
-    assert!(
-        status.success(),
-        "schemathesis found disagreements between docs/openapi.yaml and the server:\n{out}"
+    python_support::finish_schemathesis(
+        &mut run,
+        &log_path,
+        MAX_RUN_SECS,
+        "docs/openapi.yaml and the server",
     );
 }

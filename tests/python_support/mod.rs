@@ -7,7 +7,7 @@
 //! This module runs no test itself and touches nothing outside that directory.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -108,4 +108,40 @@ fn python3_at(dir: &std::path::Path) -> Command {
     let mut python = Command::new("python3");
     python.env("PYTHONPATH", dir);
     python
+}
+
+/// Waits for a schemathesis run writing to `log_path`, killing it after `max_secs`; prints
+/// its summary and returns its exit status and whole output. `what` names the document and
+/// the server in the failure messages.
+pub fn finish_schemathesis(
+    run: &mut std::process::Child,
+    log_path: &Path,
+    max_secs: u64,
+    what: &str,
+) -> String {
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = run.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(max_secs) {
+            let _ = run.kill();
+            let _ = run.wait();
+            let out = std::fs::read_to_string(log_path).unwrap_or_default();
+            panic!("schemathesis ran longer than {max_secs} s:\n{out}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let out = std::fs::read_to_string(log_path).unwrap_or_default();
+    let summary: Vec<&str> = out.lines().rev().take(12).collect();
+    eprintln!(
+        "schemathesis took {:.0} s; its summary:\n{}",
+        t0.elapsed().as_secs_f64(),
+        summary.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        status.success(),
+        "schemathesis found disagreements between {what}:\n{out}"
+    );
+    out
 }
