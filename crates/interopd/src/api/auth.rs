@@ -103,13 +103,7 @@ pub fn bearer_matches(header: Option<&str>, token: &str) -> bool {
     if !scheme.eq_ignore_ascii_case("bearer") {
         return false;
     }
-    let given = given.trim().as_bytes();
-    let want = token.as_bytes();
-    let mut diff = u8::from(given.len() != want.len());
-    for (i, w) in want.iter().enumerate() {
-        diff |= w ^ given.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
+    crate::login::constant_time_eq(given.trim().as_bytes(), token.as_bytes())
 }
 
 /// The `Host` values the API accepts: the listen address itself, `localhost`, and the

@@ -28,6 +28,7 @@ use rand::Rng as _;
 use super::{Api, media, messages, now_ms};
 use crate::config::{Config, TriggerConfig};
 use crate::http::{Request, Response};
+use crate::login::constant_time_eq;
 use crate::metrics::Counter;
 
 /// The directory of key files inside the state directory.
@@ -199,15 +200,6 @@ pub fn url(config: &Config, name: &str, key: &str) -> String {
         },
     };
     format!("http://{host}:{port}/v1/triggers/{name}?key={key}")
-}
-
-/// Whether `a` and `b` are equal, in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for (i, x) in b.iter().enumerate() {
-        diff |= x ^ a.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
 }
 
 /// One trigger's budget, as a generic cell rate: `burst` fires at once, then one more each

@@ -16,6 +16,8 @@
 //! key holders and the list of addressed devices (`group_receipts`), so a crash resends
 //! the same bytes and no member is counted twice.
 
+use std::collections::HashSet;
+
 use super::*;
 use crate::group::{self, GroupId, InboundGroupMessage, OutgoingGroupMessage};
 use crate::store::DeviceReceipt;
@@ -170,8 +172,8 @@ impl Client {
         let Some(gs) = self.group_sends.get(send) else {
             return Ok(());
         };
-        let holders = self.key_holders(&gs.group)?;
         let txn = self.store.begin()?;
+        let holders: HashSet<String> = self.key_holders(&txn, &gs.group)?.into_iter().collect();
         let mut missing = Vec::new();
         for d in gs
             .devices
@@ -224,9 +226,8 @@ impl Client {
 
     /// The member devices that hold our current chain for `group` (none when we have no
     /// chain yet, or after a rotation).
-    fn key_holders(&self, group: &GroupId) -> Result<Vec<String>, ClientError> {
-        let txn = self.store.begin()?;
-        if !signal::has_sender_key(&txn, group.as_str(), &self.own_address())? {
+    fn key_holders(&self, txn: &Txn, group: &GroupId) -> Result<Vec<String>, ClientError> {
+        if !signal::has_sender_key(txn, group.as_str(), &self.own_address())? {
             return Ok(Vec::new());
         }
         Ok(txn
@@ -246,10 +247,12 @@ impl Client {
         let Some(gs) = self.group_sends.remove(send) else {
             return Ok(());
         };
-        let mut holders = self.key_holders(&gs.group)?;
         let own = self.own_address();
         let gid = gs.group.as_str().to_owned();
         let txn = self.store.begin()?;
+        // Read before the SKDM below makes our chain, which would count every old holder in.
+        let mut holders = self.key_holders(&txn, &gs.group)?;
+        let held: HashSet<String> = holders.iter().cloned().collect();
         let skdm = signal::sender_key_distribution(&txn, &gid, &own, rng)?;
         let handover =
             content::encode_padded(&Message::sender_key_distribution(gid.clone(), skdm), rng)
@@ -258,7 +261,7 @@ impl Client {
         let mut distributions = Vec::new();
         for d in &gs.devices {
             let name = d.to_string();
-            if holders.contains(&name) {
+            if held.contains(&name) {
                 addressed.push(name);
                 continue;
             }
