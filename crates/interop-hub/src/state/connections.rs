@@ -264,12 +264,7 @@ impl Hub {
             "message" | "receipt" => {
                 let class = s.tag.clone();
                 let ack = match self.route(device, s, now_ms) {
-                    Ok(to) => {
-                        let phash = if s.tag == "message" {
-                            self.group_phash(&to, device)
-                        } else {
-                            None
-                        };
+                    Ok(super::routing::Routed { to, phash }) => {
                         let mut a = Stanza::new("ack")
                             .attr("class", class)
                             .attr("id", s.attr_value("id").unwrap_or(""))

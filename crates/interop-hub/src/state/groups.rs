@@ -261,22 +261,6 @@ impl Hub {
         Ok(info(&self.remove_members(id, "hub", &[m], now_ms)?))
     }
 
-    /// The participant-list hash (docs/protocol.md 21.2) of group `gid` as a message from
-    /// `sender` should address it: every member device but the sender's. `None` for a group
-    /// we do not have. The ack of a group message carries it, so the sender can tell that
-    /// its device lists are stale.
-    pub(super) fn group_phash(&self, gid: &str, sender: &Jid) -> Option<String> {
-        let id = GroupId::parse_jid(gid).ok()?;
-        let rec = self.store.group(id.as_str()).ok()??;
-        let devices: Vec<String> = self
-            .member_devices(&rec)
-            .into_iter()
-            .filter(|d| d != sender)
-            .map(|d| d.to_string())
-            .collect();
-        Some(group::phash(&devices))
-    }
-
     /// Every device of every member of `rec`, as device JIDs.
     pub(super) fn member_devices(&self, rec: &GroupRecord) -> Vec<Jid> {
         let mut out = Vec::new();
@@ -329,7 +313,7 @@ impl Hub {
         from: &Jid,
         s: &Stanza,
         now_ms: u64,
-    ) -> Result<String, Refusal> {
+    ) -> Result<super::routing::Routed, Refusal> {
         let to = s.attr_value("to").ok_or(Refusal::BadRequest)?;
         let gid = GroupId::parse_jid(to).map_err(|_| Refusal::BadRequest)?;
         let id = s.attr_value("id").ok_or(Refusal::BadRequest)?;
@@ -360,6 +344,10 @@ impl Hub {
             .into_iter()
             .filter(|d| d != from)
             .collect();
+        // The ack's phash: every member device but the sender's, which the sender compares with
+        // its own to tell that its device lists are stale.
+        let names: Vec<String> = devices.iter().map(|d| d.to_string()).collect();
+        let phash = group::phash(&names);
         let mut pairwise: HashMap<Jid, Stanza> = HashMap::new();
         if let Some(p) = s.child_named("participants") {
             let tos: Vec<&Stanza> = p.children_named("to").collect();
@@ -399,7 +387,10 @@ impl Hub {
             self.deliver(&target, out, &ack_key("message", id, ""))?;
         }
         self.stats.stanzas_routed += 1;
-        Ok(gid.jid())
+        Ok(super::routing::Routed {
+            to: gid.jid(),
+            phash: Some(phash),
+        })
     }
 
     /// Routes a `<receipt to="{id}@g.us" participant="{sender device}">` from `from` to the

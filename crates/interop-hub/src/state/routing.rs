@@ -3,16 +3,32 @@
 
 use super::*;
 
+/// What the ack of a routed stanza names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Routed {
+    /// The recipient: a user JID, or a group's.
+    pub to: String,
+    /// For a group message: the participant-list hash over the devices it went to, which the
+    /// ack carries (docs/protocol.md 21.6).
+    pub phash: Option<String>,
+}
+
+impl From<String> for Routed {
+    fn from(to: String) -> Routed {
+        Routed { to, phash: None }
+    }
+}
+
 impl Hub {
-    /// Routes a `<message>`, `<receipt>` or `<chatstate>` from `from` (a device). Returns the
-    /// recipient user JID for the ack.
-    pub(super) fn route(&mut self, from: &Jid, s: &Stanza, now_ms: u64) -> Result<String, Refusal> {
+    /// Routes a `<message>`, `<receipt>` or `<chatstate>` from `from` (a device). Returns what
+    /// the ack names.
+    pub(super) fn route(&mut self, from: &Jid, s: &Stanza, now_ms: u64) -> Result<Routed, Refusal> {
         if s.attr_value("to")
             .is_some_and(interop_proto::group::is_group_jid)
         {
             return match s.tag.as_str() {
                 "message" => self.route_group_message(from, s, now_ms),
-                "receipt" => self.route_group_receipt(from, s, now_ms),
+                "receipt" => self.route_group_receipt(from, s, now_ms).map(Routed::from),
                 _ => Err(Refusal::BadRequest),
             };
         }
@@ -21,8 +37,8 @@ impl Hub {
             .and_then(|t| Jid::parse(t).ok())
             .ok_or(Refusal::BadRequest)?;
         match s.tag.as_str() {
-            "message" => self.route_message(from, &to, s, now_ms),
-            "receipt" => self.route_receipt(from, &to, s, now_ms),
+            "message" => self.route_message(from, &to, s, now_ms).map(Routed::from),
+            "receipt" => self.route_receipt(from, &to, s, now_ms).map(Routed::from),
             "chatstate" => {
                 let state = s.children().first().ok_or(Refusal::BadRequest)?;
                 if !matches!(state.tag.as_str(), "composing" | "paused") {
@@ -38,7 +54,7 @@ impl Hub {
                         self.send(conn, &out);
                     }
                 }
-                Ok(to.to_string())
+                Ok(to.to_string().into())
             }
             _ => Err(Refusal::BadRequest),
         }

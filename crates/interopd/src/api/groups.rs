@@ -257,8 +257,9 @@ pub async fn create(api: &Rc<Api>, req: Request) -> Response {
     .await
 }
 
-/// The group of a change, which must be one we know.
-fn known_group(api: &Api, raw: &str) -> Result<GroupId, Response> {
+/// A group id from a path, body or query, which must name a group we are in (else `400
+/// bad_group_id` or `404 unknown_group`).
+pub(crate) fn known_group(api: &Api, raw: &str) -> Result<GroupId, Response> {
     let gid = parse_group_id(raw)?;
     match api.store.begin().and_then(|t| t.group(gid.as_str())) {
         Ok(Some(_)) => Ok(gid),

@@ -300,16 +300,7 @@ fn finish_send(
 
 /// The outbox recipient of a send to group `raw`: `{id}@g.us`, for a group we are in.
 pub(crate) fn group_recipient(api: &Api, raw: &str) -> Result<String, Response> {
-    let gid = super::groups::parse_group_id(raw)?;
-    match api.store.begin().and_then(|t| t.group(gid.as_str())) {
-        Ok(Some(_)) => Ok(gid.jid()),
-        Ok(None) => Err(Response::json_error(
-            404,
-            "unknown_group",
-            "we are not in a group with this id",
-        )),
-        Err(e) => Err(store_error(&e)),
-    }
+    super::groups::known_group(api, raw).map(|g| g.jid())
 }
 
 /// A message id as `reply_to` takes it: 1 to [`MAX_MESSAGE_ID_BYTES`] visible ASCII
