@@ -9,7 +9,7 @@
 mod python_support;
 
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,10 +17,6 @@ use std::time::{Duration, Instant};
 const MAX_RUN_SECS: u64 = 240;
 /// Requests per second (and burst) that the demo's API allows during the run.
 const FUZZ_API_RATE: &str = "100000";
-
-fn repo_file(rel: &str) -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(rel)
-}
 
 struct Demo(Child);
 
@@ -82,34 +78,21 @@ fn schemathesis_finds_no_disagreement_between_the_document_and_the_server() {
     let api = free_api();
     let _demo = start_demo(&state, &api);
     let token = std::fs::read_to_string(state.join("daemon/api-token")).unwrap();
-    let log_path = dir.path().join("schemathesis.log");
-    let log = std::fs::File::create(&log_path).expect("create the log file");
-    let mut run = python_support::python3_with(python_support::SCHEMATHESIS)
-        .args([
-            "-c",
-            "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'st'; schemathesis()",
-        ])
-        .arg("--config-file")
-        .arg(repo_file("tests/data/schemathesis.toml"))
-        .arg("run")
-        .arg(repo_file("docs/openapi.yaml"))
-        .args(["--url", &format!("http://{api}")])
-        .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
-        .args(["--checks", "all", "--no-color", "--seed", "1"])
-        // The one DELETE, `DELETE /v1/messages/{id}`, is "delete for everyone": the message
-        // stays ours to look at, with `revoked: true` (docs/api.md), so a GET after it
-        // answers 200, where this check expects 404.
-        .args(["--exclude-checks", "use_after_free"])
-        // Reports and caches go to the temporary directory, not the source tree; the output
-        // to a file, so that a long report can never fill a pipe and stall the run.
-        .current_dir(dir.path())
-        .stdout(Stdio::from(log.try_clone().expect("clone the log file")))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("run python3");
-    python_support::finish_schemathesis(
-        &mut run,
-        &log_path,
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    python_support::run_schemathesis(
+        dir.path(),
+        "tests/data/schemathesis.toml",
+        "docs/openapi.yaml",
+        &format!("http://{api}"),
+        &[
+            "-H",
+            &auth,
+            // The one DELETE, `DELETE /v1/messages/{id}`, is "delete for everyone": the
+            // message stays ours to look at, with `revoked: true` (docs/api.md), so a GET
+            // after it answers 200, where this check expects 404.
+            "--exclude-checks",
+            "use_after_free",
+        ],
         MAX_RUN_SECS,
         "docs/openapi.yaml and the server",
     );

@@ -110,6 +110,46 @@ fn python3_at(dir: &std::path::Path) -> Command {
     python
 }
 
+/// Runs schemathesis with config `config` on OpenAPI document `doc` (both relative to the
+/// repository root) against `url`, with all checks and seed 1 plus `extra` arguments, in
+/// `dir` (its reports, caches and log stay there), bounded by `max_secs`; asserts it found
+/// nothing and returns its output. `what` names the document and the server for failures.
+pub fn run_schemathesis(
+    dir: &Path,
+    config: &str,
+    doc: &str,
+    url: &str,
+    extra: &[&str],
+    max_secs: u64,
+    what: &str,
+) -> String {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let log_path = dir.join("schemathesis.log");
+    let log = std::fs::File::create(&log_path).expect("create the log file");
+    let mut run = python3_with(SCHEMATHESIS)
+        .args([
+            "-c",
+            "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'st'; schemathesis()",
+        ])
+        .arg("--config-file")
+        .arg(root.join(config))
+        .arg("run")
+        .arg(root.join(doc))
+        .args(["--url", url])
+        .args(["--checks", "all", "--no-color", "--seed", "1"])
+        .args(extra)
+        // Reports and caches go to the temporary directory, not the source tree; the output
+        // to a file, so that a long report can never fill a pipe and stall the run.
+        .current_dir(dir)
+        .stdout(std::process::Stdio::from(
+            log.try_clone().expect("clone the log file"),
+        ))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .expect("run python3");
+    finish_schemathesis(&mut run, &log_path, max_secs, what)
+}
+
 /// Waits for a schemathesis run writing to `log_path`, killing it after `max_secs`; prints
 /// its summary and returns its exit status and whole output. `what` names the document and
 /// the server in the failure messages.
